@@ -1,0 +1,149 @@
+"""The one iteration contract every backend honours, and its config.
+
+A Feeder yields ``(images, labels)``: ``images`` a uint8 tensor of shape
+(N, 3, H, W) and ``labels`` an int64 tensor of shape (N,). It has a DataLoader's
+semantics: ``len()`` in batches, ``drop_last``, a fresh shuffle each time it is
+iterated (each epoch), and the same stream for the same seed.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from feeding.errors import BadFile, FeedError
+from feeding.plan import Plan, make_plan
+from feeding.sources import Samples
+from feeding.spec import AugSpec, train_spec
+
+PIPELINES = ("pil", "albumentations", "dali")
+ON_BAD = ("skip", "fail")
+DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """Everything that decides what a feeder delivers and how fast; validated when built."""
+
+    pipeline: str = "pil"
+    batch_size: int = 64
+    workers: int = 2
+    spec: AugSpec = field(default_factory=train_spec)
+    shuffle: bool = True
+    drop_last: bool = True
+    seed: int = 0
+    on_bad: str = "skip"
+    prefetch_factor: int = 2
+    literal_order: bool = False  # keep the spec's op order (to measure what the planner gains)
+    decode_device: str = "cpu"  # "cpu", or "cuda"/"cuda:N" for DALI's GPU ("mixed") decode
+    shard_id: int = 0
+    num_shards: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    worker_timeout_s: float = 120.0  # a worker silent this long is reported dead, not waited on
+    cache_dir: str | None = None  # where validation scans are cached (default: feeding.cache)
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {self.pipeline!r}; choose one of {', '.join(PIPELINES)}")
+        if self.on_bad not in ON_BAD:
+            raise ValueError(f"on_bad must be one of {ON_BAD}, got {self.on_bad!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an int >= 0, got {self.workers!r}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        if not (0 <= self.shard_id < self.num_shards):
+            raise ValueError(f"need 0 <= shard_id < num_shards, got {self.shard_id} of {self.num_shards}")
+        if self.max_pixels < 1:
+            raise ValueError("max_pixels must be positive")
+        if self.worker_timeout_s <= 0:
+            raise ValueError("worker_timeout_s must be positive")
+        if not (self.decode_device == "cpu" or self.decode_device.startswith("cuda")):
+            raise ValueError(f"decode_device must be 'cpu' or 'cuda[:N]', got {self.decode_device!r}")
+        if self.decode_device != "cpu" and self.pipeline != "dali":
+            raise ValueError("only the dali pipeline decodes on the GPU; use decode_device='cpu'")
+
+    @property
+    def plan(self) -> Plan:
+        return make_plan(self.spec, literal=self.literal_order)
+
+    @property
+    def gpu_id(self) -> int | None:
+        """The CUDA device index for GPU decode, or None for CPU decode."""
+        if self.decode_device == "cpu":
+            return None
+        _, _, index = self.decode_device.partition(":")
+        return int(index or 0)
+
+
+def shard_indices(n: int, shard_id: int, num_shards: int) -> np.ndarray:
+    """Contiguous, disjoint shard of ``range(n)`` (as DALI's reader shards)."""
+    if num_shards > n:
+        raise FeedError(f"{num_shards} shards for {n} images: some shards would be empty")
+    start = n * shard_id // num_shards
+    stop = n * (shard_id + 1) // num_shards
+    return np.arange(start, stop)
+
+
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+class Feeder(ABC):
+    """Base of every backend. Subclasses implement ``_epoch_batches``."""
+
+    def __init__(self, samples: Samples, config: FeedConfig) -> None:
+        self.config = config
+        self.samples = samples
+        self.skipped: list[BadFile] = []
+        self.epoch = 0  # the epoch the next ``iter()`` will deliver
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def plan(self) -> Plan:
+        return self.config.plan
+
+    @property
+    def num_samples(self) -> int:
+        """Images this feeder (this shard) delivers per epoch before drop_last."""
+        return len(shard_indices(len(self.samples), self.config.shard_id, self.config.num_shards))
+
+    def __len__(self) -> int:
+        return batches_per_epoch(self.num_samples, self.config.batch_size, self.config.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch (and so the shuffle) that the next ``iter()`` delivers."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        yield from self._epoch_batches(epoch)
+
+    def _record_skips(self, records: list[BadFile]) -> None:
+        for record in records:
+            if record not in self.skipped:
+                self.skipped.append(record)
+
+    @abstractmethod
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Yield the batches of one epoch."""
+
+    def close(self) -> None:
+        """Release workers or pipelines (optional)."""
+
+    def __enter__(self) -> "Feeder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""Order a spec's ops by cost and decide decode-time downscaling.
+
+Pure functions only. The planner moves the ops that shrink the image (crop,
+resize) ahead of the ops whose cost grows with pixel count (rotate, flip,
+colour), so that the expensive ops run on the small image: a rotate at
+224x224 touches 4x fewer pixels than at 384x512. Pixel-wise ops commute with
+geometry, and rotate/flip about the centre commute with a resize up to
+resampling, so the reordered plan delivers the same kind of image.
+
+``literal=True`` keeps the user's order, so the gain can be measured.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from feeding.spec import (
+    AugSpec,
+    CenterCrop,
+    ColorJitter,
+    HorizontalFlip,
+    Op,
+    RandomResizedCrop,
+    Resize,
+    Rotate,
+    Shape,
+)
+
+# Decode-time reduction factors that libjpeg (PIL draft, OpenCV IMREAD_REDUCED_*) offers.
+DECODE_REDUCTIONS = (8, 4, 2)
+
+
+def _rank(op: Op) -> int:
+    """Shrinkers first, then geometry at the small size, then per-pixel colour."""
+    if op.reduces:
+        return 0
+    if isinstance(op, (Rotate, HorizontalFlip)):
+        return 1
+    return 2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Host ops in execution order, with the decision rules that go with them."""
+
+    steps: tuple[Op, ...]
+    literal: bool
+    output_size: Shape
+
+    @property
+    def reordered(self) -> bool:
+        return not self.literal
+
+    @property
+    def first_resamples(self) -> bool:
+        """True when the first step resamples the whole image (decode reduction helps)."""
+        return bool(self.steps) and isinstance(self.steps[0], (Resize, RandomResizedCrop))
+
+    def costs(self, source: Shape) -> list[tuple[str, Shape, float]]:
+        """(op name, output shape, cost in megapixel-units) for each step."""
+        rows, shape = [], source
+        for op in self.steps:
+            out = op.out_shape(shape)
+            touched = max(shape[0] * shape[1], out[0] * out[1]) if op.reduces else out[0] * out[1]
+            rows.append((type(op).__name__, out, op.relative_cost * touched / 1e6))
+            shape = out
+        return rows
+
+    def total_cost(self, source: Shape) -> float:
+        return sum(cost for _, _, cost in self.costs(source))
+
+    def describe(self, source: Shape | None = None) -> str:
+        """A readable account of the plan, for ``--show-plan`` and logs."""
+        order = "literal order (as written)" if self.literal else "planned order (cheap first)"
+        lines = [f"plan: {order}, output {self.output_size[0]}x{self.output_size[1]} uint8"]
+        if source is None:
+            lines += [f"  {i + 1}. {op}" for i, op in enumerate(self.steps)]
+            return "\n".join(lines)
+        factor = self.decode_reduction(source) if self.first_resamples else 1
+        lines.append(
+            f"  0. decode {source[0]}x{source[1]}"
+            + (f" at 1/{factor} (decode-time downscale)" if factor > 1 else " at full size")
+        )
+        decoded = (math.ceil(source[0] / factor), math.ceil(source[1] / factor))
+        for i, (name, out, cost) in enumerate(self.costs(decoded), start=1):
+            lines.append(f"  {i}. {name:<18} -> {out[0]}x{out[1]}  cost {cost:.3f}")
+        lines.append(f"  total relative cost {self.total_cost(decoded):.3f}")
+        return "\n".join(lines)
+
+    def decode_reduction(self, source: Shape, region: Shape | None = None) -> int:
+        """Largest libjpeg reduction that keeps ``region`` (default: whole source) >= output."""
+        if not self.first_resamples:
+            return 1
+        return reduction_factor(region or source, self.output_size)
+
+
+def make_plan(spec: AugSpec, literal: bool = False) -> Plan:
+    """Order ``spec``'s host ops; stable within each cost rank."""
+    ops = spec.host_ops
+    steps = ops if literal else tuple(sorted(ops, key=_rank))
+    return Plan(steps=steps, literal=literal, output_size=spec.output_size)
+
+
+def reduction_factor(region: Shape, target: Shape) -> int:
+    """Largest factor f in (8, 4, 2) with region/f >= target on both axes, else 1.
+
+    Used only when the target is at most half the region, so a decode at 1/f
+    loses nothing that the following antialiased resize would have kept.
+    """
+    for f in DECODE_REDUCTIONS:
+        if region[0] / f >= target[0] and region[1] / f >= target[1]:
+            return f
+    return 1
+
+
+# ---- parameter draws, shared by the host backends so they mean the same thing ----
+
+
+def draw_crop_box(
+    source: Shape, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box: (top, left, height, width) in source pixels."""
+    height, width = source
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    # Fallback: central crop with the aspect clamped into range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_box(source: Shape, size: Shape) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the central ``size`` window; may be negative if larger."""
+    return (source[0] - size[0]) // 2, (source[1] - size[1]) // 2, size[0], size[1]
+
+
+def draw_angle(op: Rotate, rng: np.random.Generator) -> float:
+    return float(rng.uniform(-op.degrees, op.degrees)) if op.degrees else 0.0
+
+
+def draw_flip(op: HorizontalFlip, rng: np.random.Generator) -> bool:
+    return bool(rng.random() < op.p)
+
+
+def draw_jitter(op: ColorJitter, rng: np.random.Generator) -> tuple[float, float, float]:
+    """(brightness, contrast, saturation) factors, each within [1-x, 1+x]."""
+    return tuple(  # type: ignore[return-value]
+        float(rng.uniform(1 - x, 1 + x)) if x else 1.0
+        for x in (op.brightness, op.contrast, op.saturation)
+    )
+
+
+__all__ = [
+    "CenterCrop",
+    "Plan",
+    "center_box",
+    "draw_angle",
+    "draw_crop_box",
+    "draw_flip",
+    "draw_jitter",
+    "make_plan",
+    "reduction_factor",
+]
