@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,7 +238,17 @@ def person_folds(samples: Samples, folds: int, seed: int = 0) -> list[tuple[np.n
     if folds < 2 or folds > n_groups:
         raise FeedError(f"need 2 <= folds <= number of people ({n_groups}), got {folds}")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(samples)), samples.labels, samples.groups))
+    with warnings.catch_warnings():
+        # sklearn warns when a class has fewer members than folds; callers check
+        # the classes each validation side lacks (missing_classes) and say so.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(splitter.split(np.zeros(len(samples)), samples.labels, samples.groups))
+
+
+def missing_classes(samples: Samples) -> list[str]:
+    """Names of the classes with no image in ``samples`` (e.g. a validation split)."""
+    present = np.bincount(samples.labels, minlength=len(samples.classes)) > 0
+    return [name for name, ok in zip(samples.classes, present) if not ok]
 
 
 def person_split(samples: Samples, val_fraction: float = 0.2, seed: int = 0) -> tuple[Samples, Samples]:

@@ -1,0 +1,228 @@
+"""The ``feedbench`` command: run a pipeline and measure what it delivers.
+
+    feedbench --pipeline dali --batch 64 --workers 8 [--data DIR] [--size HxW] [--json FILE]
+    feedbench data sample DIR [--people N] [--seed S]
+
+argparse only builds the frozen configs; the work is done by functions that
+take those configs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from feeding.errors import FeedError, MissingDependencyError
+from feeding.feeder import ON_BAD, PIPELINES, FeedConfig
+from feeding.spec import Shape, parse_size, train_spec
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One ``feedbench`` run: which data, which feeder settings, how long to measure."""
+
+    feed: FeedConfig
+    data: str | None = None  # None: the embedded sample data set (generated once into the cache)
+    batches: int = 10
+    repeats: int = 3
+    warmup: int = 2
+    json_path: str | None = None
+    show_plan: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batches < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError("--batches and --repeats must be >= 1 and --warmup >= 0")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _size(text: str) -> Shape:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def make_run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feedbench",
+        description="Measure the images/sec an image pipeline delivers. "
+        "Subcommands: 'feedbench data sample DIR' writes the sample data set.",
+    )
+    parser.add_argument("--pipeline", choices=PIPELINES, default="pil")
+    parser.add_argument("--batch", type=_positive_int, default=64, help="images per batch")
+    parser.add_argument("--workers", type=_non_negative_int, default=2,
+                        help="DataLoader workers (pil, albumentations) or DALI CPU threads")
+    parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
+    parser.add_argument("--size", type=_size, default=(224, 224), help="output size N or HxW (default 224)")
+    parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
+    parser.add_argument("--batches", type=_positive_int, default=10, help="batches per timed window")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed windows")
+    parser.add_argument("--warmup", type=_non_negative_int, default=2, help="batches before timing")
+    parser.add_argument("--on-bad", choices=ON_BAD, default="skip", help="unreadable files: skip and report, or fail")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decode-device", default="cpu", help="cpu, or cuda[:N] for DALI's GPU decode")
+    parser.add_argument("--literal-order", action="store_true", help="run ops in the written order (no planner)")
+    parser.add_argument("--show-plan", action="store_true", help="print the planned op order and costs")
+    parser.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
+    return parser
+
+
+def make_data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedbench data", description="Data sets: write the sample.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sample = sub.add_parser("sample", help="write the synthetic mask-competition data set")
+    sample.add_argument("dir")
+    sample.add_argument("--people", type=_positive_int, default=60)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--eval-people", type=_non_negative_int, default=12)
+    return parser
+
+
+def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
+    feed = FeedConfig(
+        pipeline=args.pipeline,
+        batch_size=args.batch,
+        workers=args.workers,
+        spec=train_spec(args.size, degrees=args.rotate),
+        seed=args.seed,
+        on_bad=args.on_bad,
+        literal_order=args.literal_order,
+        decode_device=args.decode_device,
+    )
+    return BenchConfig(feed=feed, data=args.data, batches=args.batches, repeats=args.repeats,
+                       warmup=args.warmup, json_path=args.json_path, show_plan=args.show_plan)
+
+
+def resolve_data(data: str | None) -> Path:
+    if data is not None:
+        return Path(data)
+    from feeding.sample import ensure_sample
+
+    print("feedbench: no --data given; using the sample data set (generated once into the cache)", file=sys.stderr)
+    return ensure_sample()
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Build the feeder, measure it, and return the result record."""
+    from bench.measure import measure_feeder
+    from bench.provenance import provenance
+    from feeding.factory import create_feeder
+    from feeding.sources import discover
+
+    root = resolve_data(config.data)
+    samples = discover(root)
+    feeder = create_feeder(samples, config.feed)
+    if config.show_plan:
+        print(feeder.plan.describe((512, 384)))
+    sync = _cuda_sync if config.feed.decode_device != "cpu" else (lambda: None)
+    with feeder:
+        measured = measure_feeder(feeder, config.batches, config.repeats, config.warmup, sync=sync)
+    size = config.feed.plan.output_size
+    info = provenance()
+    return {
+        "pipeline": config.feed.pipeline,
+        "workers": config.feed.workers,
+        "batch": config.feed.batch_size,
+        "size": list(size),
+        "data": str(root),
+        "layout": samples.layout,
+        "dataset_images": len(samples),
+        "images": measured.images,
+        "batches": measured.batches,
+        "images_per_sec": measured.images_per_sec.to_dict(),
+        "first_batch_s": measured.first_batch_s.to_dict(),
+        "windows_images_per_sec": list(measured.windows),
+        "plan": [type(op).__name__ for op in feeder.plan.steps],
+        "literal_order": config.feed.literal_order,
+        "decode_device": config.feed.decode_device,
+        "on_bad": config.feed.on_bad,
+        "skipped": [record.to_dict() for record in feeder.skipped],
+        "notes": list(getattr(feeder, "notes", ())),
+        "pil_build": info["machine"]["pil"],
+        **info,
+    }
+
+
+def _cuda_sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def format_result(result: dict) -> str:
+    rate, first = result["images_per_sec"], result["first_batch_s"]
+    size = "x".join(map(str, result["size"]))
+    pil = result["pil_build"]
+    lines = [
+        f"data: {result['data']} ({result['layout']}, {result['dataset_images']} images)",
+        f"PIL: {pil.get('distribution')} {pil.get('version')}"
+        + (" (SIMD build)" if pil.get("simd") else " (not the SIMD build)"),
+        f"plan: {' -> '.join(result['plan'])}" + (" (literal order)" if result["literal_order"] else ""),
+        "",
+        f"{'pipeline':<15}{'workers':>8}{'batch':>7}{'size':>10}{'img/s median':>14}{'min':>9}{'max':>9}"
+        f"{'IQR':>8}{'1st batch s':>13}{'skipped':>9}",
+        f"{result['pipeline']:<15}{result['workers']:>8}{result['batch']:>7}{size:>10}{rate['median']:>14.1f}"
+        f"{rate['min']:>9.1f}{rate['max']:>9.1f}{rate['iqr']:>8.1f}{first['median']:>13.2f}{len(result['skipped']):>9}",
+        f"({result['images']} images in {rate['n']} timed windows of {result['batches'] // rate['n']} batches)",
+    ]
+    for note in result["notes"]:
+        lines.append(f"note: {note}")
+    for record in result["skipped"]:
+        lines.append(f"skipped: {record['path']}: {record['reason']}")
+    return "\n".join(lines)
+
+
+def run_main(argv: list[str]) -> int:
+    args = make_run_parser().parse_args(argv)
+    try:
+        config = bench_config_from_args(args)
+        result = run_bench(config)
+    except (FeedError, MissingDependencyError, ValueError) as error:
+        print(f"feedbench: error: {error}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if config.json_path:
+        from bench.io import write_json
+
+        print(f"wrote {write_json(config.json_path, result)}")
+    return 0
+
+
+def data_main(argv: list[str]) -> int:
+    args = make_data_parser().parse_args(argv)
+    from feeding.sample import write_sample
+
+    out = write_sample(args.dir, people=args.people, seed=args.seed, eval_people=args.eval_people)
+    print(f"wrote the sample data set to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":
+        return data_main(argv[1:])
+    return run_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

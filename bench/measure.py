@@ -1,0 +1,86 @@
+"""Measure what a feeder delivers: warm-up, timed repeats, summary.
+
+The first batch of each epoch waits for the workers to start; it is timed and
+reported on its own, and never counted in the steady-state rate.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from bench.stats import Summary, summarize
+
+
+@dataclass(frozen=True)
+class FeedMeasurement:
+    """Steady-state images/sec over ``repeats`` windows of ``batches`` batches each."""
+
+    images_per_sec: Summary
+    first_batch_s: Summary  # start of an epoch to its first batch (worker start-up)
+    images: int  # images in the timed windows
+    batches: int
+    epochs: int  # epochs touched, warm-up included
+    windows: tuple[float, ...] = field(default=())  # images/sec of each window
+
+
+def _timed_batches(feeder, sync: Callable[[], None]) -> Iterator[tuple[int, float, bool]]:
+    """Endless (images, seconds, is_first_of_epoch) over successive epochs."""
+    while True:
+        start = time.perf_counter()
+        first = True
+        delivered = 0
+        for images, _ in feeder:
+            sync()
+            now = time.perf_counter()
+            delivered += 1
+            yield len(images), now - start, first
+            first = False
+            start = time.perf_counter()
+        if delivered == 0:
+            raise ValueError("the feeder delivered no batch in an epoch: too few images for the batch size?")
+
+
+def measure_feeder(
+    feeder, batches: int = 10, repeats: int = 3, warmup: int = 2, sync: Callable[[], None] = lambda: None
+) -> FeedMeasurement:
+    """Time ``repeats`` windows of ``batches`` steady-state batches after ``warmup`` batches.
+
+    ``sync`` waits for queued device work (``torch.cuda.synchronize``) so that
+    GPU batches are timed when they are ready, not when they are queued.
+    """
+    if batches < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("need batches >= 1, repeats >= 1, warmup >= 0")
+    start_epoch = feeder.epoch
+    stream = _timed_batches(feeder, sync)
+    first_batches: list[float] = []
+    windows: list[float] = []
+    seen = 0
+    count, elapsed = 0, 0.0
+    images_total = 0
+    timed_images = 0
+    for n_images, seconds, first in stream:
+        if first:
+            first_batches.append(seconds)
+            continue
+        seen += 1
+        if seen <= warmup:
+            continue
+        count += 1
+        elapsed += seconds
+        images_total += n_images
+        timed_images += n_images
+        if count == batches:
+            windows.append(images_total / elapsed)
+            count, elapsed, images_total = 0, 0.0, 0
+            if len(windows) == repeats:
+                break
+    stream.close()
+    return FeedMeasurement(
+        images_per_sec=summarize(windows),
+        first_batch_s=summarize(first_batches),
+        images=timed_images,
+        batches=batches * repeats,
+        epochs=feeder.epoch - start_epoch,
+        windows=tuple(windows),
+    )

@@ -1,0 +1,194 @@
+"""CPU backends on torch's DataLoader: one batch per worker task, skips kept out of batches.
+
+Workers build whole batches (the sampler hands out lists of indices), writing
+each image straight into one preallocated uint8 NCHW array: no per-sample
+tensors, no default_collate. A file that fails to load is replaced by another
+randomly drawn file, so batches stay full; the replacement carries its own
+label, and the failure travels back with the batch to be reported.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from feeding import seeding
+from feeding.errors import BadFile, BadImageError, FeedError
+from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
+from feeding.plan import Plan
+from feeding.resources import check_worker_memory
+from feeding.sources import Samples
+
+# Give up after this many unreadable files in a row: the data set is broken, not a few files.
+MAX_CONSECUTIVE_FAILURES = 64
+
+
+class HostTransform(ABC):
+    """Turns one file into one HxWx3 uint8 image of the plan's output size."""
+
+    def __init__(self, plan: Plan, max_pixels: int) -> None:
+        self.plan = plan
+        self.max_pixels = max_pixels
+
+    def setup_worker(self, in_worker: bool) -> None:
+        """Per-process settings (e.g. library thread counts); called once per worker."""
+
+    def start_batch(self, rng: np.random.Generator) -> None:
+        """Called before each batch with the batch's generator (e.g. to seed a library)."""
+
+    @abstractmethod
+    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        """Load and augment one image; raise BadImageError if it cannot be read."""
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What the sampler hands a worker: which images make up one batch, and where it sits."""
+
+    epoch: int
+    number: int
+    indices: np.ndarray
+
+
+class EpochBatchSampler(Sampler[BatchKey]):
+    """Yields the BatchKeys of one epoch: this shard's samples, shuffled per epoch."""
+
+    def __init__(self, n: int, config: FeedConfig, epoch: int) -> None:
+        self.shard = shard_indices(n, config.shard_id, config.num_shards)
+        self.config = config
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[BatchKey]:
+        cfg = self.config
+        order = self.shard
+        if cfg.shuffle:
+            order = order[seeding.epoch_permutation(len(order), cfg.seed, self.epoch)]
+        stop = len(order) - len(order) % cfg.batch_size if cfg.drop_last else len(order)
+        for number, start in enumerate(range(0, stop, cfg.batch_size)):
+            yield BatchKey(self.epoch, number, order[start : start + cfg.batch_size])
+
+    def __len__(self) -> int:
+        n, b = len(self.shard), self.config.batch_size
+        return n // b if self.config.drop_last else -(-n // b)
+
+
+class BatchDataset(Dataset):
+    """``dataset[BatchKey]`` -> (images uint8 NCHW, labels int64, skipped files)."""
+
+    def __init__(self, samples: Samples, transform: HostTransform, config: FeedConfig) -> None:
+        self.paths = samples.paths
+        self.labels = samples.labels
+        self.transform = transform
+        self.config = config
+        self.epoch = 0  # set before workers start, read by worker_init
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]]:
+        height, width = self.transform.plan.output_size
+        rng = seeding.batch_rng(self.config.seed, key.epoch, key.number)
+        self.transform.start_batch(rng)
+        images = np.empty((len(key.indices), 3, height, width), dtype=np.uint8)
+        labels = np.empty(len(key.indices), dtype=np.int64)
+        skipped: list[BadFile] = []
+        for slot, index in enumerate(key.indices):
+            index = self._load_into(images, slot, int(index), rng, skipped)
+            labels[slot] = self.labels[index]
+        return torch.from_numpy(images), torch.from_numpy(labels), skipped
+
+    def _load_into(self, images: np.ndarray, slot: int, index: int, rng, skipped: list[BadFile]) -> int:
+        """Fill images[slot] from sample ``index`` or, if it is unreadable, a random substitute."""
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            path = str(self.paths[index])
+            try:
+                image = self.transform(path, rng)
+            except BadImageError as error:
+                if self.config.on_bad == "fail":
+                    raise
+                skipped.append(error.record())
+                index = int(rng.integers(len(self.paths)))
+                continue
+            images[slot] = image.transpose(2, 0, 1)
+            return index
+        raise FeedError(
+            f"{MAX_CONSECUTIVE_FAILURES} unreadable files in a row (last: {skipped[-1].path}: "
+            f"{skipped[-1].reason}); is the data set readable?"
+        )
+
+
+def _worker_init(worker_id: int) -> None:
+    info = get_worker_info()
+    dataset: BatchDataset = info.dataset
+    seeding.seed_globals(seeding.worker_seed(dataset.config.seed, dataset.epoch, worker_id))
+    dataset.transform.setup_worker(in_worker=True)
+
+
+class HostFeeder(Feeder):
+    """A Feeder for the CPU backends: DataLoader workers, each making whole batches."""
+
+    def __init__(self, samples: Samples, config: FeedConfig, transform: HostTransform) -> None:
+        super().__init__(samples, config)
+        if config.on_bad == "fail" and samples.problems:
+            first = samples.problems[0]
+            raise FeedError(f"{len(samples.problems)} problem(s) while listing the data, first: {first.path}: {first.reason}")
+        self._record_skips(list(samples.problems))
+        self.dataset = BatchDataset(samples, transform, config)
+        height, width = config.plan.output_size
+        budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width)
+        self.workers, self.prefetch_factor, self.notes = budget.workers, budget.prefetch_factor, budget.notes
+        if self.workers == 0:
+            transform.setup_worker(in_worker=False)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.dataset.epoch = epoch
+        parallel = self.workers > 0
+        return DataLoader(
+            self.dataset,
+            batch_size=None,  # the sampler yields whole batches
+            sampler=EpochBatchSampler(len(self.samples), self.config, epoch),
+            num_workers=self.workers,
+            prefetch_factor=self.prefetch_factor if parallel else None,
+            worker_init_fn=_worker_init if parallel else None,
+            timeout=self.config.worker_timeout_s if parallel else 0,
+            multiprocessing_context="fork" if parallel and os.name == "posix" else None,
+        )
+
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        with warnings.catch_warnings():
+            # More workers than cores is a setting the tuner measures on purpose
+            # (workers that block on I/O); torch's advice against it is noise here.
+            warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+            iterator = iter(self._loader(epoch))
+        try:
+            while True:
+                try:
+                    images, labels, skipped = next(iterator)
+                except StopIteration:
+                    return
+                except (BadImageError, FeedError):
+                    raise
+                except RuntimeError as error:
+                    raise _explain_worker_failure(error, self.config) from error
+                self._record_skips(skipped)
+                yield images, labels
+        finally:
+            del iterator  # shuts the workers down now, not at garbage collection
+
+
+def _explain_worker_failure(error: RuntimeError, config: FeedConfig) -> Exception:
+    text = str(error)
+    if "timed out" in text:
+        return FeedError(
+            f"no batch from the workers within {config.worker_timeout_s:.0f} s (worker_timeout_s); "
+            "a worker is stuck or the storage is too slow"
+        )
+    if "worker" in text.lower():
+        return FeedError(f"a data-loading worker died: {text}")
+    return error

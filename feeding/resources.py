@@ -1,0 +1,82 @@
+"""Check shared memory and RAM before starting workers, and say what is short.
+
+Each worker keeps up to ``prefetch_factor`` finished batches in /dev/shm until
+the main process takes them; too little shared memory shows up much later as a
+bus error deep inside a worker. Checking first turns that into a sentence.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from feeding.errors import FeedError
+
+# Leave room for everything else that uses shared memory and RAM.
+HEADROOM = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerBudget:
+    workers: int
+    prefetch_factor: int
+    notes: tuple[str, ...]
+
+
+def batch_bytes(batch_size: int, height: int, width: int) -> int:
+    """Bytes of one uint8 RGB batch plus its int64 labels."""
+    return batch_size * (3 * height * width + 8)
+
+
+def available_shm(path: str = "/dev/shm") -> int | None:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def fit_workers(
+    workers: int, prefetch_factor: int, one_batch: int, shm: int | None, ram: int | None
+) -> WorkerBudget:
+    """Reduce prefetch, then workers, until the in-flight batches fit; pure.
+
+    Raises FeedError when even one worker with one batch in flight does not fit.
+    """
+    limits = [(name, int(v * HEADROOM)) for name, v in (("/dev/shm", shm), ("RAM", ram)) if v is not None]
+    if workers == 0 or not limits:
+        return WorkerBudget(workers, prefetch_factor, ())
+
+    def short(w: int, p: int) -> list[str]:
+        need = w * p * one_batch
+        return [f"{name} has {free / 2**20:.0f} MiB usable, {w} workers x {p} batches need {need / 2**20:.0f} MiB"
+                for name, free in limits if need > free]
+
+    problems = short(workers, prefetch_factor)
+    if not problems:
+        return WorkerBudget(workers, prefetch_factor, ())
+    w, p = workers, prefetch_factor
+    while short(w, p) and p > 1:
+        p -= 1
+    while short(w, p) and w > 1:
+        w -= 1
+    if short(w, p):
+        raise FeedError("not enough memory for even one worker with one batch: " + "; ".join(short(w, p))
+                        + ". Lower --batch or the image size, or enlarge /dev/shm (docker: --shm-size).")
+    note = f"reduced to {w} workers x prefetch {p} because " + "; ".join(problems)
+    return WorkerBudget(w, p, (note,))
+
+
+def check_worker_memory(workers: int, prefetch_factor: int, batch_size: int, height: int, width: int) -> WorkerBudget:
+    """fit_workers with this machine's free /dev/shm and RAM."""
+    return fit_workers(workers, prefetch_factor, batch_bytes(batch_size, height, width), available_shm(), available_ram())

@@ -1,0 +1,55 @@
+"""Smoke tests of the real ``feedbench`` console script."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FEEDBENCH = Path(sys.executable).parent / "feedbench"
+
+
+def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    if not FEEDBENCH.exists():
+        pytest.fail(f"console script missing at {FEEDBENCH}: is the package installed (pip install -e .)?")
+    return subprocess.run([str(FEEDBENCH), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "albumentations", "dali"])
+def test_feedbench_measures_and_writes_json(pipeline, sample_dir, tmp_path):
+    if pipeline == "dali":
+        pytest.importorskip("nvidia.dali")
+    out = tmp_path / "result.json"
+    result = _run("--pipeline", pipeline, "--batch", "8", "--workers", "2", "--data", str(sample_dir),
+                  "--size", "96", "--batches", "2", "--repeats", "2", "--warmup", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "img/s median" in result.stdout
+    record = json.loads(out.read_text())
+    for key in ("pipeline", "workers", "batch", "size", "images", "images_per_sec", "skipped", "pil_build"):
+        assert key in record
+    assert record["pipeline"] == pipeline and record["size"] == [96, 96]
+    assert record["images"] == 2 * 2 * 8
+    rate = record["images_per_sec"]
+    assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+    assert record["pil_build"]["distribution"]
+    assert record["commit"]["id"] is None or len(record["commit"]["id"]) == 40
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--pipeline", "tensorflow"], "invalid choice"),
+    (["--size", "0"], "size"),
+    (["--batch", "-1"], ">= 1"),
+    (["--data", "/nonexistent/data"], "does not exist"),
+])
+def test_bad_arguments_give_a_clear_message_and_nonzero_exit(args, message):
+    result = _run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_data_sample_writes_the_competition_layout(tmp_path):
+    result = _run("data", "sample", str(tmp_path / "s"), "--people", "3", "--eval-people", "1")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s" / "train" / "train.csv").is_file()

@@ -1,0 +1,155 @@
+"""The one contract, checked for every backend on the same files."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from feeding import FeedConfig, create_feeder, discover
+from feeding.errors import FeedError
+from feeding.spec import AugSpec, HorizontalFlip, Resize, Rotate, train_spec
+from tests.conftest import dominant_channel
+
+PIPELINES = [
+    "pil",
+    "albumentations",
+    pytest.param("dali", marks=pytest.mark.skipif(
+        __import__("importlib").util.find_spec("nvidia.dali") is None, reason="nvidia-dali not installed")),
+]
+RESIZE_ONLY = AugSpec((Resize((64, 64)),))
+
+
+def _config(pipeline: str, **overrides) -> FeedConfig:
+    settings = dict(pipeline=pipeline, batch_size=5, workers=2, spec=RESIZE_ONLY, seed=3)
+    settings.update(overrides)
+    return FeedConfig(**settings)
+
+
+def _digests(images: torch.Tensor) -> list[str]:
+    return [hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in images]
+
+
+def _epoch(feeder) -> tuple[list[str], list[int], list[torch.Tensor]]:
+    digests, labels, batches = [], [], []
+    for images, batch_labels in feeder:
+        digests += _digests(images)
+        labels += batch_labels.tolist()
+        batches.append(images)
+    return digests, labels, batches
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_batches_are_uint8_nchw_with_correct_labels(pipeline, image_folder):
+    samples = discover(image_folder)
+    with create_feeder(samples, _config(pipeline, spec=train_spec((96, 80)))) as feeder:
+        images, labels = next(iter(feeder))
+    assert images.dtype == torch.uint8 and images.shape == (5, 3, 96, 80)
+    assert labels.dtype == torch.int64 and labels.shape == (5,)
+    # Class k is tinted towards channel k, and that survives rotate, flip and resize.
+    assert dominant_channel(images).tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_len_and_every_image_once_per_epoch_reshuffled(pipeline, drop_last, image_folder):
+    samples = discover(image_folder)  # 24 images
+    feeder = create_feeder(samples, _config(pipeline, drop_last=drop_last))
+    first, labels, batches = _epoch(feeder)
+    second, _, _ = _epoch(feeder)
+    assert len(batches) == len(feeder) == (4 if drop_last else 5)
+    if drop_last:
+        assert len(first) == 20 and all(len(b) == 5 for b in batches)
+    else:
+        assert len(first) == len(set(first)) == 24  # each image exactly once
+        assert sorted(labels) == sorted(samples.labels.tolist())
+        assert set(first) == set(second)
+    assert first != second  # a new order every epoch
+    feeder.close()
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_same_seed_same_stream(pipeline, image_folder):
+    samples = discover(image_folder)
+    spec = AugSpec((Rotate(20), Resize((48, 48)), HorizontalFlip()))
+    runs = []
+    for _ in range(2):
+        with create_feeder(samples, _config(pipeline, spec=spec, seed=11)) as feeder:
+            runs.append([_epoch(feeder)[0] for _ in range(2)])
+    assert runs[0] == runs[1]
+    with create_feeder(samples, _config(pipeline, spec=spec, seed=12)) as feeder:
+        assert _epoch(feeder)[0] != runs[0][0]
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "albumentations"])
+def test_host_stream_does_not_depend_on_worker_count(pipeline, image_folder):
+    samples = discover(image_folder)
+    spec = AugSpec((Rotate(20), Resize((48, 48)), HorizontalFlip()))
+    streams = []
+    for workers in (0, 1, 3):
+        with create_feeder(samples, _config(pipeline, spec=spec, workers=workers)) as feeder:
+            streams.append(_epoch(feeder)[0])
+    assert streams[0] == streams[1] == streams[2]
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_no_augmentation_draw_repeats_across_workers_and_epochs(pipeline, tmp_path, image_folder):
+    # 12 copies of one image: any two identical outputs would mean a repeated draw.
+    source = next((image_folder / "class0").iterdir())
+    for i in range(12):
+        (tmp_path / "only").mkdir(exist_ok=True)
+        shutil.copy(source, tmp_path / "only" / f"copy{i:02d}.jpg")
+    spec = AugSpec((Rotate(45), Resize((64, 64))))
+    with create_feeder(discover(tmp_path), _config(pipeline, spec=spec, batch_size=3)) as feeder:
+        outputs = _epoch(feeder)[0] + _epoch(feeder)[0] + _epoch(feeder)[0]
+    assert len(outputs) == 36
+    assert len(set(outputs)) == 36
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+@pytest.mark.parametrize("size", [(224, 224), (96, 80)])  # 96x80: decode-time downscale on the fast paths
+def test_parity_with_the_pil_reference(pipeline, size, image_folder):
+    """The same deterministic spec through every backend agrees with plain PIL to >= 30 dB."""
+    samples = discover(image_folder)
+    config = _config(pipeline, spec=AugSpec((Resize(size),)), shuffle=False, drop_last=False, workers=1)
+    with create_feeder(samples, config) as feeder:
+        delivered = torch.cat([images for images, _ in feeder]).numpy()
+    assert len(delivered) == len(samples)
+    for path, image in zip(samples.paths, delivered):
+        with Image.open(path) as img:
+            reference = np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+        assert _psnr(image.transpose(1, 2, 0), reference) >= 30.0, path
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_competition_layout_delivers_its_18_class_labels(pipeline, sample_dir):
+    samples = discover(sample_dir)
+    with create_feeder(samples, _config(pipeline, batch_size=7, drop_last=False)) as feeder:
+        _, labels, _ = _epoch(feeder)
+    assert sorted(labels) == sorted(samples.labels.tolist())
+    assert max(labels) < 18
+
+
+def test_unknown_pipeline_and_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        FeedConfig(pipeline="tensorflow")
+    with pytest.raises(ValueError, match="batch_size"):
+        FeedConfig(batch_size=0)
+    with pytest.raises(ValueError, match="on_bad"):
+        FeedConfig(on_bad="ignore")
+    with pytest.raises(ValueError, match="only the dali pipeline"):
+        FeedConfig(pipeline="pil", decode_device="cuda")
+
+
+def test_more_shards_than_images_is_a_clear_error(image_folder):
+    samples = discover(image_folder).subset(np.arange(3))
+    with pytest.raises(FeedError, match="shards"):
+        len(create_feeder(samples, _config("pil", num_shards=4, shard_id=3)))

@@ -1,0 +1,79 @@
+import pytest
+
+from feeding.plan import draw_crop_box, make_plan, reduction_factor
+from feeding.spec import (
+    AugSpec, CenterCrop, ColorJitter, HorizontalFlip, Normalize, RandomResizedCrop, Resize, Rotate, parse_size,
+    train_spec,
+)
+import numpy as np
+
+
+def test_spec_validates_when_built():
+    with pytest.raises(ValueError, match="output size"):
+        AugSpec((Rotate(10), HorizontalFlip()))
+    with pytest.raises(ValueError, match="last"):
+        AugSpec((Normalize(), Resize((8, 8))))
+    with pytest.raises(ValueError):
+        Resize((0, 10))
+    with pytest.raises(ValueError):
+        Rotate(200)
+    with pytest.raises(ValueError):
+        HorizontalFlip(1.5)
+    with pytest.raises(ValueError):
+        RandomResizedCrop((10, 10), scale=(0.5, 1.5))
+    with pytest.raises(TypeError):
+        AugSpec([Resize((8, 8))])  # a list is mutable: specs are frozen
+
+
+def test_spec_knows_output_size_and_randomness():
+    spec = AugSpec((Resize((300, 200)), CenterCrop((224, 192)), Normalize()))
+    assert spec.output_size == (224, 192)
+    assert spec.is_deterministic
+    assert spec.normalize == Normalize()
+    assert not train_spec().is_deterministic
+
+
+def test_planner_puts_cheap_shrinking_ops_first_and_keeps_literal_order_on_request():
+    spec = AugSpec((Rotate(10), ColorJitter(0.2), HorizontalFlip(), Resize((224, 224)), Normalize()))
+    planned = make_plan(spec)
+    assert [type(op) for op in planned.steps] == [Resize, Rotate, HorizontalFlip, ColorJitter]
+    literal = make_plan(spec, literal=True)
+    assert [type(op) for op in literal.steps] == [Rotate, ColorJitter, HorizontalFlip, Resize]
+    source = (512, 384)
+    assert planned.total_cost(source) < literal.total_cost(source) / 2
+
+
+def test_decode_reduction_only_when_target_is_at_most_half():
+    assert reduction_factor((512, 384), (224, 224)) == 1  # 384/224 < 2
+    assert reduction_factor((512, 384), (192, 192)) == 2
+    assert reduction_factor((512, 384), (64, 48)) == 8
+    plan = make_plan(AugSpec((Resize((96, 96)),)))
+    assert plan.decode_reduction((512, 384)) == 4
+    # A plan that rotates first (literal order) decodes at full size.
+    literal = make_plan(AugSpec((Rotate(5), Resize((96, 96)))), literal=True)
+    assert literal.decode_reduction((512, 384)) == 1
+
+
+def test_describe_prints_the_plan_with_decode_scale():
+    text = make_plan(AugSpec((Rotate(10), Resize((128, 128))))).describe((512, 384))
+    assert "decode 512x384 at 1/2" in text
+    assert text.index("Resize") < text.index("Rotate")
+
+
+def test_crop_box_stays_inside_the_image():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = draw_crop_box((512, 384), (0.08, 1.0), (3 / 4, 4 / 3), rng)
+        assert 0 <= top and 0 <= left and h > 0 and w > 0
+        assert top + h <= 512 and left + w <= 384
+
+
+@pytest.mark.parametrize("text,expected", [("224", (224, 224)), ("256x192", (256, 192))])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "x", "12x", "-3", "3x4x5", "abc"])
+def test_parse_size_rejects_bad_text(text):
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
