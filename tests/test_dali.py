@@ -1,0 +1,373 @@
+"""The DALI backend on generated images, on the CPU (the GPU test skips without CUDA)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+
+from feeding import decode  # noqa: E402
+from feeding.backends.dali import DaliFeeder, dali_reads_as_pil, process_images, transcode_for_dali  # noqa: E402
+from feeding.errors import FeedError  # noqa: E402
+from feeding.factory import create_feeder  # noqa: E402
+from feeding.feeder import FeedConfig  # noqa: E402
+from feeding.sources import Samples, discover  # noqa: E402
+from feeding.spec import (  # noqa: E402
+    AugSpec,
+    CenterCrop,
+    ColorJitter,
+    HorizontalFlip,
+    Normalize,
+    RandomResizedCrop,
+    Resize,
+    Rotate,
+    train_spec,
+)
+
+from tests.conftest import dominant_channel, write_image_folder  # noqa: E402
+from tests.odd_images import write_bad_files, write_odd_images  # noqa: E402
+
+RESIZE_ONLY = AugSpec((Resize((224, 224)),))
+PER_CLASS = 13  # 3 classes x 13 = 39 images: batches of 8 leave a short last batch
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """39 textured 384x512 (WxH) JPEGs in 3 class folders; class k is tinted towards channel k."""
+    return write_image_folder(tmp_path_factory.mktemp("dali_folder"), per_class=PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def numbered(folder) -> Samples:
+    """The same files, each with its own label: a label names the file it came from."""
+    samples = discover(folder)
+    n = len(samples)
+    return Samples(paths=samples.paths, labels=np.arange(n, dtype=np.int64), groups=samples.groups,
+                   classes=tuple(str(i) for i in range(n)), root=samples.root, layout="csv")
+
+
+def config(**overrides) -> FeedConfig:
+    settings = dict(pipeline="dali", batch_size=8, workers=2, spec=RESIZE_ONLY, drop_last=False, seed=3)
+    return FeedConfig(**{**settings, **overrides})
+
+
+def epoch_labels(feeder) -> list[list[int]]:
+    return [labels.tolist() for _, labels in feeder]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+# ---------------------------------------------------------------- the contract
+
+
+def test_batches_are_uint8_nchw_with_the_labels_of_their_files(folder):
+    feeder = create_feeder(discover(folder), config(spec=train_spec()))
+    assert isinstance(feeder, DaliFeeder)
+    batches = list(feeder)
+    assert [len(labels) for _, labels in batches] == [8, 8, 8, 8, 7]
+    for images, labels in batches:
+        assert images.dtype == torch.uint8 and images.device.type == "cpu"
+        assert images.shape == (len(labels), 3, 224, 224) and images.is_contiguous()
+        assert labels.dtype == torch.int64 and labels.shape == (len(images),)
+        assert (dominant_channel(images.numpy()) == labels.numpy()).all()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("batch_size", [8, 13, 50])  # short last batch, none, one short batch
+def test_len_is_the_number_of_batches_delivered(numbered, drop_last, batch_size):
+    feeder = DaliFeeder(numbered, config(batch_size=batch_size, drop_last=drop_last))
+    for _ in range(2):
+        sizes = [len(labels) for _, labels in feeder]
+        assert len(sizes) == len(feeder)
+        assert all(size == batch_size for size in sizes[:-1])
+        if drop_last:
+            assert all(size == batch_size for size in sizes)
+            assert sum(sizes) == 39 - 39 % batch_size
+        else:
+            assert sum(sizes) == 39
+
+
+def test_every_sample_once_per_epoch_new_order_each_epoch_same_for_the_seed(numbered):
+    first = DaliFeeder(numbered, config())
+    epochs = [sum(epoch_labels(first), []) for _ in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(39))
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+    again = DaliFeeder(numbered, config())
+    assert [sum(epoch_labels(again), []) for _ in range(3)] == epochs
+    other_seed = DaliFeeder(numbered, config(seed=4))
+    assert sum(epoch_labels(other_seed), []) != epochs[0]
+
+
+def test_no_shuffle_reads_in_order_and_each_shard_keeps_its_slice(numbered):
+    feeder = DaliFeeder(numbered, config(shuffle=False))
+    assert sum(epoch_labels(feeder), []) == list(range(39))
+    assert sum(epoch_labels(feeder), []) == list(range(39))
+    second_shard = DaliFeeder(numbered, config(shuffle=False, shard_id=1, num_shards=2))
+    for _ in range(2):
+        assert sum(epoch_labels(second_shard), []) == list(range(19, 39))
+
+
+def test_same_seed_same_augmented_images(numbered):
+    """Random ops (rotate, flip, jitter) draw the same values for the same seed, with 2 threads."""
+    spec = AugSpec((Rotate(15), Resize((64, 64)), HorizontalFlip(0.5), ColorJitter(0.3, 0.3, 0.3)))
+    runs = []
+    for _ in range(2):
+        feeder = DaliFeeder(numbered, config(spec=spec))
+        runs.append([images.clone() for _ in range(2) for images, _ in feeder])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert not torch.equal(runs[0][0], runs[0][len(runs[0]) // 2])  # epochs differ
+
+
+def test_set_epoch_on_a_fresh_feeder_gives_that_epoch(numbered):
+    spec = AugSpec((Resize((32, 32)), Rotate(20)))
+    reference = DaliFeeder(numbered, config(spec=spec))
+    epochs = [[(images.clone(), labels) for images, labels in reference] for _ in range(3)]
+
+    fresh = DaliFeeder(numbered, config(spec=spec))
+    fresh.set_epoch(2)  # replays epochs 0 and 1
+    again = list(fresh)
+    assert [labels.tolist() for _, labels in again] == [labels.tolist() for _, labels in epochs[2]]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(again, epochs[2]))
+
+    fresh.set_epoch(1)  # backwards: rebuilds the pipeline, replays epoch 0
+    assert [labels.tolist() for _, labels in fresh] == [labels.tolist() for _, labels in epochs[1]]
+    assert fresh.epoch == 2
+
+
+def test_leaving_an_epoch_early_does_not_shift_the_next(numbered):
+    reference = DaliFeeder(numbered, config())
+    expected = [epoch_labels(reference) for _ in range(2)]
+    feeder = DaliFeeder(numbered, config())
+    for _ in zip(range(2), feeder):
+        pass  # two batches of epoch 0, then stop
+    assert epoch_labels(feeder) == expected[1]
+
+
+def test_batches_do_not_alias_buffers_dali_reuses(numbered):
+    feeder = DaliFeeder(numbered, config(batch_size=4, prefetch_factor=2))
+    held = [(images, images.clone()) for _ in range(2) for images, _ in feeder]
+    assert all(torch.equal(kept, copy) for kept, copy in held)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("batch_size", [8, 19])  # 19: shard 0 (19 images) ends a batch before shard 1 (20)
+def test_two_shards_are_disjoint_and_complete(numbered, batch_size, drop_last):
+    shards = [DaliFeeder(numbered, config(batch_size=batch_size, drop_last=drop_last, shard_id=i, num_shards=2))
+              for i in range(2)]
+    for epoch in range(2):
+        parts = []
+        for feeder in shards:
+            batches = epoch_labels(feeder)
+            assert len(batches) == len(feeder)
+            parts.append(sum(batches, []))
+        assert not set(parts[0]) & set(parts[1])
+        assert len(parts[0]) + len(parts[1]) == len(set(parts[0]) | set(parts[1]))
+        if not drop_last:
+            assert sorted(parts[0] + parts[1]) == list(range(39))
+            assert (len(parts[0]), len(parts[1])) == (19, 20)
+
+
+# ---------------------------------------------------------------- pixels
+
+
+def test_resize_matches_pil_bilinear(numbered):
+    feeder = DaliFeeder(numbered, config(shuffle=False))
+    scores = []
+    for images, labels in feeder:
+        for image, label in zip(images.numpy(), labels.tolist()):
+            with Image.open(numbered.paths[label]) as source:
+                expected = np.asarray(source.convert("RGB").resize((224, 224), Image.BILINEAR))
+            scores.append(psnr(image.transpose(1, 2, 0), expected))
+    assert len(scores) == 39 and min(scores) >= 30.0
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        (RandomResizedCrop((96, 80)), HorizontalFlip(0.5), Normalize()),
+        (CenterCrop((128, 96)), ColorJitter(0.4, 0.4, 0.4)),
+        (Rotate(30), RandomResizedCrop((64, 48), scale=(0.5, 1.0)), HorizontalFlip(1.0)),
+        (ColorJitter(brightness=0.2), Resize((50, 70)), Rotate(0), HorizontalFlip(0.0)),
+    ],
+)
+@pytest.mark.parametrize("literal_order", [False, True])
+def test_every_op_runs_and_keeps_labels(folder, ops, literal_order):
+    spec = AugSpec(ops)
+    feeder = DaliFeeder(discover(folder), config(spec=spec, literal_order=literal_order))
+    for images, labels in feeder:
+        assert images.shape[1:] == (3, *spec.output_size)
+        assert (dominant_channel(images.numpy()) == labels.numpy()).all()
+
+
+def test_center_crop_larger_than_the_image_pads_black(numbered):
+    feeder = DaliFeeder(numbered, config(spec=AugSpec((CenterCrop((520, 400)),)), shuffle=False))
+    images, labels = next(iter(feeder))
+    image = images[0].numpy().transpose(1, 2, 0)
+    with Image.open(numbered.paths[labels[0]]) as source:
+        expected = np.asarray(source.convert("RGB"))
+    assert (image[:4] == 0).all() and (image[-4:] == 0).all()  # 520 - 512 = 8 rows of padding
+    assert (image[:, :8] == 0).all() and (image[:, -8:] == 0).all()  # 400 - 384 = 16 columns
+    assert np.array_equal(image[4:-4, 8:-8], expected)
+
+
+# ---------------------------------------------------------------- odd, transcoded and bad files
+
+
+def _misread_by_dali(folder: Path) -> dict[str, Path]:
+    """Valid files that DALI's decoder refuses or reads differently from feeding.decode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:48, 0:64]
+    rgb = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    files = {
+        "gif_named_jpg": (folder / "really_gif.jpg", {"format": "GIF"}, rgb),
+        "la_tiff": (folder / "la.tiff", {}, np.stack([rgb[..., 0], rgb[..., 1]], axis=-1)),
+        "bilevel_tiff": (folder / "bilevel.tif", {}, rgb[..., 0] > 120),
+        "xmp_orientation_jpeg": (folder / "xmp6.jpg", {"quality": 95, "xmp": xmp}, rgb),
+    }
+    for path, params, pixels in files.values():
+        image = Image.fromarray(pixels, "LA") if pixels.ndim == 3 and pixels.shape[-1] == 2 else Image.fromarray(pixels)
+        image.save(path, **params)
+    return {name: path for name, (path, _, _) in files.items()}
+
+
+def test_odd_images_arrive_as_feeding_decode_reads_them(tmp_path):
+    odd = write_odd_images(tmp_path / "odd")
+    misread = _misread_by_dali(tmp_path / "misread")
+    assert all(dali_reads_as_pil(str(p)) for p in odd.values())
+    assert not any(dali_reads_as_pil(str(p)) for p in misread.values())
+
+    named = {**odd, **misread}
+    names = list(named)
+    paths = np.array([str(named[n]) for n in names])
+    samples = Samples(paths=paths, labels=np.arange(len(names), dtype=np.int64),
+                      groups=np.arange(len(names), dtype=np.int64), classes=tuple(names),
+                      root=str(tmp_path), layout="csv")
+    size = (40, 40)
+    feeder = DaliFeeder(samples, config(batch_size=6, spec=AugSpec((Resize(size),)), on_bad="fail"))
+    seen = set()
+    for images, labels in feeder:
+        for image, label in zip(images.numpy(), labels.tolist()):
+            expected = np.asarray(decode.load_pil(paths[label], 10**8).resize(size[::-1], Image.BILINEAR))
+            assert psnr(image.transpose(1, 2, 0), expected) >= 35.0, names[label]
+            seen.add(names[label])
+    assert seen == set(names) and feeder.skipped == []
+
+
+def test_transcoded_copy_is_made_once(tmp_path):
+    source = _misread_by_dali(tmp_path / "misread")["gif_named_jpg"]
+    first = Path(transcode_for_dali(str(source), 10**8, tmp_path / "cache"))
+    stamp = first.stat().st_mtime_ns
+    assert Path(transcode_for_dali(str(source), 10**8, tmp_path / "cache")) == first
+    assert first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left behind
+    with Image.open(first) as copy:
+        assert copy.format == "PNG" and copy.mode == "RGB"
+        assert np.array_equal(np.asarray(copy), np.asarray(decode.load_pil(str(source), 10**8)))
+
+
+@pytest.fixture()
+def folder_with_bad_files(tmp_path) -> tuple[Path, set[str]]:
+    root = write_image_folder(tmp_path / "data", per_class=6)
+    bad = write_bad_files(root / "class1")
+    return root, {str(path) for path in bad.values()}
+
+
+def test_bad_files_are_skipped_and_recorded_batches_stay_full(folder_with_bad_files):
+    root, bad = folder_with_bad_files
+    feeder = DaliFeeder(discover(root), config(batch_size=4, drop_last=True, on_bad="skip"))
+    assert {record.path for record in feeder.skipped} == bad
+    assert all(record.reason for record in feeder.skipped)
+    batches = list(feeder)
+    assert len(batches) == len(feeder) == 18 // 4
+    assert all(len(labels) == 4 for _, labels in batches)
+    assert (dominant_channel(torch.cat([i for i, _ in batches]).numpy())
+            == torch.cat([l for _, l in batches]).numpy()).all()
+
+
+def test_bad_files_fail_names_the_file(folder_with_bad_files):
+    root, bad = folder_with_bad_files
+    with pytest.raises(FeedError, match="cannot be delivered") as raised:
+        DaliFeeder(discover(root), config(on_bad="fail"))
+    assert any(Path(path).name in str(raised.value) for path in bad)
+
+
+def test_a_file_dali_cannot_decode_is_a_feed_error(tmp_path, monkeypatch):
+    import feeding.backends.dali as dali_backend
+
+    gif = str(_misread_by_dali(tmp_path / "misread")["gif_named_jpg"])
+    monkeypatch.setattr(dali_backend, "dali_reads_as_pil", lambda path: True)  # hand DALI the GIF itself
+    samples = Samples(paths=np.array([gif]), labels=np.zeros(1, dtype=np.int64), groups=np.zeros(1, dtype=np.int64),
+                      classes=("only",), root=str(tmp_path), layout="csv")
+    feeder = DaliFeeder(samples, config(batch_size=1))
+    for _ in range(2):  # the failed pipeline is rebuilt, and fails the same way
+        with pytest.raises(FeedError, match="DALI failed in epoch 0"):
+            list(feeder)
+
+
+def test_more_shards_than_images_is_refused(numbered):
+    with pytest.raises(FeedError, match="shards"):
+        DaliFeeder(numbered.subset(np.arange(3)), config(num_shards=4, shard_id=0))
+
+
+# ---------------------------------------------------------------- imports
+
+
+def test_feeding_does_not_import_dali_and_a_missing_dali_names_the_package():
+    code = (
+        "import sys, feeding, feeding.factory\n"
+        "print('nvidia.dali' in sys.modules)\n"
+        "sys.modules['nvidia.dali'] = None  # as if it were not installed\n"
+        "from feeding.errors import MissingDependencyError\n"
+        "try:\n    import feeding.backends.dali\n"
+        "except MissingDependencyError as error:\n    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported, message = result.stdout.strip().split("\n", 1)
+    assert imported == "False"
+    assert "pip install nvidia-dali-cuda130" in message
+
+
+# ---------------------------------------------------------------- GPU
+
+
+@pytest.mark.parametrize("ops", [train_spec().ops, (RandomResizedCrop((64, 64)), ColorJitter(0.2, 0.2, 0.2)),
+                                 (Rotate(5), CenterCrop((100, 100)), HorizontalFlip(0.3), ColorJitter(0.1, 0, 0.3))])
+def test_gpu_graph_is_well_formed_without_a_gpu(ops):
+    """The mixed-decode graph is defined (devices, argument placement) without running it."""
+    from nvidia.dali import fn
+    from nvidia.dali.pipeline import Pipeline
+
+    from feeding.plan import make_plan
+
+    pipe = Pipeline(batch_size=2, num_threads=1, device_id=0)  # nothing touches CUDA before build()
+    with pipe:
+        encoded, _ = fn.readers.file(files=["unused.jpg"], name="Reader")
+        images = process_images(encoded, make_plan(AugSpec(ops)).steps, "mixed")
+    assert images.device == "gpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mixed_decode_delivers_cuda_batches_like_the_cpu(numbered):
+    cpu = DaliFeeder(numbered, config(shuffle=False))
+    gpu = DaliFeeder(numbered, config(shuffle=False, decode_device="cuda:0"))
+    assert len(gpu) == len(cpu)
+    for (gpu_images, gpu_labels), (cpu_images, cpu_labels) in zip(gpu, cpu):
+        assert gpu_images.device.type == "cuda" and gpu_images.dtype == torch.uint8
+        assert torch.equal(gpu_labels.cpu(), cpu_labels)
+        # nvJPEG's IDCT and chroma upsampling differ slightly from libjpeg-turbo's.
+        assert psnr(gpu_images.cpu().numpy(), cpu_images.numpy()) >= 30.0
