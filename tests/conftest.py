@@ -52,3 +52,15 @@ def sample_dir(tmp_path_factory):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Scans and transcodes go to a per-session temporary cache, never the user's."""
     monkeypatch.setenv("FEEDBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly, with a reason, where CUDA is not available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker: gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

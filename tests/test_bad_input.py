@@ -149,3 +149,19 @@ def test_device_feeder_normalizes_on_the_device(image_folder):
     assert images.dtype == torch.float32
     torch.testing.assert_close(images, (raw_images / 255.0 - mean) / std, atol=1e-5, rtol=1e-5)
     assert len(device_feeder) == 6
+
+
+@pytest.mark.gpu
+def test_device_feeder_prefetches_on_a_cuda_side_stream(image_folder):
+    from feeding.device import DeviceFeeder
+
+    config = FeedConfig(pipeline="pil", batch_size=4, workers=1, spec=AugSpec((Resize((32, 32)),)), shuffle=False)
+    reference = [images for images, _ in create_feeder(discover(image_folder), config)]
+    delivered = list(DeviceFeeder(create_feeder(discover(image_folder), config), "cuda", channels_last=True))
+    assert len(delivered) == len(reference)
+    for (images, labels), raw in zip(delivered, reference):
+        assert images.is_cuda and labels.is_cuda
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        expected = (raw.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        torch.testing.assert_close(images.cpu(), expected, atol=1e-5, rtol=1e-5)

@@ -53,3 +53,37 @@ def test_data_sample_writes_the_competition_layout(tmp_path):
     result = _run("data", "sample", str(tmp_path / "s"), "--people", "3", "--eval-people", "1")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s" / "train" / "train.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def messy_competition(tmp_path_factory):
+    """The sample layout with one truncated JPEG, one odd (grayscale PNG named .jpg) and one stray file."""
+    from PIL import Image
+
+    from feeding.sample import write_sample
+
+    root = write_sample(tmp_path_factory.mktemp("messy") / "data", people=3, seed=1, eval_people=0)
+    people = sorted((root / "train" / "images").iterdir())
+    broken = people[0] / "mask2.jpg"
+    broken.write_bytes(broken.read_bytes()[:5000])
+    odd = people[1] / "normal.jpg"
+    Image.open(odd).convert("L").save(odd, format="PNG")
+    (people[2] / "Thumbs.db").write_bytes(b"not an image")
+    return root, broken
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "albumentations", "dali"])
+def test_on_bad_skip_and_fail_from_the_command_line(pipeline, messy_competition, tmp_path):
+    if pipeline == "dali":
+        pytest.importorskip("nvidia.dali")
+    root, broken = messy_competition
+    common = ["--pipeline", pipeline, "--batch", "4", "--workers", "2", "--data", str(root), "--size", "64",
+              "--batches", "2", "--repeats", "1", "--warmup", "0"]
+    out = tmp_path / "skip.json"
+    skipped = _run(*common, "--on-bad", "skip", "--json", str(out))
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"skipped: {broken}" in skipped.stdout
+    assert [r["path"] for r in json.loads(out.read_text())["skipped"]] == [str(broken)]
+    failed = _run(*common, "--on-bad", "fail")
+    assert failed.returncode == 2
+    assert str(broken) in failed.stderr and "Traceback" not in failed.stderr

@@ -91,7 +91,15 @@ class BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]]:
+    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadFile]]:
+        """Under on_bad="fail" an unreadable file comes back as (None, None, [it]), not as an
+        exception: DataLoader re-raises worker exceptions as bare RuntimeErrors."""
+        try:
+            return self._make_batch(key)
+        except BadImageError as error:
+            return None, None, [error.record()]
+
+    def _make_batch(self, key: BatchKey) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]]:
         height, width = self.transform.plan.output_size
         rng = seeding.batch_rng(self.config.seed, key.epoch, key.number)
         self.transform.start_batch(rng)
@@ -176,6 +184,8 @@ class HostFeeder(Feeder):
                     raise
                 except RuntimeError as error:
                     raise _explain_worker_failure(error, self.config) from error
+                if images is None:  # on_bad="fail": the worker reports the file instead of raising
+                    raise BadImageError(skipped[0].path, skipped[0].reason)
                 self._record_skips(skipped)
                 yield images, labels
         finally:
