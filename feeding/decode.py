@@ -17,6 +17,7 @@ The rules, identical for ``load_pil`` and ``load_cv2`` (and what ``probe`` repor
 from __future__ import annotations
 
 import functools
+import io
 import importlib.metadata
 import warnings
 from contextlib import contextmanager
@@ -130,13 +131,16 @@ def _size_problem(width: int, height: int, max_pixels: int) -> str | None:
     return None
 
 
-def _open(path: str, max_pixels: int) -> Image.Image:
-    """Open lazily (header only) and refuse bombs and empty sizes before any pixel is read."""
+def _open(path: str, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    """Open lazily (header only) and refuse bombs and empty sizes before any pixel is read.
+
+    ``data``: the file's bytes, already read (``path`` then only names it in messages).
+    """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     try:
         with _quiet():
-            image = Image.open(path, formats=IMAGE_OPEN_FORMATS)
+            image = Image.open(path if data is None else io.BytesIO(data), formats=IMAGE_OPEN_FORMATS)
     except Exception as error:  # noqa: BLE001 - parsers of untrusted headers raise many types
         raise _open_failure(path, error) from None
     problem = _size_problem(image.width, image.height, max_pixels)
@@ -165,7 +169,7 @@ def _header(image: Image.Image) -> _Header:
     return _Header(image.format or "", size, orientation)
 
 
-def probe(path: str, max_pixels: int) -> tuple[int, int]:
+def probe(path: str, max_pixels: int, data: bytes | None = None) -> tuple[int, int]:
     """(height, width) in pixels as delivered (after EXIF orientation), from the header only.
 
     Raises BadImageError if the header is unreadable or not an image, if
@@ -173,7 +177,7 @@ def probe(path: str, max_pixels: int) -> tuple[int, int]:
     side is 0. PIL itself refuses headers over 2 * PIL.Image.MAX_IMAGE_PIXELS
     (179 megapixels by default), whatever ``max_pixels`` says.
     """
-    with _open(path, max_pixels) as image:
+    with _open(path, max_pixels, data) as image:
         return _header(image).size
 
 
@@ -193,7 +197,9 @@ def _stored_wh(draft_to: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
-def load_pil(path: str, max_pixels: int, draft_to: tuple[int, int] | None = None) -> Image.Image:
+def load_pil(
+    path: str, max_pixels: int, draft_to: tuple[int, int] | None = None, data: bytes | None = None
+) -> Image.Image:
     """Decode to an RGB PIL image, EXIF orientation applied.
 
     ``draft_to=(height, width)``, in the delivered orientation: for a JPEG, let
@@ -203,7 +209,7 @@ def load_pil(path: str, max_pixels: int, draft_to: tuple[int, int] | None = None
     """
     if draft_to is not None and min(draft_to) < 1:
         raise ValueError(f"draft_to must be a positive (height, width), got {draft_to}")
-    image = _open(path, max_pixels)
+    image = _open(path, max_pixels, data)
     try:
         orientation = _orientation(image)
         if draft_to is not None and image.format in JPEG_FORMATS:
@@ -218,14 +224,14 @@ def load_pil(path: str, max_pixels: int, draft_to: tuple[int, int] | None = None
     return rgb.transpose(_PIL_TRANSPOSE[orientation]) if orientation in _PIL_TRANSPOSE else rgb
 
 
-def _pil_array(path: str, max_pixels: int, reduction: int) -> np.ndarray:
-    image = load_pil(path, max_pixels)
+def _pil_array(path: str, max_pixels: int, reduction: int, data: bytes | None) -> np.ndarray:
+    image = load_pil(path, max_pixels, data=data)
     if reduction > 1:
         image = image.reduce(reduction)  # box filter; sides ceil(n / reduction), as libjpeg's
     return np.array(image)  # a writable copy: np.asarray of a PIL image is read-only
 
 
-def load_cv2(path: str, max_pixels: int, reduction: int = 1) -> np.ndarray:
+def load_cv2(path: str, max_pixels: int, reduction: int = 1, data: bytes | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB, C-contiguous, EXIF orientation applied, decoded by OpenCV.
 
     ``reduction`` in (1, 2, 4, 8): a JPEG is decoded at that scale by libjpeg
@@ -237,17 +243,18 @@ def load_cv2(path: str, max_pixels: int, reduction: int = 1) -> np.ndarray:
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction}")
-    with _open(path, max_pixels) as image:
+    with _open(path, max_pixels, data) as image:
         header = _header(image)
     if header.format not in CV2_FORMATS or (reduction > 1 and header.format not in JPEG_FORMATS):
-        return _pil_array(path, max_pixels, reduction)
+        return _pil_array(path, max_pixels, reduction, data)
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: this handles non-ASCII paths
-        rgb = cv2.imdecode(data, _CV2_BASE_FLAGS | _CV2_SCALE_BITS[reduction])
+        # From bytes, not cv2.imread: this also handles non-ASCII paths.
+        encoded = np.fromfile(path, dtype=np.uint8) if data is None else np.frombuffer(data, dtype=np.uint8)
+        rgb = cv2.imdecode(encoded, _CV2_BASE_FLAGS | _CV2_SCALE_BITS[reduction])
     except (OSError, cv2.error):
         rgb = None
     if rgb is None:
-        return _pil_array(path, max_pixels, reduction)
+        return _pil_array(path, max_pixels, reduction, data)
     transpose = _CV2_TRANSPOSE.get(header.orientation)
     return transpose(rgb) if transpose else rgb
 
@@ -293,3 +300,11 @@ def pil_build_line(build: dict | None = None) -> str:
     cpu = "AVX2 CPU" if build["cpu_avx2"] else "no AVX2 on this CPU"
     return f"{build['distribution']} {build['version']} ({jpeg}, {cpu})"
 
+
+def read_bytes(path: str) -> bytes:
+    """The whole file, or BadImageError naming it (missing, unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as error:
+        raise BadImageError(path, f"cannot read file: {error.strerror or error}") from None

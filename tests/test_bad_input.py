@@ -100,12 +100,12 @@ def test_labels_follow_substituted_images(tmp_path):
 
 
 class _DyingTransform(PilTransform):
-    def __call__(self, path, rng):
+    def decode(self, path, data, rng):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _StuckTransform(PilTransform):
-    def __call__(self, path, rng):
+    def decode(self, path, data, rng):
         time.sleep(60)
 
 

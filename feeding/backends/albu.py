@@ -73,9 +73,11 @@ class AlbumentationsTransform(HostTransform):
         # albumentations draws from its own generators; seed them from the batch's stream.
         self.compose.set_random_seed(int(rng.integers(2**31)))
 
-    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
+    def decode(self, path: str, data: bytes, rng: np.random.Generator) -> np.ndarray:
         reduction = 1
         if isinstance(self.plan.steps[0], Resize):  # a random crop's box is drawn inside albumentations
-            reduction = self.plan.decode_reduction(decode.probe(path, self.max_pixels))
-        image = decode.load_cv2(path, self.max_pixels, reduction=reduction)
+            reduction = self.plan.decode_reduction(decode.probe(path, self.max_pixels, data))
+        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data)
+
+    def augment(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.compose(image=image)["image"]

@@ -9,6 +9,7 @@ label, and the failure travels back with the batch to be reported.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from feeding import seeding
+from feeding import decode, seeding
 from feeding.errors import BadFile, BadImageError, FeedError
 from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
 from feeding.plan import Plan
@@ -29,22 +30,43 @@ from feeding.sources import Samples
 MAX_CONSECUTIVE_FAILURES = 64
 
 
+STAGES = ("read", "decode", "augment", "collate")
+
+
 class HostTransform(ABC):
-    """Turns one file into one HxWx3 uint8 image of the plan's output size."""
+    """Turns one file into one HxWx3 uint8 image of the plan's output size, in three timed stages.
+
+    ``read`` fetches the bytes (from storage, or from ``byte_cache`` when a
+    benchmark preloads them to measure what storage costs), ``decode`` turns
+    them into pixels, ``augment`` runs the plan's steps.
+    """
 
     def __init__(self, plan: Plan, max_pixels: int) -> None:
         self.plan = plan
         self.max_pixels = max_pixels
+        self.byte_cache: dict[str, bytes] | None = None
+
+    def read(self, path: str) -> bytes:
+        if self.byte_cache is not None and path in self.byte_cache:
+            return self.byte_cache[path]
+        return decode.read_bytes(path)
+
+    @abstractmethod
+    def decode(self, path: str, data: bytes, rng: np.random.Generator):
+        """Pixels (in whatever form ``augment`` takes), plus what the plan decided on the way."""
+
+    @abstractmethod
+    def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:
+        """The plan's steps; returns HxWx3 uint8."""
+
+    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        return self.augment(self.decode(path, self.read(path), rng), rng)
 
     def setup_worker(self, in_worker: bool) -> None:
         """Per-process settings (e.g. library thread counts); called once per worker."""
 
     def start_batch(self, rng: np.random.Generator) -> None:
         """Called before each batch with the batch's generator (e.g. to seed a library)."""
-
-    @abstractmethod
-    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        """Load and augment one image; raise BadImageError if it cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,16 @@ class EpochBatchSampler(Sampler[BatchKey]):
         return n // b if self.config.drop_last else -(-n // b)
 
 
+@dataclass
+class WorkerBatch:
+    """What a worker sends back: the batch, the files it skipped, and seconds spent per stage."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    skipped: list[BadFile]
+    stage_seconds: dict[str, float]
+
+
 class BatchDataset(Dataset):
     """``dataset[BatchKey]`` -> (images uint8 NCHW, labels int64, skipped files)."""
 
@@ -91,15 +123,17 @@ class BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadFile]]:
-        """Under on_bad="fail" an unreadable file comes back as (None, None, [it]), not as an
+    def __getitem__(self, key: BatchKey) -> WorkerBatch:
+        """Under on_bad="fail" an unreadable file comes back as images=None, not as an
         exception: DataLoader re-raises worker exceptions as bare RuntimeErrors."""
+        stages = dict.fromkeys(STAGES, 0.0)
         try:
-            return self._make_batch(key)
+            images, labels, skipped = self._make_batch(key, stages)
         except BadImageError as error:
-            return None, None, [error.record()]
+            return WorkerBatch(None, None, [error.record()], stages)
+        return WorkerBatch(images, labels, skipped, stages)
 
-    def _make_batch(self, key: BatchKey) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]]:
+    def _make_batch(self, key: BatchKey, stages: dict[str, float]):
         height, width = self.transform.plan.output_size
         rng = seeding.batch_rng(self.config.seed, key.epoch, key.number)
         self.transform.start_batch(rng)
@@ -107,16 +141,23 @@ class BatchDataset(Dataset):
         labels = np.empty(len(key.indices), dtype=np.int64)
         skipped: list[BadFile] = []
         for slot, index in enumerate(key.indices):
-            index = self._load_into(images, slot, int(index), rng, skipped)
+            index = self._load_into(images, slot, int(index), rng, skipped, stages)
             labels[slot] = self.labels[index]
         return torch.from_numpy(images), torch.from_numpy(labels), skipped
 
-    def _load_into(self, images: np.ndarray, slot: int, index: int, rng, skipped: list[BadFile]) -> int:
+    def _load_into(self, images, slot: int, index: int, rng, skipped: list[BadFile], stages) -> int:
         """Fill images[slot] from sample ``index`` or, if it is unreadable, a random substitute."""
+        transform, clock = self.transform, time.perf_counter
         for _ in range(MAX_CONSECUTIVE_FAILURES):
             path = str(self.paths[index])
             try:
-                image = self.transform(path, rng)
+                t0 = clock()
+                data = transform.read(path)
+                t1 = clock()
+                decoded = transform.decode(path, data, rng)
+                t2 = clock()
+                image = transform.augment(decoded, rng)
+                t3 = clock()
             except BadImageError as error:
                 if self.config.on_bad == "fail":
                     raise
@@ -124,6 +165,10 @@ class BatchDataset(Dataset):
                 index = int(rng.integers(len(self.paths)))
                 continue
             images[slot] = image.transpose(2, 0, 1)
+            stages["read"] += t1 - t0
+            stages["decode"] += t2 - t1
+            stages["augment"] += t3 - t2
+            stages["collate"] += clock() - t3
             return index
         raise FeedError(
             f"{MAX_CONSECUTIVE_FAILURES} unreadable files in a row (last: {skipped[-1].path}: "
@@ -151,8 +196,14 @@ class HostFeeder(Feeder):
         height, width = config.plan.output_size
         budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width)
         self.workers, self.prefetch_factor, self.notes = budget.workers, budget.prefetch_factor, budget.notes
+        self.reset_stage_times()
         if self.workers == 0:
             transform.setup_worker(in_worker=False)
+
+    def reset_stage_times(self) -> None:
+        """Worker seconds per stage (summed over workers) and the images they cover."""
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+        self.stage_images = 0
 
     def _loader(self, epoch: int) -> DataLoader:
         self.dataset.epoch = epoch
@@ -177,17 +228,20 @@ class HostFeeder(Feeder):
         try:
             while True:
                 try:
-                    images, labels, skipped = next(iterator)
+                    batch: WorkerBatch = next(iterator)
                 except StopIteration:
                     return
                 except (BadImageError, FeedError):
                     raise
                 except RuntimeError as error:
                     raise _explain_worker_failure(error, self.config) from error
-                if images is None:  # on_bad="fail": the worker reports the file instead of raising
-                    raise BadImageError(skipped[0].path, skipped[0].reason)
-                self._record_skips(skipped)
-                yield images, labels
+                if batch.images is None:  # on_bad="fail": the worker reports the file instead of raising
+                    raise BadImageError(batch.skipped[0].path, batch.skipped[0].reason)
+                self._record_skips(batch.skipped)
+                for stage, seconds in batch.stage_seconds.items():
+                    self.stage_seconds[stage] += seconds
+                self.stage_images += len(batch.images)
+                yield batch.images, batch.labels
         finally:
             del iterator  # shuts the workers down now, not at garbage collection
 

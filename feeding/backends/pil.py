@@ -24,20 +24,23 @@ def _draft_target(source: Shape, box: Box, out: Shape) -> Shape:
 
 
 class PilTransform(HostTransform):
-    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        source = decode.probe(path, self.max_pixels)
-        steps = self.plan.steps
-        first = steps[0]
+    def decode(self, path: str, data: bytes, rng: np.random.Generator) -> tuple[Image.Image, Shape, Box]:
+        """The image (draft-reduced where the plan allows), its full size, and the first crop box."""
+        source = decode.probe(path, self.max_pixels, data)
+        first = self.plan.steps[0]
         box: Box = (0, 0, *source)
         if isinstance(first, RandomResizedCrop):
             box = draw_crop_box(source, first.scale, first.ratio, rng)
         draft_to = None
         if self.plan.first_resamples and self.plan.decode_reduction(source, box[2:]) > 1:
             draft_to = _draft_target(source, box, first.size)
-        image = decode.load_pil(path, self.max_pixels, draft_to=draft_to)
-        for i, op in enumerate(steps):
+        return decode.load_pil(path, self.max_pixels, draft_to=draft_to, data=data), source, box
+
+    def augment(self, decoded: tuple[Image.Image, Shape, Box], rng: np.random.Generator) -> np.ndarray:
+        image, source, box = decoded
+        for i, op in enumerate(self.plan.steps):
             if i == 0 and isinstance(op, (Resize, RandomResizedCrop)):
-                image = _resize_box(image, source, box, op.size)
+                image = _resize_box(image, source, box, op.size)  # crop and resize in one pass
             else:
                 image = _apply(image, op, rng)
         return np.asarray(image)
