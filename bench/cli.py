@@ -29,6 +29,7 @@ class BenchConfig:
     warmup: int = 2
     json_path: str | None = None
     show_plan: bool = False
+    stages: bool = False  # stage breakdown + RAM differential (pil, albumentations)
 
     def __post_init__(self) -> None:
         if self.batches < 1 or self.repeats < 1 or self.warmup < 0:
@@ -83,6 +84,9 @@ def make_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-device", default="cpu", help="cpu, or cuda[:N] for DALI's GPU decode")
     parser.add_argument("--literal-order", action="store_true", help="run ops in the written order (no planner)")
     parser.add_argument("--show-plan", action="store_true", help="print the planned op order and costs")
+    parser.add_argument("--stages", action="store_true",
+                        help="break the time down by stage (read, decode, augment, collate/IPC) and rerun "
+                        "with the bytes in RAM to price storage (pil, albumentations)")
     parser.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
     return parser
 
@@ -110,7 +114,8 @@ def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
         decode_device=args.decode_device,
     )
     return BenchConfig(feed=feed, data=args.data, batches=args.batches, repeats=args.repeats,
-                       warmup=args.warmup, json_path=args.json_path, show_plan=args.show_plan)
+                       warmup=args.warmup, json_path=args.json_path, show_plan=args.show_plan,
+                       stages=args.stages)
 
 
 def resolve_data(data: str | None) -> Path:
@@ -135,8 +140,14 @@ def run_bench(config: BenchConfig) -> dict:
     if config.show_plan:
         print(feeder.plan.describe((512, 384)))
     sync = _cuda_sync if config.feed.decode_device != "cpu" else (lambda: None)
+    breakdown = None
     with feeder:
-        measured = measure_feeder(feeder, config.batches, config.repeats, config.warmup, sync=sync)
+        if config.stages and config.feed.pipeline != "dali":
+            from bench.stages import measure_stages
+
+            measured, breakdown = measure_stages(feeder, config.batches, config.repeats, config.warmup)
+        else:
+            measured = measure_feeder(feeder, config.batches, config.repeats, config.warmup, sync=sync)
     size = config.feed.plan.output_size
     info = provenance()
     return {
@@ -157,7 +168,10 @@ def run_bench(config: BenchConfig) -> dict:
         "decode_device": config.feed.decode_device,
         "on_bad": config.feed.on_bad,
         "skipped": [record.to_dict() for record in feeder.skipped],
-        "notes": list(getattr(feeder, "notes", ())),
+        "notes": list(getattr(feeder, "notes", ()))
+        + (["stage timers exist for the host pipelines only (pil, albumentations)"]
+           if config.stages and breakdown is None else []),
+        "stages": breakdown.to_dict() if breakdown else None,
         "pil_build": info["machine"]["pil"],
         **info,
     }
@@ -185,6 +199,10 @@ def format_result(result: dict) -> str:
         f"{rate['min']:>9.1f}{rate['max']:>9.1f}{rate['iqr']:>8.1f}{first['median']:>13.2f}{len(result['skipped']):>9}",
         f"({result['images']} images in {rate['n']} timed windows of {result['batches'] // rate['n']} batches)",
     ]
+    if result.get("stages"):
+        from bench.stages import StageBreakdown, format_stages
+
+        lines.append(format_stages(StageBreakdown(**result["stages"])))
     for note in result["notes"]:
         lines.append(f"note: {note}")
     for record in result["skipped"]:

@@ -1,0 +1,41 @@
+import pytest
+
+from bench.measure import measure_feeder
+from bench.stats import summarize
+
+
+class FakeFeeder:
+    """Epochs of ``n`` batches of ``size`` items; records which batches were drawn."""
+
+    def __init__(self, n: int, size: int = 4):
+        self.n, self.batch_size, self.epoch = n, size, 0
+        self.drawn = 0
+
+    def __iter__(self):
+        self.epoch += 1
+        for _ in range(self.n):
+            self.drawn += 1
+            yield [0] * self.batch_size, None
+
+
+def test_warmup_windows_and_epoch_starts_are_accounted_separately():
+    feeder = FakeFeeder(n=3)
+    result = measure_feeder(feeder, batches=4, repeats=2, warmup=1)
+    assert result.images == 4 * 2 * 4 and result.batches == 8
+    assert result.images_per_sec.n == 2 and len(result.windows) == 2
+    # 1 warm-up + 8 timed batches, never counting an epoch's first batch: 2 of every 3 count.
+    assert feeder.drawn >= 13 and result.first_batch_s.n == result.epochs
+    assert result.images_per_sec.min <= result.images_per_sec.median <= result.images_per_sec.max
+
+
+def test_an_empty_epoch_is_an_error_not_a_hang():
+    with pytest.raises(ValueError, match="no batch"):
+        measure_feeder(FakeFeeder(n=0), batches=1, repeats=1)
+
+
+def test_summary_statistics():
+    summary = summarize([1, 2, 3, 4, 100])
+    assert (summary.median, summary.min, summary.max, summary.n) == (3, 1, 100, 5)
+    assert summary.iqr == 2
+    with pytest.raises(ValueError):
+        summarize([])
