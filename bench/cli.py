@@ -66,8 +66,9 @@ def _size(text: str) -> Shape:
 def make_run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feedbench",
-        description="Measure the images/sec an image pipeline delivers. "
-        "Subcommands: 'feedbench data sample DIR' writes the sample data set.",
+        description="Measure the images/sec an image pipeline delivers. Subcommands: "
+        "'feedbench tune' (recommend pipeline, workers, batch, shape), 'feedbench compare' "
+        "(against naive torchvision and the decode limit), 'feedbench data sample|inspect DIR'.",
     )
     parser.add_argument("--pipeline", choices=PIPELINES, default="pil")
     parser.add_argument("--batch", type=_positive_int, default=64, help="images per batch")
@@ -92,7 +93,8 @@ def make_run_parser() -> argparse.ArgumentParser:
 
 
 def make_data_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feedbench data", description="Data sets: write the sample.")
+    parser = argparse.ArgumentParser(prog="feedbench data",
+                                     description="Data sets: 'sample DIR' writes the sample; 'inspect DIR' is the EDA.")
     sub = parser.add_subparsers(dest="action", required=True)
     sample = sub.add_parser("sample", help="write the synthetic mask-competition data set")
     sample.add_argument("dir")
@@ -227,6 +229,10 @@ def run_main(argv: list[str]) -> int:
 
 
 def data_main(argv: list[str]) -> int:
+    if argv and argv[0] == "inspect":
+        from bench.inspect_data import inspect_main
+
+        return inspect_main(argv[1:])
     args = make_data_parser().parse_args(argv)
     from feeding.sample import write_sample
 
@@ -239,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         return data_main(argv[1:])
+    if argv and argv[0] == "tune":
+        from bench.tune import tune_main
+
+        return tune_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from bench.compare import compare_main
+
+        return compare_main(argv[1:])
     return run_main(argv)
 
 
