@@ -1,7 +1,10 @@
 """Measure what a feeder delivers: warm-up, timed repeats, summary.
 
-The first batch of each epoch waits for the workers to start; it is timed and
-reported on its own, and never counted in the steady-state rate.
+The run's first batch waits for the workers to start: it is warm-up, timed
+and reported on its own. Later epochs' first batches stay in the timed
+windows: the refill at each epoch boundary is a cost training pays every
+epoch. (Leaving them out would also inflate the rate: while the first batch
+is awaited the other workers finish theirs, which then arrive at once.)
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ class FeedMeasurement:
     """Steady-state images/sec over ``repeats`` windows of ``batches`` batches each."""
 
     images_per_sec: Summary
-    first_batch_s: Summary  # start of an epoch to its first batch (worker start-up)
+    first_batch_s: Summary  # start of an epoch to its first batch (the first one: worker start-up)
     images: int  # images in the timed windows
     batches: int
     epochs: int  # epochs touched, warm-up included
@@ -62,9 +65,8 @@ def measure_feeder(
     for n_images, seconds, first in stream:
         if first:
             first_batches.append(seconds)
-            continue
         seen += 1
-        if seen <= warmup:
+        if seen <= warmup + 1:  # the run's first batch (start-up) is always warm-up
             continue
         count += 1
         elapsed += seconds

@@ -105,10 +105,12 @@ def measure_stages(
     if differential:
         cache = preload_bytes(feeder.samples.paths.tolist(), ram_budget_bytes)
         if cache is not None:
-            transform.byte_cache = cache  # forked workers inherit it
+            feeder.close()  # workers are forked again below and inherit the cache
+            transform.byte_cache = cache
             try:
                 ram_ips = measure_feeder(feeder, batches, repeats, warmup).images_per_sec.median
             finally:
+                feeder.close()
                 transform.byte_cache = None
             share = max(0.0, 1 - disk.images_per_sec.median / ram_ips)
     breakdown = StageBreakdown(

@@ -153,3 +153,39 @@ def test_more_shards_than_images_is_a_clear_error(image_folder):
     samples = discover(image_folder).subset(np.arange(3))
     with pytest.raises(FeedError, match="shards"):
         len(create_feeder(samples, _config("pil", num_shards=4, shard_id=3)))
+
+
+class _GlobalDrawTransform:
+    """Wraps a PIL transform: stamps each image with a draw from NumPy's *global* generator."""
+
+    @staticmethod
+    def make(config):
+        from feeding.backends.pil import PilTransform
+
+        class Stamped(PilTransform):
+            def augment(self, decoded, rng):
+                image = np.array(super().augment(decoded, rng))
+                image[0, :8, 0] = np.frombuffer(np.random.bytes(8), dtype=np.uint8)
+                return image
+
+        return Stamped(config.plan, config.max_pixels)
+
+
+def test_worker_global_rngs_are_reseeded_per_epoch_and_reproducible(image_folder):
+    from feeding.backends.host import HostFeeder
+
+    config = _config("pil", workers=2, batch_size=4)
+    samples = discover(image_folder)
+
+    def stamps(feeder):
+        return [bytes(img[0, 0, :8].numpy()) for images, _ in feeder for img in images]
+
+    running = HostFeeder(samples, config, _GlobalDrawTransform.make(config))
+    epoch0, epoch1 = stamps(running), stamps(running)
+    running.close()
+    fresh = HostFeeder(samples, config, _GlobalDrawTransform.make(config))
+    fresh.set_epoch(1)
+    assert stamps(fresh) == epoch1  # each epoch's worker seeds come from (seed, epoch, worker)
+    fresh.close()
+    assert not set(epoch0) & set(epoch1)
+    assert len(set(epoch0)) == len(epoch0)  # and no two workers share a stream

@@ -118,7 +118,7 @@ class BatchDataset(Dataset):
         self.labels = samples.labels
         self.transform = transform
         self.config = config
-        self.epoch = 0  # set before workers start, read by worker_init
+        self._globals_epoch: int | None = None  # the epoch this worker's global RNGs were seeded for
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -126,12 +126,20 @@ class BatchDataset(Dataset):
     def __getitem__(self, key: BatchKey) -> WorkerBatch:
         """Under on_bad="fail" an unreadable file comes back as images=None, not as an
         exception: DataLoader re-raises worker exceptions as bare RuntimeErrors."""
+        self._seed_worker_globals(key.epoch)
         stages = dict.fromkeys(STAGES, 0.0)
         try:
             images, labels, skipped = self._make_batch(key, stages)
         except BadImageError as error:
             return WorkerBatch(None, None, [error.record()], stages)
         return WorkerBatch(images, labels, skipped, stages)
+
+    def _seed_worker_globals(self, epoch: int) -> None:
+        """Workers live across epochs; reseed Python, NumPy and torch at each new epoch's first batch."""
+        info = get_worker_info()
+        if info is not None and epoch != self._globals_epoch:
+            seeding.seed_globals(seeding.worker_seed(self.config.seed, epoch, info.id))
+            self._globals_epoch = epoch
 
     def _make_batch(self, key: BatchKey, stages: dict[str, float]):
         height, width = self.transform.plan.output_size
@@ -177,10 +185,7 @@ class BatchDataset(Dataset):
 
 
 def _worker_init(worker_id: int) -> None:
-    info = get_worker_info()
-    dataset: BatchDataset = info.dataset
-    seeding.seed_globals(seeding.worker_seed(dataset.config.seed, dataset.epoch, worker_id))
-    dataset.transform.setup_worker(in_worker=True)
+    get_worker_info().dataset.transform.setup_worker(in_worker=True)
 
 
 class HostFeeder(Feeder):
@@ -197,6 +202,8 @@ class HostFeeder(Feeder):
         budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width)
         self.workers, self.prefetch_factor, self.notes = budget.workers, budget.prefetch_factor, budget.notes
         self.reset_stage_times()
+        self._sampler = EpochBatchSampler(len(samples), config, epoch=0)
+        self._data_loader: DataLoader | None = None
         if self.workers == 0:
             transform.setup_worker(in_worker=False)
 
@@ -205,45 +212,61 @@ class HostFeeder(Feeder):
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self.stage_images = 0
 
-    def _loader(self, epoch: int) -> DataLoader:
-        self.dataset.epoch = epoch
-        parallel = self.workers > 0
-        return DataLoader(
-            self.dataset,
-            batch_size=None,  # the sampler yields whole batches
-            sampler=EpochBatchSampler(len(self.samples), self.config, epoch),
-            num_workers=self.workers,
-            prefetch_factor=self.prefetch_factor if parallel else None,
-            worker_init_fn=_worker_init if parallel else None,
-            timeout=self.config.worker_timeout_s if parallel else 0,
-            multiprocessing_context="fork" if parallel and os.name == "posix" else None,
-        )
+    def _loader(self) -> DataLoader:
+        """One DataLoader whose workers live across epochs: no process start-up at each epoch."""
+        if self._data_loader is None:
+            parallel = self.workers > 0
+            self._data_loader = DataLoader(
+                self.dataset,
+                batch_size=None,  # the sampler yields whole batches
+                sampler=self._sampler,
+                num_workers=self.workers,
+                prefetch_factor=self.prefetch_factor if parallel else None,
+                persistent_workers=parallel,
+                worker_init_fn=_worker_init if parallel else None,
+                timeout=self.config.worker_timeout_s if parallel else 0,
+                multiprocessing_context="fork" if parallel and os.name == "posix" else None,
+            )
+        return self._data_loader
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        self._sampler.epoch = epoch
         with warnings.catch_warnings():
             # More workers than cores is a setting the tuner measures on purpose
             # (workers that block on I/O); torch's advice against it is noise here.
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-            iterator = iter(self._loader(epoch))
+            iterator = iter(self._loader())
         try:
-            while True:
-                try:
-                    batch: WorkerBatch = next(iterator)
-                except StopIteration:
-                    return
-                except (BadImageError, FeedError):
-                    raise
-                except RuntimeError as error:
-                    raise _explain_worker_failure(error, self.config) from error
-                if batch.images is None:  # on_bad="fail": the worker reports the file instead of raising
-                    raise BadImageError(batch.skipped[0].path, batch.skipped[0].reason)
+            for batch in self._checked(iterator):
                 self._record_skips(batch.skipped)
                 for stage, seconds in batch.stage_seconds.items():
                     self.stage_seconds[stage] += seconds
                 self.stage_images += len(batch.images)
                 yield batch.images, batch.labels
-        finally:
-            del iterator  # shuts the workers down now, not at garbage collection
+        except BaseException:
+            self.close()  # a failed or abandoned loader is not reused
+            raise
+
+    def _checked(self, iterator) -> Iterator[WorkerBatch]:
+        while True:
+            try:
+                batch: WorkerBatch = next(iterator)
+            except StopIteration:
+                return
+            except (BadImageError, FeedError):
+                raise
+            except RuntimeError as error:
+                raise _explain_worker_failure(error, self.config) from error
+            if batch.images is None:  # on_bad="fail": the worker reports the file instead of raising
+                raise BadImageError(batch.skipped[0].path, batch.skipped[0].reason)
+            yield batch
+
+    def close(self) -> None:
+        """Stop the workers now (they are restarted on the next epoch)."""
+        loader, self._data_loader = self._data_loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
 
 def _explain_worker_failure(error: RuntimeError, config: FeedConfig) -> Exception:

@@ -1,0 +1,620 @@
+"""``feedbench compare``: every pipeline, each at its best worker count, on the same files.
+
+    feedbench compare [--data DIR] [--workers-max N] [--batch 64] [--size 224] [--batches N]
+                      [--repeats R] [--loader module:factory] [--out results] [--pipelines ...]
+
+Rows, all measured in one process with the same spec (rotate ±10°, resize, flip):
+
+- ``naive``: the reference, what a typical user writes (``NaiveTorchvisionDataset`` in a
+  plain DataLoader): torchvision transforms on PIL images, float tensors normalized on the CPU.
+- ``pil``, ``albumentations``, ``dali``: the feedbench pipelines (DALI on the CPU; its
+  "workers" are DALI threads).
+- ``decode-only``: full-resolution decode and nothing else, the limit of this machine for
+  these files.
+- ``--loader module:factory``: the user's own loader, measured as it is.
+
+Each row sweeps workers 1..--workers-max and keeps the best median img/s; every sweep
+point goes to the JSON. A plain DataLoader is timed by ``measure_feeder`` through
+``EpochIterable``, so every row has the same warm-up, first-batch and window rules.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import os
+import re
+import shlex
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from bench.measure import FeedMeasurement, measure_feeder
+from feeding.errors import FeedError, MissingDependencyError
+from feeding.feeder import Feeder
+from feeding.spec import IMAGENET_MEAN, IMAGENET_STD, Shape, parse_size, train_spec
+
+NAIVE = "naive"
+DECODE_ONLY = "decode-only"
+HOST_PIPELINES = ("pil", "albumentations")  # the feedbench CPU pipelines the headline figures use
+ROW_NAMES = (NAIVE, *HOST_PIPELINES, "dali", DECODE_ONLY)
+KINDS = {NAIVE: "reference", "pil": "feedbench", "albumentations": "feedbench", "dali": "dali",
+         DECODE_ONLY: "limit"}  # fmt: skip
+
+LoaderMaker = Callable[[int], Iterable]  # workers -> something that yields (images, labels) batches
+
+
+class CompareError(Exception):
+    """Bad input to ``feedbench compare``, stated so the user can act on it (exit code 2)."""
+
+
+# ---------------------------------------------------------------- the naive reference and the limit
+
+
+class NaiveTorchvisionDataset(Dataset):
+    """REFERENCE ONLY, not a feedbench pipeline: the loader a typical user writes.
+
+    PIL opens each file, torchvision rotates the full-resolution image *before*
+    resizing it, and ``ToTensor``/``Normalize`` make float tensors on the CPU;
+    a plain DataLoader then collates them with ``default_collate``. Kept exactly
+    as written in tutorials: it is the baseline the other rows are compared with.
+    """
+
+    def __init__(self, paths: Iterable[str], labels: Iterable[int], size: Shape = (224, 224),
+                 degrees: float = 10.0) -> None:
+        from torchvision import transforms
+
+        self.paths = list(paths)
+        self.labels = list(labels)
+        self.transform = transforms.Compose([
+            transforms.RandomRotation(degrees),
+            transforms.Resize(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.open(self.paths[index]).convert("RGB")
+        return self.transform(image), self.labels[index]
+
+
+class DecodeOnlyDataset(Dataset):
+    """Full-resolution PIL decode to RGB and nothing else: the machine's limit for these files.
+
+    Each sample is a 2-element tensor (height, width of the decoded image) rather than
+    the image, so the row measures decoding, not the collation of full-size images.
+    """
+
+    def __init__(self, paths: Iterable[str], labels: Iterable[int]) -> None:
+        self.paths = list(paths)
+        self.labels = list(labels)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixels = np.asarray(Image.open(self.paths[index]).convert("RGB"))
+        return torch.tensor(pixels.shape[:2]), self.labels[index]
+
+
+def plain_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
+    """The DataLoader a typical user writes: default collate, shuffled, full batches."""
+    shuffle = not isinstance(dataset, IterableDataset)  # an IterableDataset cannot be shuffled
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, num_workers=workers, drop_last=True)
+
+
+# ---------------------------------------------------------------- measuring any loader
+
+
+class EpochIterable:
+    """Gives a plain iterable (a DataLoader) the ``epoch``/``batch_size`` that measure_feeder reads.
+
+    Each ``iter()`` is one pass over the wrapped loader, i.e. one epoch. Batches
+    must be ``(images, labels)`` pairs; anything else raises CompareError.
+    """
+
+    def __init__(self, loader: Iterable, name: str = "loader") -> None:
+        self.loader = loader
+        self.name = name
+        self.epoch = 0
+        self.batch_size = getattr(loader, "batch_size", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple]:
+        self.epoch += 1
+        for batch in self.loader:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise CompareError(
+                    f"{self.name} yielded a {type(batch).__name__}; expected (images, labels) batches")
+            yield batch[0], batch[1]
+
+
+@contextmanager
+def _quiet_worker_advice() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # The sweep tries more workers than cores on purpose (workers that block on I/O);
+        # torch's advice against it (given at construction and at iter()) is noise here.
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long each sweep point is measured: ``repeats`` windows of ``batches`` after ``warmup``."""
+
+    batches: int = 10
+    repeats: int = 3
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batches < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError("--batches and --repeats must be >= 1 and --warmup >= 0")
+
+
+def measure_point(make: LoaderMaker, workers: int, settings: Settings, name: str) -> FeedMeasurement:
+    """Build the loader for ``workers`` and measure its steady-state img/s."""
+    with _quiet_worker_advice():
+        loader = make(workers)
+        is_feeder_like = hasattr(loader, "epoch") and hasattr(loader, "batch_size")
+        timed = loader if is_feeder_like else EpochIterable(loader, name)
+        try:
+            return measure_feeder(timed, settings.batches, settings.repeats, settings.warmup)
+        finally:
+            if isinstance(loader, Feeder):  # release its workers and pipeline now, not at collection
+                loader.close()
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    workers: int | None  # None: a user loader whose worker count is not known
+    measured: FeedMeasurement
+
+    def to_dict(self) -> dict:
+        return {
+            "workers": self.workers,
+            "images_per_sec": self.measured.images_per_sec.to_dict(),
+            "first_batch_s": self.measured.first_batch_s.to_dict(),
+            "windows_images_per_sec": list(self.measured.windows),
+            "images": self.measured.images,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A row to measure: its name, its kind, how to build it for a worker count, which counts."""
+
+    name: str
+    kind: str  # "reference" | "feedbench" | "dali" | "limit" | "user"
+    make: LoaderMaker
+    workers: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str
+    points: tuple[SweepPoint, ...]
+
+    @property
+    def best(self) -> SweepPoint:
+        return max(self.points, key=lambda p: p.measured.images_per_sec.median)
+
+    @property
+    def median(self) -> float:
+        return self.best.measured.images_per_sec.median
+
+
+def sweep(candidate: Candidate, settings: Settings) -> Iterator[SweepPoint]:
+    """``candidate`` measured at each of its worker counts, one point at a time."""
+    for workers in candidate.workers:
+        yield SweepPoint(workers, measure_point(candidate.make, workers, settings, candidate.name))
+
+
+def measure_rows(candidates: list[Candidate], settings: Settings) -> tuple[list[Row], bool]:
+    """All rows, and whether the run was interrupted (then the rows measured so far)."""
+    from tqdm import tqdm
+
+    rows: list[Row] = []
+    total = sum(len(c.workers) for c in candidates)
+    with tqdm(total=total, desc="compare", unit="point", file=sys.stderr) as bar:
+        for candidate in candidates:
+            points: list[SweepPoint] = []
+            bar.set_postfix_str(candidate.name)
+            try:
+                for point in sweep(candidate, settings):
+                    points.append(point)
+                    bar.update()
+            except KeyboardInterrupt:
+                if points:
+                    rows.append(Row(candidate.name, candidate.kind, tuple(points)))
+                return rows, True
+            rows.append(Row(candidate.name, candidate.kind, tuple(points)))
+    return rows, False
+
+
+# ---------------------------------------------------------------- the rows of this run
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """One ``feedbench compare`` run; argparse only builds it."""
+
+    data: str | None = None  # None: the embedded sample data set
+    workers_max: int = 2 * (os.cpu_count() or 1)
+    batch: int = 64
+    size: Shape = (224, 224)
+    degrees: float = 10.0
+    settings: Settings = Settings()
+    pipelines: tuple[str, ...] = ROW_NAMES
+    loaders: tuple[str, ...] = ()  # "module:factory" strings
+    out: str = "results"
+
+    def __post_init__(self) -> None:
+        if self.workers_max < 1:
+            raise CompareError(f"--workers-max must be >= 1, got {self.workers_max}")
+        unknown = [name for name in self.pipelines if name not in ROW_NAMES]
+        if unknown:
+            raise CompareError(f"unknown pipeline(s) {', '.join(unknown)}; choose from {', '.join(ROW_NAMES)}")
+        if self.batch < 1:
+            raise CompareError(f"--batch must be >= 1, got {self.batch}")
+
+
+def _feeder_maker(samples, config: CompareConfig, pipeline: str) -> LoaderMaker:
+    from feeding.factory import create_feeder
+    from feeding.feeder import FeedConfig
+
+    def make(workers: int):
+        feed = FeedConfig(pipeline=pipeline, batch_size=config.batch, workers=workers,
+                          spec=train_spec(config.size, degrees=config.degrees))
+        return create_feeder(samples, feed)
+
+    return make
+
+
+def _dataset_maker(dataset: Dataset, batch: int) -> LoaderMaker:
+    return lambda workers: plain_loader(dataset, batch, workers)
+
+
+def _dali_missing() -> str | None:
+    """Why the dali row cannot run here, or None."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("nvidia.dali") is not None
+    except ImportError:
+        found = False
+    return None if found else "nvidia-dali is not installed (pip install nvidia-dali-cuda130)"
+
+
+def builtin_candidates(samples, config: CompareConfig, notes: list[str]) -> list[Candidate]:
+    workers = tuple(range(1, config.workers_max + 1))
+    paths, labels = samples.paths.tolist(), samples.labels.tolist()
+    makers: dict[str, Callable[[], LoaderMaker]] = {
+        NAIVE: lambda: _dataset_maker(NaiveTorchvisionDataset(paths, labels, config.size, config.degrees),
+                                      config.batch),
+        DECODE_ONLY: lambda: _dataset_maker(DecodeOnlyDataset(paths, labels), config.batch),
+    }
+    candidates = []
+    for name in ROW_NAMES:  # always in this order, whatever the order given
+        if name not in config.pipelines:
+            continue
+        if name == "dali" and (why := _dali_missing()):
+            notes.append(f"dali: not measured: {why}")
+            continue
+        make = makers[name]() if name in makers else _feeder_maker(samples, config, name)
+        candidates.append(Candidate(name, KINDS[name], make, workers))
+    return candidates
+
+
+# ---------------------------------------------------------------- --loader module:factory
+
+
+def resolve_factory(spec: str) -> Callable[[], object]:
+    """The callable that ``module:factory`` names, or CompareError saying what is wrong."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CompareError(f"--loader {spec!r}: expected module:factory, e.g. mypackage.data:make_loader")
+    # As `python -m` does: modules in the current directory are importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - the user's module may fail in any way while importing
+        raise CompareError(f"--loader {spec!r}: cannot import module {module_name!r}: "
+                           f"{type(error).__name__}: {error}") from None
+    target = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise CompareError(f"--loader {spec!r}: module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise CompareError(f"--loader {spec!r}: {attribute!r} is a {type(target).__name__}, "
+                           "not a callable factory")
+    return target
+
+
+def user_candidate(spec: str, batch: int, workers: tuple[int, ...]) -> Candidate:
+    """A Dataset is swept in a plain DataLoader; anything else is measured as it is, once."""
+    factory = resolve_factory(spec)
+    try:
+        made = factory()
+    except Exception as error:  # noqa: BLE001 - the user's code may fail in any way
+        raise CompareError(f"--loader {spec!r}: calling {spec} raised {type(error).__name__}: {error}") from None
+    if isinstance(made, Dataset):
+        return Candidate(spec, "user", _dataset_maker(made, batch), workers)
+    if not hasattr(made, "__iter__"):
+        raise CompareError(f"--loader {spec!r}: the factory returned a {type(made).__name__}, which is not "
+                           "iterable; return a DataLoader, an iterable of (images, labels) batches, or a Dataset")
+    return Candidate(spec, "user", lambda _: made, (getattr(made, "num_workers", None),))
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def headline(rows: list[Row]) -> dict:
+    """The three figures: best feedbench CPU pipeline ÷ naive, ÷ DALI on the CPU, ÷ decode-only."""
+    by_name = {row.name: row for row in rows}
+    host = [row for row in rows if row.name in HOST_PIPELINES]
+    best = max(host, key=lambda row: row.median) if host else None
+    best_median = best.median if best else None
+
+    def median(name: str) -> float | None:
+        return by_name[name].median if name in by_name else None
+
+    return {
+        "best_feedbench_cpu": best.name if best else None,
+        "best_feedbench_cpu_images_per_sec": best_median,
+        "feedbench_cpu_over_naive": _ratio(best_median, median(NAIVE)),
+        "feedbench_cpu_over_dali_cpu": _ratio(best_median, median("dali")),
+        "feedbench_cpu_over_decode_only": _ratio(best_median, median(DECODE_ONLY)),
+    }
+
+
+def row_record(row: Row, naive: float | None, limit: float | None) -> dict:
+    best = row.best
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "best_workers": best.workers,
+        "images_per_sec": best.measured.images_per_sec.to_dict(),
+        "first_batch_s": best.measured.first_batch_s.to_dict(),
+        "ratio_to_naive": _ratio(row.median, naive),
+        "ratio_to_decode_only": _ratio(row.median, limit),
+        "sweep": [point.to_dict() for point in row.points],
+    }
+
+
+def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
+    from bench.provenance import provenance
+
+    medians = {row.name: row.median for row in rows}
+    naive, limit = medians.get(NAIVE), medians.get(DECODE_ONLY)
+    return {
+        **context,
+        "spec": {"size": list(config.size), "rotate_degrees": config.degrees, "flip": True,
+                 "batch": config.batch},
+        "workers_max": config.workers_max,
+        "batches": config.settings.batches,
+        "repeats": config.settings.repeats,
+        "warmup": config.settings.warmup,
+        "rows": [row_record(row, naive, limit) for row in rows],
+        "ratios": headline(rows),
+        **provenance(),
+    }
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _sentences(ratios: dict) -> list[str]:
+    best = ratios["best_feedbench_cpu"]
+    if best is None:
+        return ["No feedbench CPU pipeline (pil, albumentations) was measured."]
+    rate = f"{best}, {ratios['best_feedbench_cpu_images_per_sec']:.0f} img/s"
+    return [
+        f"- Best feedbench CPU pipeline ({rate}) ÷ naive torchvision: "
+        f"**{_times(ratios['feedbench_cpu_over_naive'])}**.",
+        f"- Best feedbench CPU pipeline ÷ DALI on the CPU: **{_times(ratios['feedbench_cpu_over_dali_cpu'])}**.",
+        f"- Best feedbench CPU pipeline ÷ decode-only limit: "
+        f"**{_times(ratios['feedbench_cpu_over_decode_only'])}**.",
+    ]
+
+
+def markdown(report: dict) -> str:
+    machine, pil = report["machine"], report["machine"]["pil"]
+    size = "x".join(map(str, report["spec"]["size"]))
+    lines = [
+        f"# feedbench compare: {report['data_name']}, {size}, batch {report['spec']['batch']}",
+        "",
+        f"`{report['command']}`",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; PIL: {pil['distribution']} {pil['version']}"
+        f"{' (SIMD)' if pil.get('simd') else ''}; DALI: {machine['dali'] or 'not installed'}.",
+        f"Data: {report['data']} ({report['dataset_images']} images). "
+        f"Spec: rotate ±{report['spec']['rotate_degrees']:g}°, "
+        f"resize to {size}, flip. Workers swept 1..{report['workers_max']}; "
+        f"{report['repeats']} windows of {report['batches']} batches after {report['warmup']} warm-up batches.",
+        "",
+        "| pipeline | best workers | img/s median (min–max) | × naive | × decode-only |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        rate = row["images_per_sec"]
+        workers = "as given" if row["best_workers"] is None else row["best_workers"]
+        lines.append(f"| {row['name']} | {workers} | {rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f}) "
+                     f"| {_times(row['ratio_to_naive'])} | {_times(row['ratio_to_decode_only'])} |")
+    lines += ["", *_sentences(report["ratios"]), "", *[f"Note: {note}" for note in report["notes"]]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def chart_png(report: dict) -> bytes:
+    """Bar chart of median img/s per row, min/max error bars, decode-only limit as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rows = report["rows"]
+    medians = np.array([row["images_per_sec"]["median"] for row in rows])
+    errors = np.array([[m - row["images_per_sec"]["min"], row["images_per_sec"]["max"] - m]
+                       for m, row in zip(medians, rows)]).T
+    labels = [f"{row['name']}\n(w={'?' if row['best_workers'] is None else row['best_workers']})" for row in rows]
+    figure = Figure(figsize=(max(6.0, 1.4 * len(rows)), 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(range(len(rows)), medians, yerr=errors, capsize=4, color="tab:blue")
+    limit = next((row for row in rows if row["name"] == DECODE_ONLY), None)
+    if limit:
+        axes.axhline(limit["images_per_sec"]["median"], color="tab:red", linestyle="--", label="decode-only limit")
+        axes.legend(loc="upper right")
+    axes.set_xticks(range(len(rows)), labels, fontsize=8)
+    axes.set_ylabel("images/s (median, min–max)")
+    axes.set_title(f"{report['data_name']}, {'x'.join(map(str, report['spec']['size']))}, "
+                   f"batch {report['spec']['batch']}, {report['machine']['cores']} cores")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def output_stem(data_name: str, config: CompareConfig) -> str:
+    size = str(config.size[0]) if config.size[0] == config.size[1] else "x".join(map(str, config.size))
+    return f"compare-{data_name}-{size}-b{config.batch}-{os.cpu_count()}c"
+
+
+def write_outputs(report: dict, config: CompareConfig) -> list[Path]:
+    from bench.io import write_atomic, write_json
+
+    stem = Path(config.out) / output_stem(report["data_name"], config)
+    written = [write_json(stem.with_suffix(".json"), report)]
+    written.append(write_atomic(stem.with_suffix(".md"), markdown(report).encode()))
+    if report["rows"]:
+        written.append(write_atomic(stem.with_suffix(".png"), chart_png(report)))
+    return written
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _size(text: str) -> Shape:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedbench compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
+    parser.add_argument("--workers-max", type=_int, default=2 * (os.cpu_count() or 1),
+                        help="sweep workers 1..N (default: 2 x cores)")
+    parser.add_argument("--batch", type=_int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--size", type=_size, default=(224, 224), help="output size N or HxW (default 224)")
+    parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
+    parser.add_argument("--batches", type=_int, default=10, help="batches per timed window (default 10)")
+    parser.add_argument("--repeats", type=_int, default=3, help="timed windows per sweep point (default 3)")
+    parser.add_argument("--warmup", type=_int, default=2, help="batches before timing (default 2)")
+    parser.add_argument("--loader", action="append", default=[], metavar="MODULE:FACTORY",
+                        help="also measure your loader: factory() returns a DataLoader, an iterable of "
+                        "(images, labels) batches, or a Dataset (swept in a DataLoader); repeatable")
+    parser.add_argument("--out", default="results", help="directory for the .md, .png and .json (default results)")
+    parser.add_argument("--pipelines", nargs="+", default=list(ROW_NAMES), metavar="NAME",
+                        help=f"rows to measure (default all: {' '.join(ROW_NAMES)})")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    try:
+        settings = Settings(args.batches, args.repeats, args.warmup)
+        return CompareConfig(data=args.data, workers_max=args.workers_max, batch=args.batch, size=args.size,
+                             degrees=args.rotate, settings=settings, pipelines=tuple(args.pipelines),
+                             loaders=tuple(args.loader), out=args.out)
+    except ValueError as error:
+        raise CompareError(str(error)) from None
+
+
+def _data_name(data: str | None, root: Path) -> str:
+    if data is None:
+        name = "sample"
+    elif root.is_file():  # a CSV manifest
+        name = root.stem
+    else:
+        name = root.parent.name if root.name == "train" else root.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "data"
+
+
+def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
+    """Measure every row; return the report and whether the run was interrupted."""
+    from bench.cli import resolve_data
+    from feeding.sources import discover
+
+    root = resolve_data(config.data)
+    samples = discover(root)
+    notes: list[str] = [
+        "naive: NaiveTorchvisionDataset (PIL open, torchvision RandomRotation before Resize, ToTensor, "
+        "Normalize on the CPU) in DataLoader(shuffle=True, drop_last=True) with default collate.",
+        "decode-only: full-resolution PIL decode to RGB in a DataLoader; each sample returns a 2-element "
+        "tensor instead of the image, so collating full-size images is not measured.",
+    ]
+    per_epoch = len(samples) // config.batch
+    if per_epoch < 4 * config.workers_max:
+        # DataLoader workers restart every epoch and their first batches arrive together;
+        # in a short epoch that flatters high worker counts.
+        notes.append(f"only {per_epoch} batches per epoch for up to {config.workers_max} workers: "
+                     "the rates flatter high worker counts; use a larger data set for final figures.")
+    workers = tuple(range(1, config.workers_max + 1))
+    users = [user_candidate(spec, config.batch, workers) for spec in config.loaders]  # bad input fails first
+    candidates = builtin_candidates(samples, config, notes) + users
+    rows, interrupted = measure_rows(candidates, config.settings)
+    if interrupted:
+        notes.append(f"interrupted: {len(rows)} of {len(candidates)} rows measured (the last may be partial).")
+    context = {"command": command, "data": str(root), "data_name": _data_name(config.data, root),
+               "dataset_images": len(samples), "interrupted": interrupted, "notes": notes}
+    return build_report(rows, config, context), interrupted
+
+
+def compare_main(argv: list[str]) -> int:
+    """``feedbench compare ARGS``; returns the exit code (2: bad input, 130: interrupted)."""
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed usage and the reason (or --help)
+        return int(exit_.code or 0)
+    command = shlex.join(["feedbench", "compare", *argv])
+    try:
+        config = config_from_args(args)
+        report, interrupted = run_compare(config, command)
+    except (CompareError, FeedError, MissingDependencyError, ValueError) as error:
+        print(f"feedbench compare: error: {error}", file=sys.stderr)
+        return 2
+    written = write_outputs(report, config)
+    print(markdown(report))
+    print("wrote " + ", ".join(map(str, written)))
+    if interrupted:
+        print(f"feedbench compare: interrupted; wrote the {len(report['rows'])} row(s) measured so far",
+              file=sys.stderr)
+        return 130
+    return 0

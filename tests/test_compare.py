@@ -1,0 +1,171 @@
+"""``feedbench compare``: every row measured on the same tiny data set, outputs and bad input."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from bench import compare
+from bench.compare import NaiveTorchvisionDataset, compare_main
+from bench.measure import FeedMeasurement
+from bench.stats import summarize
+from feeding.sources import discover
+
+HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
+TINY = ["--size", "64", "--batch", "4", "--batches", "2", "--repeats", "1", "--warmup", "1"]
+USER_LOADER = "tests.test_compare:make_loader"
+USER_DATASET = "tests.test_compare:make_dataset"
+
+
+# ---------------------------------------------------------------- factories for --loader
+
+
+def make_dataset() -> TensorDataset:
+    return TensorDataset(torch.zeros(24, 3, 8, 8), torch.zeros(24, dtype=torch.int64))
+
+
+def make_loader() -> DataLoader:
+    return DataLoader(make_dataset(), batch_size=4, shuffle=True, drop_last=True)
+
+
+def make_number() -> int:
+    return 42
+
+
+def make_unpaired() -> list:
+    return [torch.zeros(4, 3)] * 3  # batches that are not (images, labels) pairs
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from feeding.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("compare") / "tiny", people=3, eval_people=0)  # 21 images
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data, tmp_path_factory):
+    """One compare run over every row and both kinds of user loader; (exit code, report, out dir)."""
+    out = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEEDBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(out),
+                             "--loader", USER_LOADER, "--loader", USER_DATASET])
+    reports = list(out.glob("*.json"))
+    assert len(reports) == 1
+    return code, json.loads(reports[0].read_text()), out
+
+
+# ---------------------------------------------------------------- the full run
+
+
+def test_writes_markdown_chart_and_json_named_after_the_conditions(full_run):
+    code, report, out = full_run
+    assert code == 0
+    stem = "compare-tiny-64-b4-"
+    assert {p.suffix for p in out.glob(stem + "*c.*")} == {".md", ".png", ".json"}
+    assert (next(out.glob("*.png")).read_bytes()[:8]) == b"\x89PNG\r\n\x1a\n"
+    md = next(out.glob("*.md")).read_text()
+    assert "| naive |" in md and "× naive" in md and "decode-only" in md
+    assert report["command"] in md and "--loader " + USER_LOADER in report["command"]
+    assert report["machine"]["pil"]["distribution"] in md
+    assert report["commit"] and report["created"] and report["interrupted"] is False
+
+
+def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run):
+    _, report, _ = full_run
+    rows = {row["name"]: row for row in report["rows"]}
+    expected = ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "decode-only", USER_LOADER,
+                USER_DATASET]
+    assert list(rows) == expected
+    for name in expected:
+        row = rows[name]
+        assert row["images_per_sec"]["median"] > 0
+        medians = [point["images_per_sec"]["median"] for point in row["sweep"]]
+        assert row["images_per_sec"]["median"] == max(medians)
+        if name == USER_LOADER:  # measured as given: its own worker count, one point
+            assert row["best_workers"] == 0 and len(row["sweep"]) == 1
+        else:
+            assert [point["workers"] for point in row["sweep"]] == [1, 2]
+            assert 1 <= row["best_workers"] <= 2
+
+
+def test_ratios_are_computed_from_the_reported_medians(full_run):
+    _, report, _ = full_run
+    median = {row["name"]: row["images_per_sec"]["median"] for row in report["rows"]}
+    for row in report["rows"]:
+        assert row["ratio_to_naive"] == pytest.approx(median[row["name"]] / median["naive"])
+        assert row["ratio_to_decode_only"] == pytest.approx(median[row["name"]] / median["decode-only"])
+    ratios = report["ratios"]
+    best = max(("pil", "albumentations"), key=median.get)
+    assert ratios["best_feedbench_cpu"] == best
+    assert ratios["feedbench_cpu_over_naive"] == pytest.approx(median[best] / median["naive"])
+    assert ratios["feedbench_cpu_over_decode_only"] == pytest.approx(median[best] / median["decode-only"])
+    if HAS_DALI:
+        assert ratios["feedbench_cpu_over_dali_cpu"] == pytest.approx(median[best] / median["dali"])
+
+
+# ---------------------------------------------------------------- the naive reference
+
+
+def test_naive_dataset_rotates_before_resizing_and_normalizes_floats_on_the_cpu(tiny_data):
+    samples = discover(tiny_data)
+    dataset = NaiveTorchvisionDataset(samples.paths, samples.labels, size=(64, 48), degrees=10)
+    steps = [type(t).__name__ for t in dataset.transform.transforms]
+    assert steps == ["RandomRotation", "Resize", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    image, label = dataset[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 64, 48)
+    assert image.min() < 0 < image.max() and image.abs().max() < 3  # (x/255 - mean) / std
+    assert label == samples.labels[0]
+
+
+def test_decode_only_dataset_decodes_full_size_but_returns_a_tiny_tensor(tiny_data):
+    samples = discover(tiny_data)
+    size, _ = compare.DecodeOnlyDataset(samples.paths, samples.labels)[0]
+    assert size.tolist() == [512, 384]
+
+
+# ---------------------------------------------------------------- bad input and interruption
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--loader", "no_such_module_xyz:make"], "cannot import module 'no_such_module_xyz'"),
+    (["--loader", "tests.test_compare:no_such_factory"], "has no attribute 'no_such_factory'"),
+    (["--loader", "tests.test_compare"], "expected module:factory"),
+    (["--loader", "tests.test_compare:make_number"], "not iterable"),
+    (["--loader", "tests.test_compare:make_unpaired", "--pipelines", "naive"], "expected (images, labels)"),
+    (["--pipelines", "naive", "tensorflow"], "unknown pipeline(s) tensorflow"),
+    (["--workers-max", "0"], "--workers-max must be >= 1"),
+])
+def test_bad_input_gives_a_clear_message_and_exit_code_2(args, message, tiny_data, tmp_path, capsys):
+    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "1", "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_interrupt_writes_the_rows_measured_so_far(tiny_data, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_measure(feeder, batches, repeats, warmup):
+        calls.append(feeder)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        rate = summarize([100.0 * len(calls)])
+        return FeedMeasurement(rate, summarize([0.1]), images=8, batches=2, epochs=1, windows=(rate.median,))
+
+    monkeypatch.setattr(compare, "measure_feeder", fake_measure)
+    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(tmp_path),
+                         "--pipelines", "naive", "pil", "decode-only"])
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report["interrupted"] is True
+    assert [(row["name"], row["best_workers"]) for row in report["rows"]] == [("naive", 2), ("pil", 1)]
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
