@@ -132,7 +132,7 @@ def resolve_data(data: str | None) -> Path:
 def run_bench(config: BenchConfig) -> dict:
     """Build the feeder, measure it, and return the result record."""
     from bench.measure import measure_feeder
-    from bench.provenance import provenance
+    from bench.provenance import display_path, provenance
     from feeding.factory import create_feeder
     from feeding.sources import discover
 
@@ -157,7 +157,7 @@ def run_bench(config: BenchConfig) -> dict:
         "workers": config.feed.workers,
         "batch": config.feed.batch_size,
         "size": list(size),
-        "data": str(root),
+        "data": display_path(root),
         "layout": samples.layout,
         "dataset_images": len(samples),
         "images": measured.images,

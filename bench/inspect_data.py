@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.io import write_atomic, write_json
-from bench.provenance import provenance
+from bench.provenance import display_path, provenance
 from feeding.decode import IMAGE_OPEN_FORMATS, probe
 from feeding.errors import BadImageError, FeedError
 from feeding.feeder import DEFAULT_MAX_PIXELS
@@ -209,7 +209,7 @@ def collect(samples: Samples, max_pixels: int, workers: int) -> dict:
     stats = {
         "dataset": {
             "name": dataset_name(samples),
-            "root": samples.root,
+            "root": display_path(samples.root),
             "layout": samples.layout,
             "images": len(samples),
             "classes": len(samples.classes),

@@ -52,7 +52,6 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "dali": _dali_version(),
         "pil": pil_build(),
-        "node": platform.node(),
     }
 
 
@@ -70,6 +69,20 @@ def commit_info(repo: Path | None = None) -> dict:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"id": commit, "dirty": bool(status) if status is not None else None}
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path for results: the cache root as ``<cache>``, the home directory as ``~``.
+
+    Results are committed; they should not carry one machine's directories.
+    """
+    from feeding.cache import cache_root
+
+    text = str(Path(path).resolve()) if str(path) else str(path)
+    for prefix, shown in ((str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")):
+        if text == prefix or text.startswith(prefix + os.sep):
+            return shown + text[len(prefix):]
+    return text
 
 
 def provenance() -> dict:

@@ -1,0 +1,85 @@
+"""pytest-benchmark groups: run with ``pytest --benchmark-only`` (skipped in the normal suite).
+
+Each group isolates one choice the planner or a backend makes, timed on the
+same 384x512 JPEGs, so the gain of each shows on its own. Compare within a
+group (a ratio in one run), never against numbers from another machine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from feeding import FeedConfig, create_feeder, decode, discover
+from feeding.device import normalize_uint8
+from feeding.spec import AugSpec, Resize, Rotate, train_spec
+
+MAX_PIXELS = 64_000_000
+
+
+@pytest.fixture(scope="module")
+def jpeg(image_folder) -> str:
+    return str(next(Path(image_folder, "class0").iterdir()))
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes(jpeg) -> bytes:
+    return Path(jpeg).read_bytes()
+
+
+@pytest.mark.benchmark(group="decode 384x512 JPEG")
+@pytest.mark.parametrize("how", ["pil-full", "pil-draft-1/2", "cv2-full", "cv2-reduced-1/2"])
+def test_decode(benchmark, how, jpeg, jpeg_bytes):
+    calls = {
+        "pil-full": lambda: decode.load_pil(jpeg, MAX_PIXELS, data=jpeg_bytes),
+        "pil-draft-1/2": lambda: decode.load_pil(jpeg, MAX_PIXELS, draft_to=(192, 160), data=jpeg_bytes),
+        "cv2-full": lambda: decode.load_cv2(jpeg, MAX_PIXELS, data=jpeg_bytes),
+        "cv2-reduced-1/2": lambda: decode.load_cv2(jpeg, MAX_PIXELS, reduction=2, data=jpeg_bytes),
+    }
+    result = benchmark(calls[how])
+    assert np.asarray(result).shape[-1] == 3
+
+
+@pytest.mark.benchmark(group="PIL: rotate and resize order")
+@pytest.mark.parametrize("order", ["rotate-then-resize (literal)", "resize-then-rotate (planned)"])
+def test_op_order(benchmark, order, jpeg):
+    image = decode.load_pil(jpeg, MAX_PIXELS)
+
+    def literal():
+        return image.rotate(7, resample=Image.BILINEAR).resize((224, 224), Image.BILINEAR)
+
+    def planned():
+        return image.resize((224, 224), Image.BILINEAR).rotate(7, resample=Image.BILINEAR)
+
+    out = benchmark(literal if order.startswith("rotate") else planned)
+    assert out.size == (224, 224)
+
+
+@pytest.mark.benchmark(group="device step: uint8 -> normalized float")
+@pytest.mark.parametrize("how", ["fused multiply-add", "divide then normalize"])
+def test_normalize(benchmark, how):
+    batch = torch.randint(0, 256, (64, 3, 224, 224), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    if how.startswith("fused"):
+        out = benchmark(normalize_uint8, batch, mean, std, torch.float32)
+    else:
+        out = benchmark(lambda: (batch.float() / 255 - mean) / std)
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.benchmark(group="feeder: one epoch, 24 images, 2 workers")
+@pytest.mark.parametrize("pipeline,literal", [("pil", True), ("pil", False), ("albumentations", False),
+                                              ("dali", False)])
+def test_feeder_epoch(benchmark, pipeline, literal, image_folder):
+    if pipeline == "dali":
+        pytest.importorskip("nvidia.dali")
+    config = FeedConfig(pipeline=pipeline, batch_size=8, workers=2, spec=train_spec((224, 224)),
+                        literal_order=literal)
+    with create_feeder(discover(image_folder), config) as feeder:
+        next(iter(feeder))  # start the workers outside the timing
+        images = benchmark.pedantic(lambda: sum(len(x) for x, _ in feeder), rounds=3, warmup_rounds=1)
+    assert images == 24
