@@ -30,6 +30,7 @@ class BenchConfig:
     json_path: str | None = None
     show_plan: bool = False
     stages: bool = False  # stage breakdown + RAM differential (pil, albumentations)
+    isolate: bool = False  # measure in a fresh interpreter
 
     def __post_init__(self) -> None:
         if self.batches < 1 or self.repeats < 1 or self.warmup < 0:
@@ -88,6 +89,7 @@ def make_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", action="store_true",
                         help="break the time down by stage (read, decode, augment, collate/IPC) and rerun "
                         "with the bytes in RAM to price storage (pil, albumentations)")
+    parser.add_argument("--isolate", action="store_true", help="measure in a fresh process (no state from this one)")
     parser.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
     return parser
 
@@ -117,7 +119,7 @@ def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
     return BenchConfig(feed=feed, data=args.data, batches=args.batches, repeats=args.repeats,
                        warmup=args.warmup, json_path=args.json_path, show_plan=args.show_plan,
-                       stages=args.stages)
+                       stages=args.stages, isolate=args.isolate)
 
 
 def resolve_data(data: str | None) -> Path:
@@ -216,7 +218,12 @@ def run_main(argv: list[str]) -> int:
     args = make_run_parser().parse_args(argv)
     try:
         config = bench_config_from_args(args)
-        result = run_bench(config)
+        if config.isolate:
+            from bench.isolate import in_fresh_process
+
+            result = in_fresh_process(run_bench, config)
+        else:
+            result = run_bench(config)
     except (FeedError, MissingDependencyError, ValueError) as error:
         print(f"feedbench: error: {error}", file=sys.stderr)
         return 2

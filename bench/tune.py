@@ -49,6 +49,7 @@ class TuneConfig:
     consume_steps: int = 2
     e2e_batches: int = 8
     exhaustive: bool = False
+    isolate: bool = False  # each measurement in a fresh interpreter (slower; no state carried over)
     out: str = "results"
     seed: int = 0
 
@@ -192,25 +193,28 @@ class Measurer:
         return self.feed[key]
 
     def _measure_feed(self, pipeline: str, workers: int, size: Shape, batch: int) -> float:
-        from bench.measure import measure_feeder
-        from feeding.factory import create_feeder
-
         config = FeedConfig(pipeline=pipeline, batch_size=batch, workers=workers, spec=train_spec(size),
                             seed=self.config.seed)
-        with create_feeder(self.samples, config) as feeder:
-            return measure_feeder(feeder, self.config.feed_batches, repeats=2, warmup=1).images_per_sec.median
+        return self._run(feed_point, self.samples, config, self.config.feed_batches)
+
+    def _run(self, func, *args):
+        if not self.config.isolate:
+            return func(*args)
+        from bench.isolate import in_fresh_process
+
+        return in_fresh_process(func, *args)
 
     def consume_rate(self, size: Shape, batch: int, threads: int) -> float:
         """Model img/s; ``threads`` 0 means 'leave torch's setting' (the GPU case)."""
         key = (size, batch, threads)
         if key not in self.consume:
             self._check_budget()
-            from bench.consume import ConsumeConfig, measure_consumption
+            from bench.consume import ConsumeConfig
 
             config = ConsumeConfig(model=self.config.model, device=self.config.device, batch_size=batch,
                                    size=size, warmup=1, steps=self.config.consume_steps,
                                    threads=threads or None)
-            self.consume[key] = measure_consumption(config).images_per_sec.median
+            self.consume[key] = self._run(consume_point, config)
             self.log.append({"side": "consume", "size": list(size), "batch": batch, "threads": threads,
                              "images_per_sec": self.consume[key]})
             self.progress.update(1)
@@ -240,6 +244,22 @@ class Measurer:
             consume = {0: self.consume_rate(candidate.size, candidate.batch, 0)}
         predicted, consume_ips, threads = predict(feed, consume, candidate.workers, cores, self.config.on_cpu)
         return Prediction(candidate, feed, consume_ips, predicted, threads)
+
+
+def feed_point(samples, config: FeedConfig, batches: int) -> float:
+    """Median img/s of one feeder configuration (module level: it may run in a fresh process)."""
+    from bench.measure import measure_feeder
+    from feeding.factory import create_feeder
+
+    with create_feeder(samples, config) as feeder:
+        return measure_feeder(feeder, batches, repeats=2, warmup=1).images_per_sec.median
+
+
+def consume_point(config) -> float:
+    """Median img/s of one model-side configuration (module level, as feed_point)."""
+    from bench.consume import measure_consumption
+
+    return measure_consumption(config).images_per_sec.median
 
 
 # ---------------------------------------------------------------- the search
@@ -604,6 +624,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "on a GPU those that do not fit are dropped)")
     parser.add_argument("--e2e-batches", type=int, default=8, help="batches in the end-to-end check")
     parser.add_argument("--exhaustive", action="store_true", help="measure the full grid (slow), and compare")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each measurement in a fresh process (a few seconds more each)")
     parser.add_argument("--out", default="results")
     return parser
 
@@ -615,7 +637,7 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
         budget_s=args.budget_s, pipelines=tuple(p for p in args.pipelines.split(",") if p),
         workers_max=args.workers_max,
         batches=tuple(int(b) for b in args.batches.split(",") if b) if args.batches else None,
-        e2e_batches=args.e2e_batches, exhaustive=args.exhaustive, out=args.out,
+        e2e_batches=args.e2e_batches, exhaustive=args.exhaustive, isolate=args.isolate, out=args.out,
     )
 
 

@@ -87,3 +87,21 @@ def test_on_bad_skip_and_fail_from_the_command_line(pipeline, messy_competition,
     failed = _run(*common, "--on-bad", "fail")
     assert failed.returncode == 2
     assert str(broken) in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_isolate_measures_in_a_fresh_process(sample_dir, tmp_path):
+    out = tmp_path / "isolated.json"
+    result = _run("--pipeline", "pil", "--batch", "8", "--workers", "1", "--data", str(sample_dir), "--size", "64",
+                  "--batches", "2", "--repeats", "1", "--isolate", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["images_per_sec"]["median"] > 0
+
+
+def test_feeding_never_imports_dali_unless_chosen():
+    import subprocess
+    import sys
+
+    code = ("import sys, feeding, feeding.factory, feeding.backends.host, feeding.backends.pil, "
+            "feeding.backends.albu; print('nvidia.dali' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

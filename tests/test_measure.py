@@ -39,3 +39,29 @@ def test_summary_statistics():
     assert summary.iqr == 2
     with pytest.raises(ValueError):
         summarize([])
+
+
+def _pid_and_modules():
+    import os
+    import sys
+
+    return os.getpid(), "bench.tune" in sys.modules
+
+
+def _raise_feed_error():
+    from feeding.errors import FeedError
+
+    raise FeedError("clear message from the child")
+
+
+def test_in_fresh_process_runs_in_a_new_interpreter_and_reraises():
+    import os
+
+    import bench.tune  # noqa: F401  (loaded here; a fresh interpreter must not have it)
+    from bench.isolate import in_fresh_process
+    from feeding.errors import FeedError
+
+    pid, has_tune = in_fresh_process(_pid_and_modules)
+    assert pid != os.getpid() and not has_tune
+    with pytest.raises(FeedError, match="clear message from the child"):
+        in_fresh_process(_raise_feed_error)
