@@ -41,6 +41,7 @@ class FeedConfig:
     on_bad: str = "skip"
     prefetch_factor: int = 2
     literal_order: bool = False  # keep the spec's op order (to measure what the planner gains)
+    fast_paths: bool = True  # let the planner fuse crop/resize/rotate/flip into one warp
     decode_device: str = "cpu"  # "cpu", or "cuda"/"cuda:N" for DALI's GPU ("mixed") decode
     shard_id: int = 0
     num_shards: int = 1
@@ -72,7 +73,7 @@ class FeedConfig:
 
     @property
     def plan(self) -> Plan:
-        return make_plan(self.spec, literal=self.literal_order)
+        return make_plan(self.spec, literal=self.literal_order, fuse=self.fast_paths and not self.literal_order)
 
     @property
     def gpu_id(self) -> int | None:

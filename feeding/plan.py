@@ -48,6 +48,7 @@ class Plan:
     steps: tuple[Op, ...]
     literal: bool
     output_size: Shape
+    fuse: bool = True  # may a crop/resize and the rotates and flips after it run as one warp?
 
     @property
     def reordered(self) -> bool:
@@ -84,10 +85,20 @@ class Plan:
             + (f" at 1/{factor} (decode-time downscale)" if factor > 1 else " at full size")
         )
         decoded = (math.ceil(source[0] / factor), math.ceil(source[1] / factor))
+        fused = self.fused_steps
         for i, (name, out, cost) in enumerate(self.costs(decoded), start=1):
-            lines.append(f"  {i}. {name:<18} -> {out[0]}x{out[1]}  cost {cost:.3f}")
+            note = "  (fused: one affine warp)" if i <= fused else ""
+            lines.append(f"  {i}. {name:<18} -> {out[0]}x{out[1]}  cost {cost:.3f}{note}")
         lines.append(f"  total relative cost {self.total_cost(decoded):.3f}")
         return "\n".join(lines)
+
+    @property
+    def fused_steps(self) -> int:
+        """How many leading steps run as one affine warp (0: none; a lone resize stays a resize)."""
+        from feeding.affine import fusable_prefix
+
+        count = fusable_prefix(self) if self.fuse else 0
+        return count if count >= 2 else 0
 
     def decode_reduction(self, source: Shape, region: Shape | None = None) -> int:
         """Largest libjpeg reduction that keeps ``region`` (default: whole source) >= output."""
@@ -96,11 +107,12 @@ class Plan:
         return reduction_factor(region or source, self.output_size)
 
 
-def make_plan(spec: AugSpec, literal: bool = False) -> Plan:
-    """Order ``spec``'s host ops; stable within each cost rank."""
+def make_plan(spec: AugSpec, literal: bool = False, fuse: bool | None = None) -> Plan:
+    """Order ``spec``'s host ops; stable within each cost rank. ``fuse`` defaults to ``not literal``."""
     ops = spec.host_ops
     steps = ops if literal else tuple(sorted(ops, key=_rank))
-    return Plan(steps=steps, literal=literal, output_size=spec.output_size)
+    return Plan(steps=steps, literal=literal, output_size=spec.output_size,
+                fuse=(not literal) if fuse is None else fuse)
 
 
 def reduction_factor(region: Shape, target: Shape) -> int:

@@ -13,5 +13,6 @@ def test_benchmark_only_prints_grouped_tables():
         cwd=root, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for group in ("decode 384x512 JPEG", "PIL: rotate and resize order", "device step: uint8 -> normalized float"):
+    for group in ("decode 384x512 JPEG", "PIL: rotate and resize order", "device step: uint8 -> normalized float",
+                  "geometry 384x512 -> 224: one fused warp vs step by step"):
         assert f"benchmark '{group}'" in result.stdout

@@ -189,3 +189,23 @@ def test_worker_global_rngs_are_reseeded_per_epoch_and_reproducible(image_folder
     fresh.close()
     assert not set(epoch0) & set(epoch1)
     assert len(set(epoch0)) == len(epoch0)  # and no two workers share a stream
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "albumentations"])
+@pytest.mark.parametrize("size", [(224, 224), (96, 80)])
+def test_fused_warp_agrees_with_the_step_by_step_reference(pipeline, size, image_folder):
+    """Resize, rotate and flip fused into one warp: same draws, same picture (>= 30 dB) as PIL step by step."""
+    from feeding.spec import HorizontalFlip
+
+    samples = discover(image_folder)
+    spec = AugSpec((Rotate(10), Resize(size), HorizontalFlip(0.5)))
+    common = dict(spec=spec, shuffle=False, drop_last=False, workers=0, seed=5)
+    fused_config = _config(pipeline, **common)
+    assert fused_config.plan.fused_steps == 3
+    reference_config = _config("pil", fast_paths=False, **common)
+    assert reference_config.plan.fused_steps == 0
+    with create_feeder(samples, fused_config) as fused, create_feeder(samples, reference_config) as reference:
+        pairs = list(zip(torch.cat([x for x, _ in fused]).numpy(), torch.cat([x for x, _ in reference]).numpy()))
+    assert len(pairs) == len(samples)
+    for got, expected in pairs:
+        assert _psnr(got, expected) >= 30.0

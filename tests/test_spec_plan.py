@@ -77,3 +77,25 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects_bad_text(text):
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+def test_planner_fuses_crop_resize_rotate_and_flip_into_one_warp():
+    spec = AugSpec((Rotate(10), ColorJitter(0.2), Resize((224, 224)), HorizontalFlip()))
+    assert make_plan(spec).fused_steps == 3  # Resize, Rotate, HorizontalFlip; the jitter runs after
+    assert make_plan(spec, literal=True).fused_steps == 0
+    assert make_plan(spec, fuse=False).fused_steps == 0
+    assert make_plan(AugSpec((Resize((224, 224)),))).fused_steps == 0  # a lone resize stays a resize
+    assert "fused: one affine warp" in make_plan(spec).describe((512, 384))
+
+
+def test_affine_pieces_map_pixel_centres():
+    from feeding import affine
+
+    resize = affine.box_to_size((0, 0, 512, 384), (256, 192))
+    # The centre of the source maps to the centre of the output.
+    centre = resize @ np.array([(384 - 1) / 2, (512 - 1) / 2, 1])
+    assert centre[:2] == pytest.approx([(192 - 1) / 2, (256 - 1) / 2])
+    turn = affine.rotation((100, 100), 90)
+    assert (turn @ np.array([99, 49.5, 1]))[:2] == pytest.approx([49.5, 0])  # right edge goes to the top
+    flip = affine.mirror((10, 20))
+    assert (flip @ np.array([0, 3, 1]))[:2] == pytest.approx([19, 3])

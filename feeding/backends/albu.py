@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feeding import decode
+from feeding import affine, decode
 from feeding.backends.host import HostTransform
 from feeding.errors import MissingDependencyError
 from feeding.plan import Plan
@@ -32,7 +32,7 @@ def compile_albumentations(plan: Plan):
     """An ``A.Compose`` that runs the plan's steps, in the plan's order."""
     A, cv2 = _import()
     transforms = []
-    for op in plan.steps:
+    for op in plan.steps[plan.fused_steps:]:  # the fused prefix runs as one warp (AlbumentationsTransform)
         if isinstance(op, Resize):
             transforms.append(A.Resize(*op.size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image"))
         elif isinstance(op, RandomResizedCrop):
@@ -70,14 +70,29 @@ class AlbumentationsTransform(HostTransform):
         cv2.setNumThreads(1)
 
     def start_batch(self, rng: np.random.Generator) -> None:
-        # albumentations draws from its own generators; seed them from the batch's stream.
-        self.compose.set_random_seed(int(rng.integers(2**31)))
+        # albumentations draws from its own generators: seed them from a child of the batch's
+        # stream (spawning does not advance it, so our own draws stay those of the other backends).
+        self.compose.set_random_seed(int(rng.spawn(1)[0].integers(2**31)))
 
-    def decode(self, path: str, data: bytes, rng: np.random.Generator) -> np.ndarray:
+    def decode(self, path: str, data: bytes, rng: np.random.Generator):
+        """The decoded image (reduced where the plan allows), and for a fused warp its source and box."""
+        if self.plan.fused_steps:
+            source = decode.probe(path, self.max_pixels, data)
+            box = affine.first_box(self.plan, source, rng)
+            reduction = self.plan.decode_reduction(source, box[2:])
+            return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data), source, box
         reduction = 1
         if isinstance(self.plan.steps[0], Resize):  # a random crop's box is drawn inside albumentations
             reduction = self.plan.decode_reduction(decode.probe(path, self.max_pixels, data))
-        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data)
+        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data), None, None
 
-    def augment(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.compose(image=image)["image"]
+    def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:
+        image, source, box = decoded
+        fused = self.plan.fused_steps
+        if fused:
+            _, cv2 = _import()
+            matrix = affine.warp_matrix(self.plan.steps[:fused], source, box, image.shape[:2], rng)
+            height, width = self.plan.steps[0].size
+            image = cv2.warpAffine(image, matrix[:2], (width, height), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        return self.compose(image=image)["image"] if self.compose.transforms else image

@@ -1,7 +1,9 @@
 """The PIL backend (pillow-simd when installed): plan steps as PIL operations.
 
-Crop and resize run as one resampling pass (``Image.resize(box=...)``), and a
-resize to at most half the size decodes at a reduced JPEG scale (``draft``).
+Crop and resize run as one resampling pass (``Image.resize(box=...)``); when
+rotates and flips follow, the planner fuses them all into one affine warp
+(``Image.transform``). A resize to at most half the size decodes at a reduced
+JPEG scale (``draft``).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from feeding import decode
+from feeding import affine, decode
 from feeding.backends.host import HostTransform
 from feeding.plan import center_box, draw_angle, draw_crop_box, draw_flip, draw_jitter
 from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, RandomResizedCrop, Resize, Rotate, Shape
@@ -28,9 +30,7 @@ class PilTransform(HostTransform):
         """The image (draft-reduced where the plan allows), its full size, and the first crop box."""
         source = decode.probe(path, self.max_pixels, data)
         first = self.plan.steps[0]
-        box: Box = (0, 0, *source)
-        if isinstance(first, RandomResizedCrop):
-            box = draw_crop_box(source, first.scale, first.ratio, rng)
+        box: Box = affine.first_box(self.plan, source, rng)
         draft_to = None
         if self.plan.first_resamples and self.plan.decode_reduction(source, box[2:]) > 1:
             draft_to = _draft_target(source, box, first.size)
@@ -38,7 +38,15 @@ class PilTransform(HostTransform):
 
     def augment(self, decoded: tuple[Image.Image, Shape, Box], rng: np.random.Generator) -> np.ndarray:
         image, source, box = decoded
+        fused = self.plan.fused_steps
+        if fused:
+            matrix = affine.warp_matrix(self.plan.steps[:fused], source, box, (image.height, image.width), rng)
+            height, width = self.plan.steps[0].size
+            image = image.transform((width, height), Image.AFFINE, affine.pil_affine_data(matrix),
+                                    resample=Image.BILINEAR, fillcolor=(0, 0, 0))
         for i, op in enumerate(self.plan.steps):
+            if i < fused:
+                continue
             if i == 0 and isinstance(op, (Resize, RandomResizedCrop)):
                 image = _resize_box(image, source, box, op.size)  # crop and resize in one pass
             else:
