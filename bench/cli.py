@@ -13,9 +13,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.args import non_negative_int, positive_int
+from bench.args import size as size_arg
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.feeder import ON_BAD, PIPELINES, FeedConfig
-from feeding.spec import Shape, parse_size, train_spec
+from feeding.spec import train_spec
 
 
 @dataclass(frozen=True)
@@ -37,33 +39,6 @@ class BenchConfig:
             raise ValueError("--batches and --repeats must be >= 1 and --warmup >= 0")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _size(text: str) -> Shape:
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def make_run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feedbench",
@@ -72,15 +47,15 @@ def make_run_parser() -> argparse.ArgumentParser:
         "(against naive torchvision and the decode limit), 'feedbench data sample|inspect DIR'.",
     )
     parser.add_argument("--pipeline", choices=PIPELINES, default="pil")
-    parser.add_argument("--batch", type=_positive_int, default=64, help="images per batch")
-    parser.add_argument("--workers", type=_non_negative_int, default=2,
+    parser.add_argument("--batch", type=positive_int, default=64, help="images per batch")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader workers (pil, albumentations) or DALI CPU threads")
     parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
-    parser.add_argument("--size", type=_size, default=(224, 224), help="output size N or HxW (default 224)")
+    parser.add_argument("--size", type=size_arg, default=(224, 224), help="output size N or HxW (default 224)")
     parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
-    parser.add_argument("--batches", type=_positive_int, default=10, help="batches per timed window")
-    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed windows")
-    parser.add_argument("--warmup", type=_non_negative_int, default=2, help="batches before timing")
+    parser.add_argument("--batches", type=positive_int, default=10, help="batches per timed window")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed windows")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="batches before timing")
     parser.add_argument("--on-bad", choices=ON_BAD, default="skip", help="unreadable files: skip and report, or fail")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decode-device", default="cpu", help="cpu, or cuda[:N] for DALI's GPU decode")
@@ -100,9 +75,9 @@ def make_data_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     sample = sub.add_parser("sample", help="write the synthetic mask-competition data set")
     sample.add_argument("dir")
-    sample.add_argument("--people", type=_positive_int, default=60)
+    sample.add_argument("--people", type=positive_int, default=60)
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--eval-people", type=_non_negative_int, default=12)
+    sample.add_argument("--eval-people", type=non_negative_int, default=12)
     return parser
 
 

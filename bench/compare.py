@@ -37,10 +37,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from bench.args import size as size_arg
+from bench.args import whole_number
 from bench.measure import FeedMeasurement, measure_feeder
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.feeder import Feeder
-from feeding.spec import IMAGENET_MEAN, IMAGENET_STD, Shape, parse_size, train_spec
+from feeding.spec import IMAGENET_MEAN, IMAGENET_STD, Shape, train_spec
 
 NAIVE = "naive"
 DECODE_ONLY = "decode-only"
@@ -519,31 +521,17 @@ def write_outputs(report: dict, config: CompareConfig) -> list[Path]:
 # ---------------------------------------------------------------- command line
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _size(text: str) -> Shape:
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feedbench compare", description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
-    parser.add_argument("--workers-max", type=_int, default=2 * (os.cpu_count() or 1),
+    parser.add_argument("--workers-max", type=whole_number, default=2 * (os.cpu_count() or 1),
                         help="sweep workers 1..N (default: 2 x cores)")
-    parser.add_argument("--batch", type=_int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--size", type=_size, default=(224, 224), help="output size N or HxW (default 224)")
+    parser.add_argument("--batch", type=whole_number, default=64, help="images per batch (default 64)")
+    parser.add_argument("--size", type=size_arg, default=(224, 224), help="output size N or HxW (default 224)")
     parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
-    parser.add_argument("--batches", type=_int, default=10, help="batches per timed window (default 10)")
-    parser.add_argument("--repeats", type=_int, default=3, help="timed windows per sweep point (default 3)")
-    parser.add_argument("--warmup", type=_int, default=2, help="batches before timing (default 2)")
+    parser.add_argument("--batches", type=whole_number, default=10, help="batches per timed window (default 10)")
+    parser.add_argument("--repeats", type=whole_number, default=3, help="timed windows per sweep point (default 3)")
+    parser.add_argument("--warmup", type=whole_number, default=2, help="batches before timing (default 2)")
     parser.add_argument("--loader", action="append", default=[], metavar="MODULE:FACTORY",
                         help="also measure your loader: factory() returns a DataLoader, an iterable of "
                         "(images, labels) batches, or a Dataset (swept in a DataLoader); repeatable")

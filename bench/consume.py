@@ -453,14 +453,9 @@ def _search(fits: Callable[[int], tuple[bool, str]], start: int, limit: int) -> 
 
 
 def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    from feeding.resources import available_ram
+
+    return available_ram() or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _capacity(device: torch.device, reserve_bytes: int, ram_budget_bytes: int | None) -> int:

@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.io import write_atomic, write_json
+from bench.args import non_negative_int, positive_int
 from bench.provenance import display_path, provenance
 from feeding.decode import IMAGE_OPEN_FORMATS, probe
 from feeding.errors import BadImageError, FeedError
@@ -530,7 +531,6 @@ def write_report(stats: dict, out_dir: Path, tag: str) -> list[Path]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from bench.cli import _non_negative_int, _positive_int  # here, not at the top: bench.cli may import us
 
     parser = argparse.ArgumentParser(
         prog="feedbench data inspect",
@@ -539,9 +539,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dir", help="competition layout, ImageFolder, or CSV manifest")
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default results/)")
-    parser.add_argument("--workers", type=_non_negative_int, default=2,
+    parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="processes for the validation decode (0: in this process; default 2)")
-    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS})")
     return parser
 

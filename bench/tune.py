@@ -30,6 +30,7 @@ from feeding.spec import Shape, parse_size, train_spec
 WAIT_TOLERANCE = 0.05  # a model that waits less than 5% of the time is not held back by its input
 CLIMB_GAIN = 1.05  # keep adding workers while the feed improves by at least 5%
 PRUNE_RATIO = 0.6  # drop a pipeline whose best feed is below 60% of the leader's
+DALI_GPU_RESERVE = 2 * 2**30  # GPU memory left to DALI's pools when it decodes on the same GPU (bytes)
 MIN_MEASURE_S = 20.0  # below this budget nothing meaningful can be measured
 
 
@@ -194,8 +195,12 @@ class Measurer:
 
     def _measure_feed(self, pipeline: str, workers: int, size: Shape, batch: int) -> float:
         config = FeedConfig(pipeline=pipeline, batch_size=batch, workers=workers, spec=train_spec(size),
-                            seed=self.config.seed)
+                            seed=self.config.seed, decode_device=self._decode_device(pipeline))
         return self._run(feed_point, self.samples, config, self.config.feed_batches)
+
+    def _decode_device(self, pipeline: str) -> str:
+        """DALI decodes on the training GPU ("mixed") when there is one; the others on the CPU."""
+        return self.config.device if pipeline == "dali" and not self.config.on_cpu else "cpu"
 
     def _run(self, func, *args):
         if not self.config.isolate:
@@ -229,7 +234,9 @@ class Measurer:
             from bench.consume import ConsumeConfig, largest_batch
 
             probe = ConsumeConfig(model=self.config.model, device=self.config.device, size=size, warmup=0, steps=1)
-            self.largest[size], log = largest_batch(probe, start=16, limit=max(self.config.batches))
+            reserve = DALI_GPU_RESERVE if "dali" in self.config.pipelines else 0
+            self.largest[size], log = largest_batch(probe, start=16, limit=max(self.config.batches),
+                                                    reserve_bytes=reserve)
             self.log.append({"side": "largest_batch", "size": list(size), "batch": self.largest[size], "probes": log})
         fitting = tuple(b for b in self.config.batches if b <= self.largest[size])
         return fitting or (self.largest[size],)
@@ -390,6 +397,7 @@ def tune(config: TuneConfig) -> dict:
         "verdict": sentence,
         "model": config.model,
         "device": config.device,
+        "decode_device": check["decode_device"],
         "model_threads": best.model_threads,
         "dataset": dataset_fingerprint(samples),
         "search": {"mode": "exhaustive" if config.exhaustive else "climb", "seconds": search_s,
@@ -440,8 +448,9 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
     c = best.candidate
     consume = ConsumeConfig(model=config.model, device=config.device, batch_size=c.batch, size=c.size,
                             num_classes=len(samples.classes), threads=best.model_threads).resolved()
+    decode_device = config.device if c.pipeline == "dali" and not config.on_cpu else "cpu"
     feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=c.workers, spec=train_spec(c.size),
-                      seed=config.seed, drop_last=True)
+                      seed=config.seed, drop_last=True, decode_device=decode_device)
     previous_threads = torch.get_num_threads()
     if best.model_threads:
         torch.set_num_threads(best.model_threads)
@@ -457,7 +466,7 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
     total = sum(waits) + sum(steps)
     return {"measured_ips": images / total, "data_wait_fraction": sum(waits) / total,
             "batches": len(steps), "wait_s": sum(waits), "train_s": sum(steps),
-            "model_threads": best.model_threads}
+            "model_threads": best.model_threads, "decode_device": decode_device}
 
 
 def _timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: int):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every figure in results/ on this machine (about 10 minutes on 2 cores).
+# Regenerate every figure in results/ on this machine (about 12 minutes on 2 cores).
 # Run with nothing else busy: the figures are rates, and a shared CPU lowers them.
 #   bash scripts/results.sh            (after `make venv`)
 set -euo pipefail
@@ -17,3 +17,4 @@ done
 "$FB" data inspect "$sample" --out "$OUT"
 "$FB" compare --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
+"$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
