@@ -441,7 +441,7 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
     """
     import torch
 
-    from bench.consume import ConsumeConfig, build_model, prepare_model, synchronizer, train_step
+    from bench.consume import ConsumeConfig, build_model, prepare_model, synchronizer
     from feeding.device import DeviceFeeder
     from feeding.factory import create_feeder
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from feeding.spec import (
     AugSpec,
-    CenterCrop,
     ColorJitter,
     HorizontalFlip,
     Op,
@@ -179,7 +178,6 @@ def draw_jitter(op: ColorJitter, rng: np.random.Generator) -> tuple[float, float
 
 
 __all__ = [
-    "CenterCrop",
     "Plan",
     "center_box",
     "draw_angle",
