@@ -377,6 +377,9 @@ def tune(config: TuneConfig) -> dict:
     if not predictions:
         raise FeedError(f"nothing was measured before the budget ran out ({interrupted}); raise --budget-s")
     best = predictions[0]
+    profile_started = time.perf_counter()
+    profile = shape_profile(measurer, best.candidate)
+    profile_s = time.perf_counter() - profile_started
     check = check_end_to_end(config, samples, best)
     bottleneck, sentence = verdict(best.feed_ips, best.consume_ips, best.predicted_ips, config.on_cpu)
     stage = loader_stage(config, samples, best)
@@ -403,9 +406,27 @@ def tune(config: TuneConfig) -> dict:
         "search": {"mode": "exhaustive" if config.exhaustive else "climb", "seconds": search_s,
                    "interrupted": interrupted, "measurements": measurer.log,
                    "ranked": [_prediction_row(p) for p in predictions]},
+        "shape_profile": {"seconds": profile_s, "rows": profile},
         "end_to_end": check,
         **info,
     }
+
+
+def shape_profile(measurer: Measurer, pick: Candidate) -> list[dict]:
+    """The pick's pipeline, workers and batch at every candidate shape, for the report.
+
+    Measured after the search (and timed apart from it): the search stops at
+    the largest shape the feed keeps up with, the report shows all of them.
+    """
+    rows = []
+    for size in measurer.config.sizes:
+        try:
+            batches = measurer.fitting_batches(size)
+            batch = pick.batch if pick.batch in batches else max(batches)
+            rows.append(_prediction_row(measurer.prediction(Candidate(pick.pipeline, pick.workers, batch, size))))
+        except BudgetExceeded:
+            break
+    return rows
 
 
 def _predict_measured(measurer: Measurer) -> list[Prediction]:
@@ -544,9 +565,7 @@ def plot(record: dict, path: Path) -> Path:
     left.set(xlabel="workers (DALI: threads)", ylabel="feed img/s",
              title=f"feed at {ref_size[0]}x{ref_size[1]}, batch {ref_batch}")
     left.legend()
-    rows = [r for r in record["search"]["ranked"]
-            if r["pipeline"] == record["pipeline"] and r["workers"] == record["workers"] and r["batch"] == record["batch"]]
-    rows.sort(key=lambda r: r["size"][0])
+    rows = sorted(record["shape_profile"]["rows"], key=lambda r: r["size"][0])
     sides = [r["size"][0] for r in rows]
     right.plot(sides, [r["feed_ips"] for r in rows], marker="o", label=f"feed ({record['pipeline']}, {record['workers']} workers)")
     right.plot(sides, [r["consume_ips"] for r in rows], marker="s", label=f"consume ({record['model']}, {record['device']})")
@@ -597,6 +616,11 @@ def markdown(record: dict, command: str) -> str:
     for r in record["search"]["ranked"][:25]:
         lines.append(f"| {r['pipeline']} | {r['workers']} | {r['batch']} | {r['size'][0]}x{r['size'][1]} | "
                      f"{r['feed_ips']:.1f} | {r['consume_ips']:.1f} | {r['predicted_ips']:.1f} | {r['bottleneck']} |")
+    lines += ["", f"## The pick at every shape (measured after the search, {record['shape_profile']['seconds']:.0f} s)", "",
+              "| size | feed img/s | consume img/s | predicted img/s | bound by |", "|---|---:|---:|---:|---|"]
+    for r in record["shape_profile"]["rows"]:
+        lines.append(f"| {r['size'][0]}x{r['size'][1]} | {r['feed_ips']:.1f} | {r['consume_ips']:.1f} | "
+                     f"{r['predicted_ips']:.1f} | {r['bottleneck']} |")
     if record.get("exhaustive_check"):
         e = record["exhaustive_check"]
         lines += ["", "## Against the exhaustive grid", "",

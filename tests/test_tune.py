@@ -80,6 +80,7 @@ def test_tune_writes_a_recommendation_that_fit_can_read(sample_dir, tmp_path):
     assert 0 <= record["data_wait_fraction"] <= 1 and record["measured_ips"] > 0
     assert record["loader_bottleneck_stage"] in ("read", "decode", "augment", "collate/IPC")
     assert record["dataset"]["images"] == 42
+    assert [row["size"] for row in record["shape_profile"]["rows"]] == [[48, 48], [32, 32]]
     tag = next(out.glob("tune-*.md")).stem
     assert (out / f"{tag}.png").stat().st_size > 0 and "## Recommendation" in (out / f"{tag}.md").read_text()
 
