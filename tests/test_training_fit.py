@@ -1,0 +1,228 @@
+"""training.fit end to end on a tiny model and the 6-person sample: checkpoints, logs, resume
+(in-process interruption and SIGKILL), `--pipeline best` refusals, checkpoint errors, losses."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training import checkpoint as checkpoint_module
+from training.fit import main
+from training.losses import FocalLoss, class_weights
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "tests.test_training_fit:tiny_net"
+SLOW_TINY = "tests.test_training_fit:slow_tiny_net"
+METRIC_KEYS = ("epoch", "loss", "lr", "macro_f1", "accuracy")  # everything but the timings
+
+
+def tiny_net(num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+
+class _Slow(nn.Module):
+    """Sleeps in forward, so a subprocess can be killed in the middle of an epoch; same maths."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.15)
+        return x
+
+
+def slow_tiny_net(num_classes: int) -> nn.Module:
+    return nn.Sequential(_Slow(), *tiny_net(num_classes))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from feeding.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("fit") / "sample", people=6, eval_people=0)
+
+
+def _args(data: Path, out: Path, *extra: str, model: str = TINY, epochs: int = 2) -> list[str]:
+    return ["--pipeline", "pil", "--data", str(data), "--model", model, "--epochs", str(epochs), "--size", "32",
+            "--batch", "8", "--workers", "0", "--out", str(out), *extra]
+
+
+def _metrics(out: Path) -> list[dict]:
+    history = json.loads((out / "summary.json").read_text())["history"]
+    return [{key: row[key] for key in METRIC_KEYS} for row in history]
+
+
+def _assert_same_weights(out: Path, expected_out: Path) -> None:
+    """Bit-identical final weights (compared in order: SLOW_TINY's keys are shifted by its sleep layer)."""
+    weights = torch.load(out / "last.pt", weights_only=True)["model"].values()
+    expected = torch.load(expected_out / "last.pt", weights_only=True)["model"].values()
+    assert len(weights) == len(expected)
+    for tensor, reference in zip(weights, expected):
+        assert torch.equal(tensor, reference)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory) -> tuple[Path, str]:
+    """Two uninterrupted epochs; the output directory and what was printed."""
+    out = tmp_path_factory.mktemp("straight")
+    result = subprocess.run([sys.executable, "-m", "training.fit", *_args(data, out, model=SLOW_TINY)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout + result.stderr
+
+
+def test_two_epochs_write_checkpoints_logs_and_plots(straight_run):
+    out, printed = straight_run
+    for name in ("best.pt", "last.pt", "confusion-last.png", "confusion-best.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "confusion-last.png").read_bytes().startswith(b"\x89PNG")
+    epoch_lines = [line for line in printed.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    for line in epoch_lines:
+        assert "macro-F1" in line and "data wait" in line and "img/s" in line
+    assert "classes have no validation image" in printed  # 6 people cannot cover 18 classes
+    assert "no applicable prediction" in printed
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(data, straight_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    saves = []
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_stop(path, state):  # interrupt right after the first epoch's `last` checkpoint
+        real_save(path, state)
+        saves.append(Path(path).name)
+        if saves.count("last.pt") == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(data, out))
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
+    assert main(_args(data, out, "--resume")) == 0
+    straight_out, _ = straight_run
+    assert _metrics(out) == _metrics(straight_out)
+    _assert_same_weights(out, straight_out)
+
+
+def test_sigkill_mid_training_then_resume_gives_the_same_metrics(data, straight_run, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "training.fit", *_args(data, out, model=SLOW_TINY)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)  # during epoch 2: its forward passes take >= 0.6 s
+    finally:
+        process.wait(timeout=30)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    straight_out, _ = straight_run
+    assert _metrics(out) == _metrics(straight_out)
+    _assert_same_weights(out, straight_out)
+
+
+def _best_args(data: Path, out: Path, recommendation: Path) -> list[str]:
+    return ["--pipeline", "best", "--data", str(data), "--model", TINY, "--epochs", "1",
+            "--out", str(out), "--recommendation", str(recommendation)]
+
+
+def test_best_without_a_recommendation_exits_2_with_the_tune_command(data, tmp_path, capsys):
+    assert main(_best_args(data, tmp_path / "out", tmp_path / "missing.json")) == 2
+    err = capsys.readouterr().err
+    assert "no recommendation" in err
+    assert f"feedbench tune --data {data} --model {TINY} --device cpu" in err
+
+
+def _recommendation(data: Path, **changes) -> dict:
+    from bench.provenance import machine_info
+    from bench.tune import dataset_fingerprint
+    from feeding.sources import discover
+
+    record = {"pipeline": "pil", "workers": 0, "batch": 8, "size": [32, 32], "predicted_ips": 1000.0,
+              "model": TINY, "device": "cpu", "machine": machine_info(),
+              "dataset": dataset_fingerprint(discover(data))}
+    record.update(changes)
+    return record
+
+
+def test_best_with_a_recommendation_for_another_dataset_exits_2(data, tmp_path, capsys):
+    record = _recommendation(data)
+    record["dataset"] = {**record["dataset"], "paths_sha256": "0123456789abcdef", "images": 420}
+    path = tmp_path / "recommendation.json"
+    path.write_text(json.dumps(record))
+    assert main(_best_args(data, tmp_path / "out", path)) == 2
+    err = capsys.readouterr().err
+    assert "dataset paths_sha256" in err and "feedbench tune" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_best_uses_a_matching_recommendation_and_reports_the_prediction(data, tmp_path, capsys):
+    path = tmp_path / "recommendation.json"
+    path.write_text(json.dumps(_recommendation(data)))
+    assert main(_best_args(data, tmp_path / "out", path)) == 0
+    printed = capsys.readouterr().out
+    assert "feed pil, 0 workers, batch 8, 32x32" in printed
+    assert "(predicted 1000.0:" in printed
+    assert "predicted 1000.0 img/s" in printed and ("prediction held" in printed or "did not hold" in printed)
+
+
+def test_resume_without_checkpoint_or_with_a_corrupt_one_is_a_clear_error(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(data, out, "--resume")) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint at all")
+    assert main(_args(data, out, "--resume")) == 2
+    assert "is corrupt or not a checkpoint" in capsys.readouterr().err
+
+
+def test_resume_with_another_model_or_class_count_is_a_clear_error(data, straight_run, tmp_path, capsys):
+    state = torch.load(straight_run[0] / "last.pt", weights_only=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    checkpoint_module.save_checkpoint(out / "last.pt", {**state, "num_classes": 3})
+    assert main(_args(data, out, "--resume", model=SLOW_TINY)) == 2
+    assert "has 3 classes, but the data has 18" in capsys.readouterr().err
+    checkpoint_module.save_checkpoint(out / "last.pt", state)
+    assert main(_args(data, out, "--resume", model=TINY)) == 2
+    assert f"is for model {SLOW_TINY!r}, not {TINY!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "epochs must be"),
+    (["--amp"], "CUDA only"),
+    (["--val-fraction", "1.5"], "val_fraction"),
+    (["--model", "no_such_model_xyz"], "unknown timm model"),
+])
+def test_bad_input_exits_2_with_a_message(data, tmp_path, capsys, args, message):
+    assert main(_args(data, tmp_path / "out", *args)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_0():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 18, generator=generator)
+    target = torch.randint(0, 18, (16,), generator=generator)
+    torch.testing.assert_close(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target))
+    assert FocalLoss(gamma=2.0)(logits, target) < F.cross_entropy(logits, target)
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one_per_image():
+    import numpy as np
+
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    weights = class_weights(labels, 4)
+    torch.testing.assert_close(weights, torch.tensor([6 / 9, 6 / 3, 6 / 6, 0.0]))
+    assert float(weights[torch.from_numpy(labels)].mean()) == pytest.approx(1.0)

@@ -1,0 +1,306 @@
+"""Train an image classifier on a feed: ``python -m training.fit --pipeline best|pil|albumentations|dali``.
+
+Every epoch reports validation macro-F1 (the headline), accuracy, the data-wait fraction and the
+measured img/s against the tuner's prediction; at the end, whether the prediction held. Writes
+``best.pt``/``last.pt``, TensorBoard logs (``tb/``), confusion-matrix PNGs and ``summary.json``
+under ``--out``. ``--resume`` continues exactly from ``last.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from feeding.errors import FeedError, MissingDependencyError
+from training.config import FIT_PIPELINES, LOSSES, OPTIMIZERS, SCHEDULERS, FitConfig
+
+PREDICTION_TOLERANCE = 0.15  # measured img/s within ±15% of the prediction: it held
+IMAGE_GRID_SIZE = 16
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = FitConfig()
+    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipeline", default=d.pipeline, choices=FIT_PIPELINES,
+                   help="feed; 'best' reads --recommendation (made by `feedbench tune`)")
+    p.add_argument("--data", help="data set directory (default: the embedded sample)")
+    p.add_argument("--model", default=d.model, help="timm model name or package.module:factory")
+    p.add_argument("--pretrained-file", help="local weights file for the timm model (nothing is downloaded)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, help="images per batch (overrides the recommendation)")
+    p.add_argument("--workers", type=int, help="loader workers (overrides the recommendation)")
+    p.add_argument("--size", help="N or HxW pixels (overrides the recommendation)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--opt", default=d.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--sched", default=d.scheduler, choices=SCHEDULERS)
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--loss", default=d.loss, choices=LOSSES)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of people held out")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out, help="run directory: checkpoints, logs, plots")
+    p.add_argument("--early-stop-patience", type=int, help="epochs without a better macro-F1 before stopping")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
+    p.add_argument("--recommendation", default=d.recommendation, help="what --pipeline best reads")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    from feeding.spec import parse_size
+
+    return FitConfig(
+        pipeline=args.pipeline, data=args.data, model=args.model, pretrained_file=args.pretrained_file,
+        epochs=args.epochs, batch=args.batch, workers=args.workers,
+        size=parse_size(args.size) if args.size else None, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.opt, scheduler=args.sched, warmup_epochs=args.warmup_epochs, loss=args.loss,
+        label_smoothing=args.label_smoothing, focal_gamma=args.focal_gamma, amp=args.amp,
+        accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
+        seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
+        device=args.device, recommendation=args.recommendation,
+    )
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def create_model(config: FitConfig, num_classes: int) -> torch.nn.Module:
+    from bench.consume import build_model
+
+    if config.pretrained_file is None:
+        model = build_model(config.model, num_classes)
+    else:
+        import timm
+
+        build_model(config.model, 1)  # an unknown name fails here, with close matches
+        overlay = {"file": str(Path(config.pretrained_file).resolve())}
+        model = timm.create_model(config.model, pretrained=True, num_classes=num_classes,
+                                  pretrained_cfg_overlay=overlay)
+    if config.freeze_backbone:
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if not isinstance(head, torch.nn.Module) or not any(True for _ in head.parameters()):
+            raise ValueError(f"--freeze-backbone: model {config.model!r} has no classifier head (get_classifier())")
+        # Norm layers in the frozen backbone still update their running statistics in train mode.
+        model.requires_grad_(False)
+        head.requires_grad_(True)
+    return model
+
+
+def create_schedule(config: FitConfig, optimizer):
+    """A timm scheduler stepped once per epoch; ``step`` decays 10x every third of the run."""
+    from timm.scheduler import create_scheduler_v2
+
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=config.scheduler, num_epochs=config.epochs, decay_epochs=max(1, config.epochs // 3),
+        warmup_epochs=config.warmup_epochs, warmup_lr=config.lr / 100, plateau_mode="max", patience_epochs=2,
+    )
+    return scheduler
+
+
+def create_feeders(config: FitConfig, train, val):
+    from feeding import FeedConfig, create_feeder, eval_spec, train_spec
+    from feeding.device import DeviceFeeder
+
+    decode_device = config.device if config.pipeline == "dali" else "cpu"
+    common = dict(pipeline=config.pipeline, batch_size=config.batch, workers=config.workers, seed=config.seed,
+                  decode_device=decode_device)
+    train_feed = DeviceFeeder(create_feeder(train, FeedConfig(spec=train_spec(config.size), **common)),
+                              config.device)
+    val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=eval_spec(config.size), shuffle=False,
+                                                          drop_last=False, **common)), config.device)
+    if len(train_feed) == 0:
+        raise FeedError(f"the training split has {len(train)} images: fewer than one batch of {config.batch}")
+    return train_feed, val_feed
+
+
+def confusion_png(confusion: torch.Tensor, classes: tuple[str, ...], title: str) -> bytes:
+    """The confusion matrix (rows true, columns predicted) as PNG bytes; no global matplotlib state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(classes)
+    fig = Figure(figsize=(4 + 0.45 * n, 3 + 0.4 * n))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(confusion.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for (row, col), count in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(),
+                                 confusion.flatten().tolist()):
+        if count:
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=6)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def image_grid(images: torch.Tensor, feeder) -> torch.Tensor:
+    """The first images of a fed batch, denormalized to [0, 1] (what the model saw, as a picture)."""
+    from torchvision.utils import make_grid
+
+    shown = images[:IMAGE_GRID_SIZE].float() * feeder.std + feeder.mean
+    return make_grid(shown.clamp(0, 1).cpu(), nrow=8)
+
+
+def applicable_prediction(config: FitConfig, recommendation: dict | None) -> float | None:
+    """The recommendation's predicted img/s, if this run uses exactly the recommended feed."""
+    if recommendation is None:
+        return None
+    same = (config.pipeline == recommendation["pipeline"] and config.workers == recommendation["workers"]
+            and config.batch == recommendation["batch"] and list(config.size) == list(recommendation["size"]))
+    return recommendation.get("predicted_ips") if same else None
+
+
+def prediction_verdict(measured: list[float], predicted: float | None) -> str:
+    if predicted is None:
+        return "no applicable prediction (no recommendation, or the feed differs from it)"
+    # The first epoch pays one-off costs (worker start-up, allocator warm-up); leave it out if we can.
+    steady = statistics.median(measured[1:] if len(measured) > 1 else measured)
+    error = steady / predicted - 1
+    held = "held" if abs(error) <= PREDICTION_TOLERANCE else "did not hold"
+    return (f"prediction {held}: measured {steady:.1f} img/s (median over epochs) vs predicted "
+            f"{predicted:.1f} img/s ({100 * error:+.1f}%; tolerance ±{100 * PREDICTION_TOLERANCE:.0f}%)")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def fit(config: FitConfig) -> dict:
+    """Train, evaluate every epoch, checkpoint, log; return the summary (also in OUT/summary.json)."""
+    from timm.optim import create_optimizer_v2
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bench.cli import resolve_data
+    from bench.consume import model_threads
+    from bench.io import write_atomic, write_json
+    from feeding.seeding import seed_globals
+    from feeding.sources import discover, missing_classes, person_split
+    from training.checkpoint import BEST, LAST, CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
+        set_rng_states
+    from training.config import load_recommendation, resolve_feed
+    from training.engine import evaluate, train_one_epoch
+    from training.losses import create_loss
+
+    samples = discover(resolve_data(config.data))
+    recommendation = load_recommendation(config, samples) if config.pipeline == "best" else None
+    config = resolve_feed(config, recommendation)
+    train, val = person_split(samples, config.val_fraction, config.seed)
+    num_classes = len(samples.classes)
+    absent = missing_classes(val)
+    if absent:
+        print(f"warning: {len(absent)} of {num_classes} classes have no validation image (macro-F1 averages "
+              f"over the others): {', '.join(absent)}", file=sys.stderr)
+    out = Path(config.out)
+    device = torch.device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(model_threads(os.cpu_count() or 1, config.workers))
+
+    seed_globals(config.seed)
+    model = create_model(config, num_classes).to(device)
+    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = create_schedule(config, optimizer)
+    loss_fn = create_loss(config.loss, train.labels, num_classes, config.label_smoothing,
+                          config.focal_gamma).to(device)
+    start_epoch, best_f1, stale, history = 0, -1.0, 0, []
+    if config.resume:
+        state = load_checkpoint(out / LAST, config.model, num_classes)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {out / LAST} does not fit this model/optimizer: {err}") from err
+        changed = sorted(k for k, v in state["config"].items()
+                         if k not in ("resume", "epochs", "out") and config.to_dict().get(k) != v)
+        if changed:
+            print(f"warning: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+        set_rng_states(state["rng"])
+        start_epoch, best_f1, stale = state["epoch"] + 1, state["best_macro_f1"], state["epochs_since_best"]
+        history = state["history"]
+        print(f"resumed from {out / LAST} after epoch {state['epoch'] + 1}")
+
+    predicted = applicable_prediction(config, recommendation)
+    print(f"fit: {config.model} on {len(train)} train / {len(val)} val images ({num_classes} classes); "
+          f"feed {config.pipeline}, {config.workers} workers, batch {config.batch}, "
+          f"{config.size[0]}x{config.size[1]}, device {config.device}")
+    train_feed, val_feed = create_feeders(config, train, val)
+    writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_epoch if config.resume else None)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            def log_grid(images, epoch=epoch):
+                writer.add_image("train/fed_images", image_grid(images, train_feed), epoch)
+
+            stats = train_one_epoch(model, train_feed, optimizer, loss_fn, epoch, config.amp, config.accum_steps,
+                                    on_first_batch=log_grid if epoch == 0 else None)
+            metrics = evaluate(model, val_feed, num_classes, config.amp)
+            scheduler.step(epoch + 1, metrics.macro_f1)
+            improved = metrics.macro_f1 > best_f1
+            best_f1, stale = (metrics.macro_f1, 0) if improved else (best_f1, stale + 1)
+            row = {"epoch": epoch + 1, "loss": stats.loss, "lr": stats.lr, "macro_f1": metrics.macro_f1,
+                   "accuracy": metrics.accuracy, "data_wait_fraction": stats.data_wait_fraction,
+                   "images_per_sec": stats.images_per_sec, "predicted_ips": predicted}
+            history.append(row)
+            for tag, value in (("train/loss", stats.loss), ("train/lr", stats.lr),
+                               ("val/macro_f1", metrics.macro_f1), ("val/accuracy", metrics.accuracy),
+                               ("feed/data_wait_fraction", stats.data_wait_fraction),
+                               ("feed/images_per_sec", stats.images_per_sec)):
+                writer.add_scalar(tag, value, epoch + 1)
+            writer.flush()
+            png = confusion_png(metrics.confusion, samples.classes, f"epoch {epoch + 1}: macro-F1 {metrics.macro_f1:.3f}")
+            write_atomic(out / "confusion-last.png", png)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "best_macro_f1": best_f1,
+                     "epochs_since_best": stale, "rng": rng_states(), "config": config.to_dict(),
+                     "num_classes": num_classes, "model_name": config.model, "classes": list(samples.classes),
+                     "history": history}
+            if improved:  # best before last: a kill in between only repeats this epoch on resume
+                write_atomic(out / "confusion-best.png", png)
+                save_checkpoint(out / BEST, state)
+            save_checkpoint(out / LAST, state)
+            versus = f" (predicted {predicted:.1f}: {100 * (stats.images_per_sec / predicted - 1):+.0f}%)" \
+                if predicted else ""
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {stats.loss:.4f}  lr {stats.lr:.2e}  "
+                  f"val macro-F1 {metrics.macro_f1:.4f}  accuracy {metrics.accuracy:.4f}  "
+                  f"data wait {100 * stats.data_wait_fraction:.1f}%  {stats.images_per_sec:.1f} img/s{versus}",
+                  flush=True)
+            if config.early_stop_patience and stale >= config.early_stop_patience:
+                print(f"early stop: no better macro-F1 for {stale} epochs")
+                break
+    finally:
+        writer.close()
+        train_feed.feeder.close()
+        val_feed.feeder.close()
+    verdict = prediction_verdict([row["images_per_sec"] for row in history], predicted)
+    print(f"best val macro-F1 {best_f1:.4f}; {verdict}")
+    summary = {"best_macro_f1": best_f1, "history": history, "prediction": verdict, "config": config.to_dict()}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        fit(config_from_args(args))
+    except (FeedError, MissingDependencyError, ValueError) as error:
+        print(f"training.fit: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
