@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.args import non_negative_int, positive_int
 from bench.args import size as size_arg
 from feeding.errors import FeedError, MissingDependencyError
-from feeding.feeder import ON_BAD, PIPELINES, FeedConfig
+from feeding.feeder import EXECUTORS, ON_BAD, PIPELINES, FeedConfig
 from feeding.spec import train_spec
 
 
@@ -50,6 +50,9 @@ def make_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=positive_int, default=64, help="images per batch")
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader workers (pil, albumentations) or DALI CPU threads")
+    parser.add_argument("--executor", choices=EXECUTORS, default="auto",
+                        help="who makes the host pipelines' batches: worker processes or threads (default: "
+                        "auto, threads where decode and augment release the GIL)")
     parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
     parser.add_argument("--size", type=size_arg, default=(224, 224), help="output size N or HxW (default 224)")
     parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
@@ -86,6 +89,7 @@ def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
         pipeline=args.pipeline,
         batch_size=args.batch,
         workers=args.workers,
+        executor=args.executor,
         spec=train_spec(args.size, degrees=args.rotate),
         seed=args.seed,
         on_bad=args.on_bad,
@@ -118,6 +122,7 @@ def run_bench(config: BenchConfig) -> dict:
     feeder = create_feeder(samples, config.feed)
     if config.show_plan:
         print(feeder.plan.describe((512, 384)))
+        print(describe_workers(feeder))
     sync = _cuda_sync if config.feed.decode_device != "cpu" else (lambda: None)
     breakdown = None
     with feeder:
@@ -143,6 +148,8 @@ def run_bench(config: BenchConfig) -> dict:
         "first_batch_s": measured.first_batch_s.to_dict(),
         "windows_images_per_sec": list(measured.windows),
         "plan": [type(op).__name__ for op in feeder.plan.steps],
+        "executor": getattr(feeder, "executor", None),
+        "jpeg_decoder": _jpeg_decoder(config.feed.pipeline),
         "literal_order": config.feed.literal_order,
         "decode_device": config.feed.decode_device,
         "on_bad": config.feed.on_bad,
@@ -154,6 +161,30 @@ def run_bench(config: BenchConfig) -> dict:
         "pil_build": info["machine"]["pil"],
         **info,
     }
+
+
+def _jpeg_decoder(pipeline: str) -> str:
+    from feeding import decode
+
+    if pipeline == "albumentations":
+        return decode.jpeg_decoder()
+    if pipeline == "pil":
+        return decode.pil_build_line()
+    return pipeline  # DALI decodes with its own libjpeg-turbo (CPU) or nvJPEG (GPU)
+
+
+def describe_workers(feeder) -> str:
+    """Who makes the batches, and which library decodes the JPEGs (what the planner chose)."""
+    executor = getattr(feeder, "executor", None)
+    pipeline = feeder.config.pipeline
+    if executor is None:
+        who = f"{feeder.config.workers} DALI threads"
+    elif executor == "main":
+        who = "the main process (0 workers)"
+    else:
+        why = "decode and warp release the GIL" if executor == "thread" else "Python holds the GIL"
+        who = f"{feeder.workers} worker {executor}{'es' if executor == 'process' else 's'} ({why})"
+    return f"workers: {who}\nJPEG decoder: {_jpeg_decoder(pipeline)}"
 
 
 def _cuda_sync() -> None:
@@ -170,7 +201,8 @@ def format_result(result: dict) -> str:
         f"data: {result['data']} ({result['layout']}, {result['dataset_images']} images)",
         f"PIL: {pil.get('distribution')} {pil.get('version')}"
         + (" (SIMD build)" if pil.get("simd") else " (not the SIMD build)"),
-        f"plan: {' -> '.join(result['plan'])}" + (" (literal order)" if result["literal_order"] else ""),
+        f"plan: {' -> '.join(result['plan'])}" + (" (literal order)" if result["literal_order"] else "")
+        + (f"; workers are {result['executor']}s" if result.get("executor") in ("thread", "process") else ""),
         "",
         f"{'pipeline':<15}{'workers':>8}{'batch':>7}{'size':>10}{'img/s median':>14}{'min':>9}{'max':>9}"
         f"{'IQR':>8}{'1st batch s':>13}{'skipped':>9}",

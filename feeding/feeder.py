@@ -22,6 +22,9 @@ from feeding.spec import AugSpec, train_spec
 
 PIPELINES = ("pil", "albumentations", "dali")
 ON_BAD = ("skip", "fail")
+# Who makes the CPU pipelines' batches: worker processes (a DataLoader), threads, or
+# "auto": threads where the transform's hot path releases the GIL, processes elsewhere.
+EXECUTORS = ("auto", "process", "thread")
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -34,6 +37,7 @@ class FeedConfig:
     pipeline: str = "pil"
     batch_size: int = 64
     workers: int = 2
+    executor: str = "auto"  # host pipelines only; see EXECUTORS
     spec: AugSpec = field(default_factory=train_spec)
     shuffle: bool = True
     drop_last: bool = True
@@ -52,6 +56,8 @@ class FeedConfig:
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {self.pipeline!r}; choose one of {', '.join(PIPELINES)}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.on_bad not in ON_BAD:
             raise ValueError(f"on_bad must be one of {ON_BAD}, got {self.on_bad!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

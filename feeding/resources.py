@@ -77,6 +77,9 @@ def fit_workers(
     return WorkerBudget(w, p, (note,))
 
 
-def check_worker_memory(workers: int, prefetch_factor: int, batch_size: int, height: int, width: int) -> WorkerBudget:
-    """fit_workers with this machine's free /dev/shm and RAM."""
-    return fit_workers(workers, prefetch_factor, batch_bytes(batch_size, height, width), available_shm(), available_ram())
+def check_worker_memory(
+    workers: int, prefetch_factor: int, batch_size: int, height: int, width: int, shared_memory: bool = True
+) -> WorkerBudget:
+    """fit_workers with this machine's free RAM, and /dev/shm where batches cross processes."""
+    shm = available_shm() if shared_memory else None  # worker threads hand batches over in RAM
+    return fit_workers(workers, prefetch_factor, batch_bytes(batch_size, height, width), shm, available_ram())

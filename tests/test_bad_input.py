@@ -59,11 +59,14 @@ def test_skip_reports_every_bad_file_and_keeps_batches_full(pipeline, messy_fold
     assert delivered_labels.count(0) > 0  # odd images were delivered, not skipped
 
 
+@pytest.mark.parametrize("executor", ["auto", "thread"])
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_fail_raises_an_error_that_names_the_file(pipeline, messy_folder):
+def test_fail_raises_an_error_that_names_the_file(pipeline, executor, messy_folder):
+    if executor == "thread" and pipeline == "dali":
+        pytest.skip("DALI has its own threads; executor applies to the host pipelines")
     root, _, bad = messy_folder
     config = FeedConfig(pipeline=pipeline, batch_size=4, workers=1, spec=AugSpec((Resize((32, 32)),)),
-                        on_bad="fail", shuffle=False)
+                        on_bad="fail", shuffle=False, executor=executor)
     with pytest.raises(FeedError) as error:
         with create_feeder(discover(root), config) as feeder:
             for _ in feeder:
@@ -118,9 +121,10 @@ def test_a_dead_worker_is_an_error_not_a_hang(image_folder):
 
 
 @pytest.mark.timeout(60)
-def test_a_stuck_worker_times_out_with_a_clear_message(image_folder):
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_a_stuck_worker_times_out_with_a_clear_message(image_folder, executor):
     config = FeedConfig(pipeline="pil", batch_size=4, workers=1, spec=AugSpec((Resize((32, 32)),)),
-                        worker_timeout_s=2)
+                        worker_timeout_s=2, executor=executor)
     feeder = HostFeeder(discover(image_folder), config, _StuckTransform(config.plan, config.max_pixels))
     started = time.perf_counter()
     with pytest.raises(FeedError, match="worker_timeout_s"):

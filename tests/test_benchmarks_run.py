@@ -14,5 +14,9 @@ def test_benchmark_only_prints_grouped_tables():
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for group in ("decode 384x512 JPEG", "PIL: rotate and resize order", "device step: uint8 -> normalized float",
-                  "geometry 384x512 -> 224: one fused warp vs step by step"):
+                  "geometry 384x512 -> 224: one fused warp vs step by step", "JPEG decoder: full-size 384x512 to RGB",
+                  "JPEG header: size and orientation",
+                  "decode + warp of 24 different files: fresh vs reused memory",
+                  "fused warp 384x512 -> 224: pixel format",
+                  "collate: one 224x224 image into a batch of 64"):
         assert f"benchmark '{group}'" in result.stdout

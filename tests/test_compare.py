@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -91,9 +92,15 @@ def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run)
         assert row["images_per_sec"]["median"] == max(medians)
         if name == USER_LOADER:  # measured as given: its own worker count, one point
             assert row["best_workers"] == 0 and len(row["sweep"]) == 1
+        elif name == "decode-only":  # the limit: the better of processes and threads
+            points = [(point["workers"], point["executor"]) for point in row["sweep"]]
+            assert points == [(1, "process"), (2, "process"), (1, "thread"), (2, "thread")]
+            assert row["best_executor"] in ("process", "thread")
         else:
             assert [point["workers"] for point in row["sweep"]] == [1, 2]
             assert 1 <= row["best_workers"] <= 2
+    assert rows["albumentations"]["best_executor"] == "thread"  # the planner's pick for a fully fused plan
+    assert rows["pil"]["best_executor"] == "process"
 
 
 def test_ratios_are_computed_from_the_reported_medians(full_run):
@@ -125,10 +132,16 @@ def test_naive_dataset_rotates_before_resizing_and_normalizes_floats_on_the_cpu(
     assert label == samples.labels[0]
 
 
-def test_decode_only_dataset_decodes_full_size_but_returns_a_tiny_tensor(tiny_data):
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_decode_only_decodes_full_size_but_collates_nothing(tiny_data, executor):
     samples = discover(tiny_data)
-    size, _ = compare.DecodeOnlyDataset(samples.paths, samples.labels)[0]
-    assert size.tolist() == [512, 384]
+    with compare.decode_only_feeder(samples, batch=4, workers=1, executor=executor) as feeder:
+        images, labels = next(iter(feeder))
+        assert feeder.executor == executor
+    assert images.shape == (4, 3, 1, 1) and set(labels.tolist()) <= set(samples.labels.tolist())
+    transform = compare.DecodeOnlyTransform(64_000_000)
+    assert transform(samples.paths[0], np.random.default_rng(0)).shape == (1, 1, 3)
+    assert transform.decoded_shapes == [(512, 384, 3)]  # decoded at full size, then dropped
 
 
 # ---------------------------------------------------------------- bad input and interruption

@@ -248,6 +248,53 @@ def test_cv2_reduction_of_odd_images(odd, name, reduction, size):
         assert _is_red(_quadrant_means(rgb)[0])
 
 
+@pytest.mark.parametrize("reduction", [1, 2, 4, 8])
+def test_libjpeg_turbo_decodes_exactly_what_opencv_decodes(photo, reduction):
+    """The fast JPEG path changes the speed, not the pixels: same IDCT, same upsampling."""
+    pytest.importorskip("simplejpeg")
+    data = photo.read_bytes()
+    fast, reference = decode._turbo_jpeg(data, reduction), decode._cv2_decode(data, reduction)
+    assert fast is not None and fast.shape == reference.shape
+    assert np.array_equal(fast, reference)
+
+
+@pytest.mark.parametrize(
+    "name", ["cmyk_jpeg", "exif6_jpeg", "gray_jpeg", "one_pixel_jpeg", "progressive_jpeg", "tall_jpeg"])
+def test_load_cv2_is_the_same_with_or_without_simplejpeg(odd, name, monkeypatch):
+    with_turbo = load_cv2(str(odd[name]), MAX_PIXELS)
+    monkeypatch.setattr(decode, "_simplejpeg", lambda: None)
+    assert "OpenCV" in decode.jpeg_decoder()
+    assert np.array_equal(load_cv2(str(odd[name]), MAX_PIXELS), with_turbo)
+
+
+def test_damaged_jpegs_leave_the_fast_path(bad):
+    """strict libjpeg-turbo refuses what it would pad, so OpenCV/PIL give the usual verdict."""
+    pytest.importorskip("simplejpeg")
+    for name in ("truncated_jpeg", "random_jpeg"):
+        assert decode._turbo_jpeg(bad[name].read_bytes(), 1) is None
+
+
+@pytest.mark.parametrize("name", [n for n in ODD_NAMES if n.endswith("_jpeg")])
+def test_jpeg_header_from_bytes_agrees_with_pil(odd, name):
+    """A JPEG without APP1 is read by libjpeg-turbo; one with EXIF/XMP goes to PIL: same answer."""
+    data = odd[name].read_bytes()
+    fast = decode.header(str(odd[name]), MAX_PIXELS, data)
+    with decode._open(str(odd[name]), MAX_PIXELS, data) as image:
+        reference = decode._header(image)
+    assert (fast.size, fast.orientation) == (reference.size, reference.orientation)
+    assert fast.format in decode.JPEG_FORMATS
+    if name.startswith("exif"):
+        assert decode._has_app1(data) is True
+
+
+def test_jpeg_header_from_bytes_refuses_bombs(photo):
+    pytest.importorskip("simplejpeg")
+    data = photo.read_bytes()
+    assert decode._has_app1(data) is False  # so the fast path is the one refusing
+    with pytest.raises(BadImageError, match="max_pixels"):
+        decode.header(str(photo), 1000, data)
+
+
 def test_bad_arguments_are_refused(photo):
     with pytest.raises(ValueError, match="reduction"):
         load_cv2(str(photo), MAX_PIXELS, reduction=3)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from feeding import FeedConfig, create_feeder, discover
 from feeding.errors import FeedError
-from feeding.spec import AugSpec, HorizontalFlip, Resize, Rotate, train_spec
+from feeding.spec import AugSpec, ColorJitter, HorizontalFlip, Resize, Rotate, train_spec
 from tests.conftest import dominant_channel
 
 PIPELINES = [
@@ -85,14 +85,63 @@ def test_same_seed_same_stream(pipeline, image_folder):
 
 
 @pytest.mark.parametrize("pipeline", ["pil", "albumentations"])
-def test_host_stream_does_not_depend_on_worker_count(pipeline, image_folder):
+def test_host_stream_does_not_depend_on_worker_count_or_executor(pipeline, image_folder):
     samples = discover(image_folder)
     spec = AugSpec((Rotate(20), Resize((48, 48)), HorizontalFlip()))
-    streams = []
-    for workers in (0, 1, 3):
-        with create_feeder(samples, _config(pipeline, spec=spec, workers=workers)) as feeder:
-            streams.append(_epoch(feeder)[0])
-    assert streams[0] == streams[1] == streams[2]
+    streams = {}
+    for workers, executor in ((0, "auto"), (1, "process"), (3, "process"), (1, "thread"), (3, "thread")):
+        with create_feeder(samples, _config(pipeline, spec=spec, workers=workers, executor=executor)) as feeder:
+            assert feeder.executor == ("main" if workers == 0 else executor)
+            streams[workers, executor] = [_epoch(feeder)[0] for _ in range(2)]
+    first = streams[0, "auto"]
+    assert first[0] != first[1]
+    assert all(stream == first for stream in streams.values())
+
+
+@pytest.mark.parametrize("pipeline, spec, executor", [
+    ("albumentations", train_spec((48, 48)), "thread"),  # one fused warp: the GIL is released
+    ("albumentations", AugSpec((Resize((48, 48)), ColorJitter(0.2, 0.2, 0.2))), "process"),  # albumentations' Python
+    ("pil", train_spec((48, 48)), "process"),
+])  # fmt: skip
+def test_auto_executor_takes_threads_only_where_the_gil_is_released(pipeline, spec, executor, image_folder):
+    with create_feeder(discover(image_folder), _config(pipeline, spec=spec)) as feeder:
+        assert feeder.executor == executor
+        images, _ = next(iter(feeder))
+    assert images.shape == (5, 3, 48, 48)
+
+
+def test_close_stops_the_worker_threads(image_folder):
+    config = _config("albumentations", spec=train_spec((32, 32)), executor="thread")
+    feeder = create_feeder(discover(image_folder), config)
+    epoch = iter(feeder)
+    next(epoch)  # suspended mid-epoch, batches still queued
+    threads = list(feeder._threads._threads)
+    feeder.close()
+    assert threads and not any(thread.is_alive() for thread in threads)
+
+
+def test_an_abandoned_thread_feeder_lets_python_exit_cleanly(image_folder):
+    """Threads still in OpenCV code at exit would abort the interpreter (std::terminate)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from feeding import FeedConfig, create_feeder, discover; from feeding.spec import train_spec\n"
+        f"f = create_feeder(discover({str(image_folder)!r}), FeedConfig(pipeline='albumentations', "
+        "batch_size=4, workers=2, executor='thread', spec=train_spec((64, 64))))\n"
+        "next(iter(f)); print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert "terminate" not in result.stderr
+
+
+def test_thread_workers_survive_an_abandoned_epoch(image_folder):
+    config = _config("albumentations", spec=train_spec((32, 32)), executor="thread")
+    with create_feeder(discover(image_folder), config) as feeder:
+        next(iter(feeder))  # abandoned after one batch
+        digests, _, batches = _epoch(feeder)
+    assert len(batches) == len(feeder) and len(set(digests)) == len(digests)
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)

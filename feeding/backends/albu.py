@@ -63,11 +63,37 @@ class AlbumentationsTransform(HostTransform):
     def __init__(self, plan: Plan, max_pixels: int) -> None:
         super().__init__(plan, max_pixels)
         self.compose = compile_albumentations(plan)
+        self._scratch = decode.Scratch()  # the fully fused path decodes and warps into reused memory
+        self._warped: np.ndarray | None = None
         self.setup_worker(in_worker=False)  # before any worker is forked
 
     def setup_worker(self, in_worker: bool) -> None:
         _, cv2 = _import()
         cv2.setNumThreads(1)
+
+    @property
+    def fully_fused(self) -> bool:
+        """Every step is in the one warp: decode, warpAffine, and nothing for albumentations."""
+        return self.plan.fused_steps > 0 and not self.compose.transforms
+
+    @property
+    def releases_gil(self) -> bool:
+        # Fully fused: libjpeg-turbo/OpenCV decode and one warpAffine, both outside the GIL.
+        # Albumentations' own per-image Python would hold it (measured in tests/benchmarks).
+        return self.fully_fused
+
+    def write(self, image: np.ndarray, out: np.ndarray) -> None:
+        if image.shape[2] == 4:  # RGBX from the fused warp: drop the padding while copying
+            _, cv2 = _import()
+            cv2.cvtColor(image, cv2.COLOR_RGBA2RGB, dst=out)
+        else:
+            out[...] = image
+
+    def clone(self) -> "AlbumentationsTransform":
+        twin = super().clone()
+        twin.compose = compile_albumentations(self.plan)  # its seeded generators are per thread
+        twin._scratch, twin._warped = decode.Scratch(), None  # so is the memory decoded and warped into
+        return twin
 
     def start_batch(self, rng: np.random.Generator) -> None:
         # albumentations draws from its own generators: seed them from a child of the batch's
@@ -76,15 +102,18 @@ class AlbumentationsTransform(HostTransform):
 
     def decode(self, path: str, data: bytes, rng: np.random.Generator):
         """The decoded image (reduced where the plan allows), and for a fused warp its source and box."""
+        found = decode.header(path, self.max_pixels, data)  # read once: the decode reuses it
         if self.plan.fused_steps:
-            source = decode.probe(path, self.max_pixels, data)
-            box = affine.first_box(self.plan, source, rng)
-            reduction = self.plan.decode_reduction(source, box[2:])
-            return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data), source, box
+            box = affine.first_box(self.plan, found.size, rng)
+            reduction = self.plan.decode_reduction(found.size, box[2:])
+            fully = self.fully_fused  # then the warp consumes the pixels at once: scratch memory is safe
+            image = decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found,
+                                    rgbx=fully, scratch=self._scratch if fully else None)  # RGBX: a faster warp
+            return image, found.size, box
         reduction = 1
         if isinstance(self.plan.steps[0], Resize):  # a random crop's box is drawn inside albumentations
-            reduction = self.plan.decode_reduction(decode.probe(path, self.max_pixels, data))
-        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data), None, None
+            reduction = self.plan.decode_reduction(found.size)
+        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found), None, None
 
     def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:
         image, source, box = decoded
@@ -93,6 +122,15 @@ class AlbumentationsTransform(HostTransform):
             _, cv2 = _import()
             matrix = affine.warp_matrix(self.plan.steps[:fused], source, box, image.shape[:2], rng)
             height, width = self.plan.steps[0].size
-            image = cv2.warpAffine(image, matrix[:2], (width, height), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+            image = cv2.warpAffine(image, matrix[:2], (width, height), dst=self._warp_target(image, height, width),
+                                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         return self.compose(image=image)["image"] if self.compose.transforms else image
+
+    def _warp_target(self, source: np.ndarray, height: int, width: int) -> np.ndarray | None:
+        """Reused output memory for the fully fused warp (``write`` copies it out at once)."""
+        if not self.fully_fused:
+            return None
+        shape = (height, width, source.shape[2])
+        if self._warped is None or self._warped.shape != shape:
+            self._warped = np.empty(shape, dtype=np.uint8)
+        return self._warped

@@ -1,13 +1,20 @@
-"""CPU backends on torch's DataLoader: one batch per worker task, skips kept out of batches.
+"""CPU backends: one batch per worker task, skips kept out of batches.
 
 Workers build whole batches (the sampler hands out lists of indices), writing
-each image straight into one preallocated uint8 NCHW array: no per-sample
-tensors, no default_collate. A file that fails to load is replaced by another
-randomly drawn file, so batches stay full; the replacement carries its own
-label, and the failure travels back with the batch to be reported.
+each image straight into one preallocated uint8 array: no per-sample tensors,
+no default_collate. The array is NHWC, so each image lands with one contiguous
+copy (a transposing copy into NCHW costs ~15x more), and the batch is delivered
+as an (N, 3, H, W) tensor in channels_last memory format, which is what
+convolutions on the device prefer anyway.
+
+The workers are torch DataLoader processes, or threads (backends/threads.py)
+where the transform releases the GIL. A file that fails to load is replaced by
+another randomly drawn file, so batches stay full; the replacement carries its
+own label, and the failure travels back with the batch to be reported.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -22,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from feeding import decode, seeding
 from feeding.errors import BadFile, BadImageError, FeedError
 from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
+from feeding.backends.threads import ThreadBatches
 from feeding.plan import Plan
 from feeding.resources import check_worker_memory
 from feeding.sources import Samples
@@ -57,16 +65,33 @@ class HostTransform(ABC):
 
     @abstractmethod
     def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:
-        """The plan's steps; returns HxWx3 uint8."""
+        """The plan's steps; returns HxWxC uint8 (C = 3, or 4 where ``write`` drops a padding channel)."""
+
+    def write(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Put ``augment``'s result into ``out`` (HxWx3, a slot of the batch)."""
+        out[...] = image
 
     def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        return self.augment(self.decode(path, self.read(path), rng), rng)
+        """One file through every stage: HxWx3 uint8."""
+        out = np.empty((*self.plan.output_size, 3), dtype=np.uint8)
+        self.write(self.augment(self.decode(path, self.read(path), rng), rng), out)
+        return out
 
     def setup_worker(self, in_worker: bool) -> None:
         """Per-process settings (e.g. library thread counts); called once per worker."""
 
     def start_batch(self, rng: np.random.Generator) -> None:
         """Called before each batch with the batch's generator (e.g. to seed a library)."""
+
+    @property
+    def releases_gil(self) -> bool:
+        """True when decode and augment spend their time in C code that releases the GIL,
+        so that threads scale like processes (the "auto" executor then picks threads)."""
+        return False
+
+    def clone(self) -> "HostTransform":
+        """A copy for another thread: shares the read-only parts (plan, byte cache), not library state."""
+        return copy.copy(self)
 
 
 @dataclass(frozen=True)
@@ -123,6 +148,12 @@ class BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def for_thread(self) -> "BatchDataset":
+        """This dataset with a transform of its own, for one worker thread."""
+        twin = copy.copy(self)
+        twin.transform = self.transform.clone()
+        return twin
+
     def __getitem__(self, key: BatchKey) -> WorkerBatch:
         """Under on_bad="fail" an unreadable file comes back as images=None, not as an
         exception: DataLoader re-raises worker exceptions as bare RuntimeErrors."""
@@ -145,13 +176,14 @@ class BatchDataset(Dataset):
         height, width = self.transform.plan.output_size
         rng = seeding.batch_rng(self.config.seed, key.epoch, key.number)
         self.transform.start_batch(rng)
-        images = np.empty((len(key.indices), 3, height, width), dtype=np.uint8)
+        images = np.empty((len(key.indices), height, width, 3), dtype=np.uint8)
         labels = np.empty(len(key.indices), dtype=np.int64)
         skipped: list[BadFile] = []
         for slot, index in enumerate(key.indices):
             index = self._load_into(images, slot, int(index), rng, skipped, stages)
             labels[slot] = self.labels[index]
-        return torch.from_numpy(images), torch.from_numpy(labels), skipped
+        # (N, 3, H, W) over NHWC storage: torch's channels_last format, no copy.
+        return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), skipped
 
     def _load_into(self, images, slot: int, index: int, rng, skipped: list[BadFile], stages) -> int:
         """Fill images[slot] from sample ``index`` or, if it is unreadable, a random substitute."""
@@ -172,7 +204,7 @@ class BatchDataset(Dataset):
                 skipped.append(error.record())
                 index = int(rng.integers(len(self.paths)))
                 continue
-            images[slot] = image.transpose(2, 0, 1)
+            transform.write(image, images[slot])
             stages["read"] += t1 - t0
             stages["decode"] += t2 - t1
             stages["augment"] += t3 - t2
@@ -188,8 +220,17 @@ def _worker_init(worker_id: int) -> None:
     get_worker_info().dataset.transform.setup_worker(in_worker=True)
 
 
+def choose_executor(requested: str, transform: HostTransform, workers: int) -> str:
+    """"main" (no workers), "thread" or "process": "auto" takes threads where the GIL is released."""
+    if workers == 0:
+        return "main"
+    if requested == "auto":
+        return "thread" if transform.releases_gil else "process"
+    return requested
+
+
 class HostFeeder(Feeder):
-    """A Feeder for the CPU backends: DataLoader workers, each making whole batches."""
+    """A Feeder for the CPU backends: worker processes or threads, each making whole batches."""
 
     def __init__(self, samples: Samples, config: FeedConfig, transform: HostTransform) -> None:
         super().__init__(samples, config)
@@ -198,14 +239,17 @@ class HostFeeder(Feeder):
             raise FeedError(f"{len(samples.problems)} problem(s) while listing the data, first: {first.path}: {first.reason}")
         self._record_skips(list(samples.problems))
         self.dataset = BatchDataset(samples, transform, config)
+        self.executor = choose_executor(config.executor, transform, config.workers)
         height, width = config.plan.output_size
-        budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width)
+        budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width,
+                                     shared_memory=self.executor == "process")
         self.workers, self.prefetch_factor, self.notes = budget.workers, budget.prefetch_factor, budget.notes
         self.reset_stage_times()
         self._sampler = EpochBatchSampler(len(samples), config, epoch=0)
         self._data_loader: DataLoader | None = None
-        if self.workers == 0:
-            transform.setup_worker(in_worker=False)
+        self._threads: ThreadBatches | None = None
+        if self.executor != "process":
+            transform.setup_worker(in_worker=False)  # threads share this process's settings
 
     def reset_stage_times(self) -> None:
         """Worker seconds per stage (summed over workers) and the images they cover."""
@@ -229,13 +273,25 @@ class HostFeeder(Feeder):
             )
         return self._data_loader
 
-    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+    def _thread_pool(self) -> ThreadBatches:
+        """Worker threads that live across epochs, each with its own transform."""
+        if self._threads is None:
+            self._threads = ThreadBatches(lambda: self.dataset.for_thread().__getitem__, self.workers,
+                                          self.prefetch_factor, self.config.worker_timeout_s)
+        return self._threads
+
+    def _batches(self, epoch: int) -> Iterator[WorkerBatch]:
         self._sampler.epoch = epoch
+        if self.executor == "thread":
+            return self._thread_pool().iterate(self._sampler)
         with warnings.catch_warnings():
             # More workers than cores is a setting the tuner measures on purpose
             # (workers that block on I/O); torch's advice against it is noise here.
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-            iterator = iter(self._loader())
+            return iter(self._loader())
+
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        iterator = self._batches(epoch)
         try:
             for batch in self._checked(iterator):
                 self._record_skips(batch.skipped)
@@ -263,6 +319,9 @@ class HostFeeder(Feeder):
 
     def close(self) -> None:
         """Stop the workers now (they are restarted on the next epoch)."""
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.close()
         loader, self._data_loader = self._data_loader, None
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
