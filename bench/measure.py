@@ -5,6 +5,11 @@ and reported on its own. Later epochs' first batches stay in the timed
 windows: the refill at each epoch boundary is a cost training pays every
 epoch. (Leaving them out would also inflate the rate: while the first batch
 is awaited the other workers finish theirs, which then arrive at once.)
+
+The warm-up is at least the feeder's ``pipeline_depth``: the batches its workers
+make ahead (workers x prefetch). Those are ready before timing starts, and a
+window served from them measures a queue, not a pipeline: 32 workers x 2 batches
+on a 16-core host once "delivered" 36,000 img/s that way.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ def measure_feeder(
     """
     if batches < 1 or repeats < 1 or warmup < 0:
         raise ValueError("need batches >= 1, repeats >= 1, warmup >= 0")
+    warmup = max(warmup, getattr(feeder, "pipeline_depth", 0))
     start_epoch = feeder.epoch
     stream = _timed_batches(feeder, sync)
     first_batches: list[float] = []

@@ -49,6 +49,7 @@ class TuneConfig:
     feed_batches: int = 4  # batches per timed window on the feed side
     consume_steps: int = 2
     e2e_batches: int = 8
+    e2e_min_s: float = 3.0  # and at least this long: 8 batches at GPU rates is a fraction of a second
     exhaustive: bool = False
     isolate: bool = False  # each measurement in a fresh interpreter (slower; no state carried over)
     out: str = "results"
@@ -481,7 +482,7 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
         with create_feeder(samples, feed) as feeder:
             device_feeder = DeviceFeeder(feeder, config.device, channels_last=consume.channels_last)
             waits, steps, images = _timed_training(device_feeder, model, optimizer, consume.amp, sync,
-                                                   config.e2e_batches)
+                                                   config.e2e_batches, config.e2e_min_s)
     finally:
         torch.set_num_threads(previous_threads)
     total = sum(waits) + sum(steps)
@@ -490,8 +491,9 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
             "model_threads": best.model_threads, "decode_device": decode_device}
 
 
-def _timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: int):
-    """(wait seconds, step seconds, images) for ``batches`` steps after one warm-up step.
+def _timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: int, min_s: float = 0.0):
+    """(wait seconds, step seconds, images) for at least ``batches`` steps and ``min_s`` seconds,
+    after one warm-up step.
 
     Epochs roll over as in training, and the stall at each new epoch counts:
     a training run pays it too.
@@ -499,7 +501,11 @@ def _timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: i
     from bench.consume import train_step
 
     waits, steps, images, warm = [], [], 0, False
-    while len(steps) < batches:
+
+    def enough() -> bool:
+        return len(steps) >= batches and sum(waits) + sum(steps) >= min_s
+
+    while not enough():
         delivered = False
         clock = time.perf_counter()
         for batch_images, labels in device_feeder:
@@ -514,7 +520,7 @@ def _timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: i
                 steps.append(done - got)
                 images += len(labels)
             warm = True
-            if len(steps) >= batches:
+            if enough():
                 break
             clock = time.perf_counter()
         if not delivered:
@@ -657,7 +663,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers-max", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--batches", help="candidate batch sizes (default 32 on the CPU, 64,128,256 on a GPU; "
                         "on a GPU those that do not fit are dropped)")
-    parser.add_argument("--e2e-batches", type=int, default=8, help="batches in the end-to-end check")
+    parser.add_argument("--e2e-batches", type=int, default=8, help="batches in the end-to-end check (at least)")
+    parser.add_argument("--e2e-min-s", type=float, default=3.0, help="seconds of end-to-end check (at least)")
     parser.add_argument("--exhaustive", action="store_true", help="measure the full grid (slow), and compare")
     parser.add_argument("--isolate", action="store_true",
                         help="run each measurement in a fresh process (a few seconds more each)")
@@ -672,7 +679,8 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
         budget_s=args.budget_s, pipelines=tuple(p for p in args.pipelines.split(",") if p),
         workers_max=args.workers_max,
         batches=tuple(int(b) for b in args.batches.split(",") if b) if args.batches else None,
-        e2e_batches=args.e2e_batches, exhaustive=args.exhaustive, isolate=args.isolate, out=args.out,
+        e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
+        out=args.out,
     )
 
 

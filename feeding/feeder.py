@@ -128,6 +128,11 @@ class Feeder(ABC):
     def __len__(self) -> int:
         return batches_per_epoch(self.num_samples, self.config.batch_size, self.config.drop_last)
 
+    @property
+    def pipeline_depth(self) -> int:
+        """Batches the workers make ahead of the consumer (what a benchmark must drain first)."""
+        return 0
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (and so the shuffle) that the next ``iter()`` delivers."""
         self.epoch = epoch

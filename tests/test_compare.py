@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -99,7 +100,8 @@ def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run)
         else:
             assert [point["workers"] for point in row["sweep"]] == [1, 2]
             assert 1 <= row["best_workers"] <= 2
-    assert rows["albumentations"]["best_executor"] == "thread"  # the planner's pick for a fully fused plan
+    small = (os.cpu_count() or 1) <= 4  # the planner's pick for a fully fused plan, on a small machine
+    assert rows["albumentations"]["best_executor"] == ("thread" if small else "process")
     assert rows["pil"]["best_executor"] == "process"
 
 

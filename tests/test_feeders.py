@@ -103,11 +103,25 @@ def test_host_stream_does_not_depend_on_worker_count_or_executor(pipeline, image
     ("albumentations", AugSpec((Resize((48, 48)), ColorJitter(0.2, 0.2, 0.2))), "process"),  # albumentations' Python
     ("pil", train_spec((48, 48)), "process"),
 ])  # fmt: skip
-def test_auto_executor_takes_threads_only_where_the_gil_is_released(pipeline, spec, executor, image_folder):
+def test_auto_executor_takes_threads_only_where_the_gil_is_released(pipeline, spec, executor, image_folder,
+                                                                   monkeypatch):
+    monkeypatch.setattr("feeding.backends.host.os.cpu_count", lambda: 2)  # a small machine, as CI's
     with create_feeder(discover(image_folder), _config(pipeline, spec=spec)) as feeder:
         assert feeder.executor == executor
         images, _ = next(iter(feeder))
     assert images.shape == (5, 3, 48, 48)
+
+
+@pytest.mark.parametrize("cores, workers, expected", [(2, 2, "thread"), (4, 4, "thread"), (2, 6, "process"),
+                                                      (16, 4, "process"), (16, 0, "main")])
+def test_auto_executor_leaves_threads_to_small_machines(cores, workers, expected, image_folder):
+    """On many cores the GIL caps threads well below processes (results/executors-*.txt)."""
+    from feeding.backends.host import choose_executor
+
+    feeder = create_feeder(discover(image_folder), _config("albumentations", spec=train_spec((32, 32)), workers=0))
+    assert feeder.dataset.transform.releases_gil
+    assert choose_executor("auto", feeder.dataset.transform, workers, cores) == expected
+    assert choose_executor("process", feeder.dataset.transform, workers, cores) == ("main" if not workers else "process")
 
 
 def test_close_stops_the_worker_threads(image_folder):

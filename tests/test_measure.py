@@ -28,6 +28,25 @@ def test_warmup_windows_and_epoch_starts_are_accounted_separately():
     assert result.images_per_sec.min <= result.images_per_sec.median <= result.images_per_sec.max
 
 
+def test_warmup_drains_the_batches_made_ahead():
+    """A feeder whose workers run 6 batches ahead: those are warm-up, never timed."""
+    feeder = FakeFeeder(n=3)
+    feeder.pipeline_depth = 6
+    measure_feeder(feeder, batches=4, repeats=2, warmup=1)
+    assert feeder.drawn == 1 + 6 + 8
+
+
+@pytest.mark.parametrize("workers, executor, depth", [(3, "process", 6), (2, "thread", 4), (0, "auto", 0)])
+def test_host_feeders_report_how_many_batches_they_make_ahead(image_folder, workers, executor, depth):
+    from feeding import FeedConfig, create_feeder, discover
+    from feeding.spec import train_spec
+
+    config = FeedConfig(pipeline="albumentations", batch_size=2, workers=workers, prefetch_factor=2,
+                        executor=executor, spec=train_spec((32, 32)))
+    with create_feeder(discover(image_folder), config) as feeder:
+        assert feeder.pipeline_depth == depth
+
+
 def test_an_empty_epoch_is_an_error_not_a_hang():
     with pytest.raises(ValueError, match="no batch"):
         measure_feeder(FakeFeeder(n=0), batches=1, repeats=1)

@@ -368,6 +368,10 @@ class DaliFeeder(Feeder):
                 f"{self.num_samples} samples ({expected} batches expected): reader and iterator disagree"
             )
 
+    @property
+    def pipeline_depth(self) -> int:
+        return self.config.prefetch_factor  # DALI's prefetch_queue_depth
+
     def close(self) -> None:
         self._iterator = None  # the pipeline's threads and buffers go with the last reference
 
