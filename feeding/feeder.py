@@ -90,10 +90,14 @@ class FeedConfig:
         return int(index or 0)
 
 
-def shard_indices(n: int, shard_id: int, num_shards: int) -> np.ndarray:
-    """Contiguous, disjoint shard of ``range(n)`` (as DALI's reader shards)."""
+def check_shards(n: int, num_shards: int) -> None:
     if num_shards > n:
         raise FeedError(f"{num_shards} shards for {n} images: some shards would be empty")
+
+
+def shard_indices(n: int, shard_id: int, num_shards: int) -> np.ndarray:
+    """Contiguous, disjoint shard of ``range(n)`` (as DALI's reader shards)."""
+    check_shards(n, num_shards)
     start = n * shard_id // num_shards
     stop = n * (shard_id + 1) // num_shards
     return np.arange(start, stop)
@@ -122,8 +126,16 @@ class Feeder(ABC):
 
     @property
     def num_samples(self) -> int:
-        """Images this feeder (this shard) delivers per epoch before drop_last."""
-        return len(shard_indices(len(self.samples), self.config.shard_id, self.config.num_shards))
+        """Images this feeder (this shard) delivers per epoch before drop_last.
+
+        The same on every shard, so that every rank of a distributed run takes the
+        same number of steps (a rank with one batch more would hang DDP's last
+        all-reduce): here the smallest shard's size, ``n // num_shards``. Backends
+        that pad shards instead (DistributedSampler) say so by overriding this.
+        """
+        n, shards = len(self.samples), self.config.num_shards
+        check_shards(n, shards)
+        return n // shards
 
     def __len__(self) -> int:
         return batches_per_epoch(self.num_samples, self.config.batch_size, self.config.drop_last)

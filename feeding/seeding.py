@@ -26,14 +26,20 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(_entropy(_EPOCH_ORDER, seed, epoch)).permutation(n)
 
 
-def batch_rng(seed: int, epoch: int, batch_number: int) -> np.random.Generator:
-    """The generator all augmentation draws of one batch come from."""
-    return np.random.default_rng(_entropy(_BATCH_DRAWS, seed, epoch, batch_number))
+def batch_rng(seed: int, epoch: int, batch_number: int, shard: int = 0) -> np.random.Generator:
+    """The generator all augmentation draws of one batch come from.
+
+    ``shard``: the rank's shard in a distributed run, so that batch k of one rank
+    does not repeat the rotations and flips of batch k of another.
+    """
+    words = (seed, epoch, batch_number) + ((shard,) if shard else ())  # shard 0: the one-process stream
+    return np.random.default_rng(_entropy(_BATCH_DRAWS, *words))
 
 
-def worker_seed(seed: int, epoch: int, worker_id: int) -> int:
-    """A 32-bit seed for one worker in one epoch."""
-    return int(_entropy(_WORKER_GLOBALS, seed, epoch, worker_id).generate_state(1)[0])
+def worker_seed(seed: int, epoch: int, worker_id: int, shard: int = 0) -> int:
+    """A 32-bit seed for one worker (of one rank's shard) in one epoch."""
+    words = (seed, epoch, worker_id) + ((shard,) if shard else ())
+    return int(_entropy(_WORKER_GLOBALS, *words).generate_state(1)[0])
 
 
 def seed_globals(value: int) -> None:

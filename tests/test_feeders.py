@@ -218,6 +218,51 @@ def test_more_shards_than_images_is_a_clear_error(image_folder):
         len(create_feeder(samples, _config("pil", num_shards=4, shard_id=3)))
 
 
+def _path_stream(feeder) -> list[list[str]]:
+    """Which files each batch of one epoch holds (read from the sampler the feeder iterates)."""
+    feeder._sampler.epoch = feeder.epoch
+    keys = list(feeder._sampler)
+    feeder.epoch += 1
+    return [[str(feeder.samples.paths[i]) for i in key.indices] for key in keys]
+
+
+@pytest.mark.parametrize("n, batch_size, drop_last", [(24, 5, False), (23, 5, False), (23, 4, True)])
+def test_host_shards_follow_distributed_sampler(image_folder, n, batch_size, drop_last):
+    """Every rank: the same number of batches; together all files (padded with repeats to equal
+    shares, as DistributedSampler does); a new global shuffle each epoch via set_epoch."""
+    samples = discover(image_folder).subset(np.arange(n))
+    feeders = [create_feeder(samples, _config("pil", batch_size=batch_size, drop_last=drop_last, num_shards=2,
+                                              shard_id=rank, workers=0)) for rank in range(2)]
+    assert len(feeders[0]) == len(feeders[1]) and feeders[0].num_samples == -(-n // 2)
+    epochs = []
+    for epoch in range(2):
+        for feeder in feeders:
+            feeder.set_epoch(epoch)
+        shards = [sum(_path_stream(feeder), []) for feeder in feeders]
+        if not drop_last:
+            assert set(shards[0]) | set(shards[1]) == set(map(str, samples.paths))
+            assert len(shards[0]) == len(shards[1]) == -(-n // 2)
+            repeats = len(shards[0]) + len(shards[1]) - n
+            assert len(set(shards[0]) & set(shards[1])) <= repeats
+        epochs.append(shards)
+    assert epochs[0] != epochs[1]
+
+
+def test_shards_draw_different_augmentations(tmp_path, image_folder):
+    """Batch k of rank 0 and batch k of rank 1 must not share rotations and flips."""
+    source = next((image_folder / "class0").iterdir())
+    (tmp_path / "only").mkdir()
+    for i in range(8):
+        shutil.copy(source, tmp_path / "only" / f"copy{i}.jpg")
+    spec = AugSpec((Rotate(45), Resize((48, 48)), HorizontalFlip()))
+    first_batches = []
+    for rank in range(2):
+        config = _config("albumentations", spec=spec, batch_size=4, num_shards=2, shard_id=rank, workers=0)
+        with create_feeder(discover(tmp_path), config) as feeder:
+            first_batches.append(_digests(next(iter(feeder))[0]))
+    assert not set(first_batches[0]) & set(first_batches[1])
+
+
 class _GlobalDrawTransform:
     """Wraps a PIL transform: stamps each image with a draw from NumPy's *global* generator."""
 

@@ -53,7 +53,7 @@ from PIL import ExifTags, Image
 from feeding import decode
 from feeding.cache import cache_dir
 from feeding.errors import BadFile, FeedError, MissingDependencyError
-from feeding.feeder import Batch, FeedConfig, Feeder
+from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
 from feeding.scan import scan
 from feeding.sources import Samples
 from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, Op, RandomResizedCrop, Resize, Rotate
@@ -273,7 +273,7 @@ class DaliFeeder(Feeder):
         good, skipped = _validated(samples, config)
         super().__init__(good, config)
         self._record_skips(skipped)
-        len(self)  # shard_indices refuses more shards than images: say so now, not on iteration
+        len(self)  # more shards than images is refused: say so now, not on iteration
         root = Path(config.cache_dir) if config.cache_dir else None
         self._files = dali_paths(good.paths, config.max_pixels, root)
         self._iterator: DALIGenericIterator | None = None
@@ -354,18 +354,25 @@ class DaliFeeder(Feeder):
             self._discard_epoch()
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """The reader's whole shard is read; each rank delivers the same ``num_samples`` of it."""
         self._advance_to(epoch)
-        full, expected = self.batch_size, len(self)
-        delivered = samples_seen = 0
+        cfg = self.config
+        full, expected, quota = self.batch_size, len(self), self.num_samples
+        shard = len(shard_indices(len(self.samples), cfg.shard_id, cfg.num_shards))
+        delivered = given = samples_seen = 0
         for images, labels in self._pipeline_batches():
             samples_seen += len(labels)
-            if len(labels) == full or (len(labels) and not self.config.drop_last):
+            take = min(len(labels), quota - given)  # a shard one sample larger leaves that one out
+            if take < len(labels):
+                images, labels = images[:take], labels[:take]
+            if take == full or (take and not cfg.drop_last):
                 delivered += 1
+                given += take
                 yield images, labels
-        if delivered != expected or samples_seen != self.num_samples:
+        if delivered != expected or samples_seen != shard:
             raise FeedError(
                 f"DALI delivered {samples_seen} samples in {delivered} batches for a shard of "
-                f"{self.num_samples} samples ({expected} batches expected): reader and iterator disagree"
+                f"{shard} samples ({expected} batches expected): reader and iterator disagree"
             )
 
     @property

@@ -24,11 +24,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from feeding import decode, seeding
 from feeding.errors import BadFile, BadImageError, FeedError
-from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
+from feeding.feeder import Batch, FeedConfig, Feeder, check_shards
 from feeding.backends.threads import ThreadBatches
 from feeding.plan import Plan
 from feeding.resources import check_worker_memory
@@ -104,24 +104,44 @@ class BatchKey:
 
 
 class EpochBatchSampler(Sampler[BatchKey]):
-    """Yields the BatchKeys of one epoch: this shard's samples, shuffled per epoch."""
+    """Yields the BatchKeys of one epoch: this shard's samples, shuffled per epoch.
+
+    One shard: a permutation per epoch from feeding.seeding. Several shards (one
+    per rank of a distributed run): torch's DistributedSampler with ``set_epoch``,
+    so every rank draws from the same global shuffle, takes every
+    ``num_shards``-th sample of it, and pads with repeats to an equal count.
+    """
 
     def __init__(self, n: int, config: FeedConfig, epoch: int) -> None:
-        self.shard = shard_indices(n, config.shard_id, config.num_shards)
+        check_shards(n, config.num_shards)
+        self.n = n
         self.config = config
         self.epoch = epoch
 
+    @property
+    def shard_size(self) -> int:
+        return -(-self.n // self.config.num_shards)  # DistributedSampler pads to ceil(n / shards)
+
+    def _order(self) -> np.ndarray:
+        cfg = self.config
+        if cfg.num_shards == 1:
+            if not cfg.shuffle:
+                return np.arange(self.n)
+            return seeding.epoch_permutation(self.n, cfg.seed, self.epoch)
+        sampler = DistributedSampler(range(self.n), num_replicas=cfg.num_shards, rank=cfg.shard_id,
+                                     shuffle=cfg.shuffle, seed=cfg.seed, drop_last=False)
+        sampler.set_epoch(self.epoch)
+        return np.fromiter(sampler, dtype=np.int64, count=sampler.num_samples)
+
     def __iter__(self) -> Iterator[BatchKey]:
         cfg = self.config
-        order = self.shard
-        if cfg.shuffle:
-            order = order[seeding.epoch_permutation(len(order), cfg.seed, self.epoch)]
+        order = self._order()
         stop = len(order) - len(order) % cfg.batch_size if cfg.drop_last else len(order)
         for number, start in enumerate(range(0, stop, cfg.batch_size)):
             yield BatchKey(self.epoch, number, order[start : start + cfg.batch_size])
 
     def __len__(self) -> int:
-        n, b = len(self.shard), self.config.batch_size
+        n, b = self.shard_size, self.config.batch_size
         return n // b if self.config.drop_last else -(-n // b)
 
 
@@ -169,12 +189,12 @@ class BatchDataset(Dataset):
         """Workers live across epochs; reseed Python, NumPy and torch at each new epoch's first batch."""
         info = get_worker_info()
         if info is not None and epoch != self._globals_epoch:
-            seeding.seed_globals(seeding.worker_seed(self.config.seed, epoch, info.id))
+            seeding.seed_globals(seeding.worker_seed(self.config.seed, epoch, info.id, self.config.shard_id))
             self._globals_epoch = epoch
 
     def _make_batch(self, key: BatchKey, stages: dict[str, float]):
         height, width = self.transform.plan.output_size
-        rng = seeding.batch_rng(self.config.seed, key.epoch, key.number)
+        rng = seeding.batch_rng(self.config.seed, key.epoch, key.number, self.config.shard_id)
         self.transform.start_batch(rng)
         images = np.empty((len(key.indices), height, width, 3), dtype=np.uint8)
         labels = np.empty(len(key.indices), dtype=np.int64)
@@ -265,6 +285,10 @@ class HostFeeder(Feeder):
     @property
     def pipeline_depth(self) -> int:
         return self.workers * self.prefetch_factor
+
+    @property
+    def num_samples(self) -> int:
+        return self._sampler.shard_size  # DistributedSampler's padded share
 
     def reset_stage_times(self) -> None:
         """Worker seconds per stage (summed over workers) and the images they cover."""
