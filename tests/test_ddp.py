@@ -113,3 +113,26 @@ def test_dali_reads_by_global_rank_on_the_local_gpu():
     assert (feed.shard_id, feed.num_shards, feed.decode_device) == (9, 16, "cuda:1")
     host = distributed.shard_feed(FeedConfig(pipeline="pil"), ctx, torch.device("cpu"))
     assert (host.shard_id, host.num_shards, host.decode_device) == (9, 16, "cpu")
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_two_cpu_ranks_train_and_only_rank_zero_writes(sample_dir, tmp_path):
+    """`torchrun --standalone --nproc-per-node 2 -m training.fit` with gloo on this CPU."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "training.fit", "--pipeline", "pil", "--data", str(sample_dir), "--model",
+               "tests.test_training_fit:tiny_net", "--epochs", "2", "--size", "32", "--batch", "4",
+               "--workers", "0", "--val-fraction", "0.34", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=220, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and len(summary["history"]) == 2
+    assert result.stdout.count("fit: ") == 1 and result.stdout.count("epoch 2/2") == 1  # rank 0 alone speaks
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in state["model"])  # saved unwrapped: loads without DDP

@@ -107,17 +107,25 @@ def create_schedule(config: FitConfig, optimizer):
     return scheduler
 
 
-def create_feeders(config: FitConfig, train, val):
+def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device | None = None):
+    """Training feed (this rank's shard) and validation feed (this rank's exact slice: no padding,
+    so that the metrics reduced over ranks count every validation image once)."""
     from feeding import FeedConfig, create_feeder, eval_spec, train_spec
     from feeding.device import DeviceFeeder
+    from feeding.feeder import shard_indices
+    from training import distributed
 
-    decode_device = config.device if config.pipeline == "dali" else "cpu"
+    ctx = ctx or distributed.DistContext()
+    device = device or torch.device(config.device)
+    decode_device = str(device) if config.pipeline == "dali" and device.type == "cuda" else "cpu"
     common = dict(pipeline=config.pipeline, batch_size=config.batch, workers=config.workers, seed=config.seed,
                   decode_device=decode_device)
-    train_feed = DeviceFeeder(create_feeder(train, FeedConfig(spec=train_spec(config.size), **common)),
-                              config.device)
+    train_config = distributed.shard_feed(FeedConfig(spec=train_spec(config.size), **common), ctx, device)
+    train_feed = DeviceFeeder(create_feeder(train, train_config), device)
+    if ctx.enabled:
+        val = val.subset(shard_indices(len(val), ctx.rank, ctx.world_size))
     val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=eval_spec(config.size), shuffle=False,
-                                                          drop_last=False, **common)), config.device)
+                                                          drop_last=False, **common)), device)
     if len(train_feed) == 0:
         raise FeedError(f"the training split has {len(train)} images: fewer than one batch of {config.batch}")
     return train_feed, val_feed
@@ -193,6 +201,7 @@ def fit(config: FitConfig) -> dict:
     from training.checkpoint import BEST, LAST, CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
         set_rng_states
     from training.config import load_recommendation, resolve_feed
+    from training import distributed
     from training.engine import evaluate, train_one_epoch
     from training.losses import create_loss
 
@@ -206,9 +215,12 @@ def fit(config: FitConfig) -> dict:
         print(f"warning: {len(absent)} of {num_classes} classes have no validation image (macro-F1 averages "
               f"over the others): {', '.join(absent)}", file=sys.stderr)
     out = Path(config.out)
-    device = torch.device(config.device)
-    if device.type == "cpu":
-        torch.set_num_threads(model_threads(os.cpu_count() or 1, config.workers))
+    ctx = distributed.context_from_env()
+    device = distributed.setup(ctx, config.device)
+    main = ctx.is_main  # only rank 0 prints, logs and writes
+    if device.type == "cpu":  # the ranks on this host share its cores
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+        torch.set_num_threads(model_threads(max(1, (os.cpu_count() or 1) // ranks_here), config.workers))
 
     seed_globals(config.seed)
     model = create_model(config, num_classes).to(device)
@@ -232,22 +244,28 @@ def fit(config: FitConfig) -> dict:
         set_rng_states(state["rng"])
         start_epoch, best_f1, stale = state["epoch"] + 1, state["best_macro_f1"], state["epochs_since_best"]
         history = state["history"]
-        print(f"resumed from {out / LAST} after epoch {state['epoch'] + 1}")
+        if main:
+            print(f"resumed from {out / LAST} after epoch {state['epoch'] + 1}")
+    model = distributed.wrap(model, ctx, device)  # after loading: DDP broadcasts rank 0's weights
 
     predicted = applicable_prediction(config, recommendation)
-    print(f"fit: {config.model} on {len(train)} train / {len(val)} val images ({num_classes} classes); "
-          f"feed {config.pipeline}, {config.workers} workers, batch {config.batch}, "
-          f"{config.size[0]}x{config.size[1]}, device {config.device}")
-    train_feed, val_feed = create_feeders(config, train, val)
-    writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_epoch if config.resume else None)
+    if main:
+        ranks = f", {ctx.world_size} ranks" if ctx.enabled else ""
+        print(f"fit: {config.model} on {len(train)} train / {len(val)} val images ({num_classes} classes); "
+              f"feed {config.pipeline}, {config.workers} workers, batch {config.batch}, "
+              f"{config.size[0]}x{config.size[1]}, device {device}{ranks}")
+    train_feed, val_feed = create_feeders(config, train, val, ctx, device)
+    writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_epoch if config.resume else None) \
+        if main else None
     try:
         for epoch in range(start_epoch, config.epochs):
             def log_grid(images, epoch=epoch):
                 writer.add_image("train/fed_images", image_grid(images, train_feed), epoch)
 
             stats = train_one_epoch(model, train_feed, optimizer, loss_fn, epoch, config.amp, config.accum_steps,
-                                    on_first_batch=log_grid if epoch == 0 else None)
-            metrics = evaluate(model, val_feed, num_classes, config.amp)
+                                    on_first_batch=log_grid if epoch == 0 and main else None)
+            stats = _reduced(stats, ctx, device)
+            metrics = evaluate(distributed.unwrap(model), val_feed, num_classes, config.amp)  # reduced by torchmetrics
             scheduler.step(epoch + 1, metrics.macro_f1)
             improved = metrics.macro_f1 > best_f1
             best_f1, stale = (metrics.macro_f1, 0) if improved else (best_f1, stale + 1)
@@ -255,6 +273,11 @@ def fit(config: FitConfig) -> dict:
                    "accuracy": metrics.accuracy, "data_wait_fraction": stats.data_wait_fraction,
                    "images_per_sec": stats.images_per_sec, "predicted_ips": predicted}
             history.append(row)
+            stop = bool(config.early_stop_patience and stale >= config.early_stop_patience)
+            if distributed.broadcast_flag(stop, ctx, device) and not main:
+                break  # the same decision on every rank: none is left waiting in a collective
+            if not main:
+                continue
             for tag, value in (("train/loss", stats.loss), ("train/lr", stats.lr),
                                ("val/macro_f1", metrics.macro_f1), ("val/accuracy", metrics.accuracy),
                                ("feed/data_wait_fraction", stats.data_wait_fraction),
@@ -263,7 +286,7 @@ def fit(config: FitConfig) -> dict:
             writer.flush()
             png = confusion_png(metrics.confusion, samples.classes, f"epoch {epoch + 1}: macro-F1 {metrics.macro_f1:.3f}")
             write_atomic(out / "confusion-last.png", png)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "best_macro_f1": best_f1,
                      "epochs_since_best": stale, "rng": rng_states(), "config": config.to_dict(),
                      "num_classes": num_classes, "model_name": config.model, "classes": list(samples.classes),
@@ -278,25 +301,48 @@ def fit(config: FitConfig) -> dict:
                   f"val macro-F1 {metrics.macro_f1:.4f}  accuracy {metrics.accuracy:.4f}  "
                   f"data wait {100 * stats.data_wait_fraction:.1f}%  {stats.images_per_sec:.1f} img/s{versus}",
                   flush=True)
-            if config.early_stop_patience and stale >= config.early_stop_patience:
+            if stop:
                 print(f"early stop: no better macro-F1 for {stale} epochs")
                 break
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         train_feed.feeder.close()
         val_feed.feeder.close()
     verdict = prediction_verdict([row["images_per_sec"] for row in history], predicted)
-    print(f"best val macro-F1 {best_f1:.4f}; {verdict}")
-    summary = {"best_macro_f1": best_f1, "history": history, "prediction": verdict, "config": config.to_dict()}
-    write_json(out / "summary.json", summary)
+    summary = {"best_macro_f1": best_f1, "history": history, "prediction": verdict, "config": config.to_dict(),
+               "ranks": ctx.world_size}
+    if main:
+        print(f"best val macro-F1 {best_f1:.4f}; {verdict}")
+        write_json(out / "summary.json", summary)
+    del model, optimizer  # before leaving the process group: DDP's teardown under a live reducer aborts
+    distributed.teardown(ctx)
     return summary
+
+
+def _reduced(stats, ctx, device):
+    """One epoch's figures for the whole job: images and loss summed over ranks, the slowest
+    rank's seconds (the job goes at its pace) and the mean data wait."""
+    from dataclasses import replace
+
+    from training import distributed
+
+    if not ctx.enabled:
+        return stats
+    loss_sum, images, wait = distributed.reduce_sum(
+        [stats.loss * stats.images, float(stats.images), stats.data_wait_s], ctx, device)
+    seconds = distributed.reduce_max(stats.seconds, ctx, device)
+    return replace(stats, loss=loss_sum / images, images=int(images), seconds=seconds,
+                   data_wait_s=wait / ctx.world_size)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from training.distributed import DistributedError
+
     try:
         fit(config_from_args(args))
-    except (FeedError, MissingDependencyError, ValueError) as error:
+    except (FeedError, MissingDependencyError, ValueError, DistributedError) as error:
         print(f"training.fit: error: {error}", file=sys.stderr)
         return 2
     return 0
