@@ -72,7 +72,10 @@ def setup(ctx: DistContext, device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
         if torch.cuda.device_count() <= ctx.local_rank:
             raise DistributedError(f"LOCAL_RANK {ctx.local_rank} but only {torch.cuda.device_count()} CUDA "
                                    "device(s): launch at most that many processes per node")
-        wanted = torch.device("cuda", ctx.local_rank) if ctx.enabled else wanted
+        if ctx.enabled:
+            wanted = torch.device("cuda", ctx.local_rank)
+        elif wanted.index is None:  # "cuda": the current device, with its index (set_device needs one)
+            wanted = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(wanted)
     if ctx.enabled and not torch.distributed.is_initialized():
         backend = "nccl" if wanted.type == "cuda" else "gloo"
