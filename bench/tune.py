@@ -54,6 +54,12 @@ class TuneConfig:
     isolate: bool = False  # each measurement in a fresh interpreter (slower; no state carried over)
     out: str = "results"
     seed: int = 0
+    ranks: int = 1  # training processes on this host (torchrun --nproc-per-node): they share its cores
+
+    @property
+    def cores(self) -> int:
+        """The cores one rank can count on: this host's, split between its ranks."""
+        return max(1, (os.cpu_count() or 1) // self.ranks)
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -67,6 +73,12 @@ class TuneConfig:
         if self.batches is None:
             # On the CPU a step's cost per image hardly depends on the batch; on a GPU it does.
             object.__setattr__(self, "batches", (32,) if self.device == "cpu" else (64, 128, 256))
+        if self.ranks < 1:
+            raise ValueError(f"--ranks must be >= 1, got {self.ranks}")
+        if self.ranks > (os.cpu_count() or 1):
+            raise ValueError(f"--ranks {self.ranks} is more than this host's {os.cpu_count()} cores")
+        # A rank's workers beyond twice its share of the cores only take cores from the other ranks.
+        object.__setattr__(self, "workers_max", min(self.workers_max, 2 * self.cores))
         if self.workers_max < 1 or not self.batches or any(b < 1 for b in self.batches):
             raise ValueError("--workers-max and every batch size must be >= 1")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -243,7 +255,7 @@ class Measurer:
         return fitting or (self.largest[size],)
 
     def prediction(self, candidate: Candidate) -> Prediction:
-        cores = os.cpu_count() or 1
+        cores = self.config.cores
         feed = self.feed_rate(candidate.pipeline, candidate.workers, candidate.size, candidate.batch)
         if self.config.on_cpu:
             threads = cores if candidate.workers == 0 else model_threads(cores, candidate.workers)
@@ -393,6 +405,8 @@ def tune(config: TuneConfig) -> dict:
         "feed_ips": best.feed_ips,
         "consume_ips": best.consume_ips,
         "predicted_ips": best.predicted_ips,
+        "ranks": config.ranks,
+        "job_predicted_ips": best.predicted_ips * config.ranks,  # every rank at the per-rank prediction
         "measured_ips": check["measured_ips"],
         "data_wait_fraction": check["data_wait_fraction"],
         "prediction_error": check["measured_ips"] / best.predicted_ips - 1,
@@ -443,7 +457,7 @@ def _predict_measured(measurer: Measurer) -> list[Prediction]:
 
 
 def _threads_for(config: TuneConfig, workers: int) -> int:
-    cores = os.cpu_count() or 1
+    cores = config.cores
     if not config.on_cpu:
         return 0
     return cores if workers == 0 else model_threads(cores, workers)
@@ -605,7 +619,9 @@ def markdown(record: dict, command: str) -> str:
         f"size **{record['size'][0]}x{record['size'][1]}**"
         + (f", model threads {record['model_threads']}" if record["model_threads"] else ""),
         f"- feed {record['feed_ips']:.1f} img/s, consume {record['consume_ips']:.1f} img/s, "
-        f"predicted {record['predicted_ips']:.1f} img/s",
+        f"predicted {record['predicted_ips']:.1f} img/s"
+        + (f" per rank; {record['ranks']} ranks sharing {record['machine']['cores']} cores: "
+           f"{record['job_predicted_ips']:.1f} img/s for the job" if record.get("ranks", 1) > 1 else ""),
         f"- end to end (real feeder + real training step, {record['end_to_end']['batches']} batches): "
         f"**{record['measured_ips']:.1f} img/s**, data wait {100 * record['data_wait_fraction']:.1f}% "
         f"({100 * record['prediction_error']:+.1f}% against the prediction)",
@@ -668,6 +684,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exhaustive", action="store_true", help="measure the full grid (slow), and compare")
     parser.add_argument("--isolate", action="store_true",
                         help="run each measurement in a fresh process (a few seconds more each)")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="training processes on this host (torchrun --nproc-per-node): each rank gets "
+                        "its share of the cores for workers and model threads")
     parser.add_argument("--out", default="results")
     return parser
 
@@ -680,7 +699,7 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
         workers_max=args.workers_max,
         batches=tuple(int(b) for b in args.batches.split(",") if b) if args.batches else None,
         e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
-        out=args.out,
+        out=args.out, ranks=args.ranks,
     )
 
 

@@ -54,6 +54,21 @@ def test_bad_tune_settings_are_clear_errors(kwargs, message):
         TuneConfig(**kwargs)
 
 
+def test_ranks_share_the_hosts_cores(monkeypatch):
+    """torchrun --nproc-per-node N: each rank's workers and model threads come out of cores / N."""
+    monkeypatch.setattr("bench.tune.os.cpu_count", lambda: 16)
+    one, four = TuneConfig(), TuneConfig(ranks=4, workers_max=32)
+    assert (one.cores, one.workers_max) == (16, 32)
+    assert (four.cores, four.workers_max) == (4, 8)
+    # On the CPU, a rank with 2 workers leaves its model 2 of its 4 cores, not 14 of 16.
+    _, _, threads = predict(400.0, {2: 10.0}, workers=2, cores=four.cores, on_cpu=True)
+    assert threads == 2
+    with pytest.raises(ValueError, match="more than this host"):
+        TuneConfig(ranks=17)
+    with pytest.raises(ValueError, match="--ranks"):
+        TuneConfig(ranks=0)
+
+
 def tiny_net(num_classes: int = 18):
     import torch.nn as nn
 
@@ -61,7 +76,7 @@ def tiny_net(num_classes: int = 18):
 
 
 TINY = ["--model", "tests.test_tune:tiny_net", "--device", "cpu", "--sizes", "48,32", "--workers-max", "2",
-        "--batches", "4", "--e2e-batches", "3", "--pipelines", "pil,albumentations"]
+        "--batches", "4", "--e2e-batches", "3", "--e2e-min-s", "0.5", "--pipelines", "pil,albumentations"]
 
 
 def test_tune_writes_a_recommendation_that_fit_can_read(sample_dir, tmp_path):
