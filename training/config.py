@@ -63,6 +63,7 @@ class FitConfig:
     accum_steps: int = 1
     freeze_backbone: bool = False
     val_fraction: float = 0.2
+    folds: int | None = None  # K: one model per person-grouped, class-stratified fold, in OUT/fold{k}
     seed: int = 0
     out: str = "runs/fit"
     early_stop_patience: int | None = None  # epochs without a better validation macro-F1
@@ -77,6 +78,9 @@ class FitConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("loss", self.loss, LOSSES)
+        if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(self.folds, int)
+                                       or self.folds < 2):
+            raise ValueError(f"folds must be an int >= 2, got {self.folds!r}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must be a timm model name or 'package.module:factory'")
         _check_device(self.device)

@@ -47,6 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
     p.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of people held out")
+    p.add_argument("--folds", type=int, help="K: train one model per person-grouped stratified fold "
+                   "(OUT/fold0..K-1), for a K-fold ensemble (python -m training.predict)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="run directory: checkpoints, logs, plots")
     p.add_argument("--early-stop-patience", type=int, help="epochs without a better macro-F1 before stopping")
@@ -66,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         optimizer=args.opt, scheduler=args.sched, warmup_epochs=args.warmup_epochs, loss=args.loss,
         label_smoothing=args.label_smoothing, focal_gamma=args.focal_gamma, amp=args.amp,
         accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
+        folds=args.folds,
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
         device=args.device, recommendation=args.recommendation,
     )
@@ -188,8 +191,38 @@ def prediction_verdict(measured: list[float], predicted: float | None) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def fit(config: FitConfig) -> dict:
-    """Train, evaluate every epoch, checkpoint, log; return the summary (also in OUT/summary.json)."""
+def fit_folds(config: FitConfig) -> dict:
+    """One run per person-grouped, class-stratified fold in OUT/fold{k}; OUT/summary.json has them all."""
+    from dataclasses import replace
+
+    from bench.cli import resolve_data
+    from bench.io import write_json
+    from feeding.sources import discover, person_folds
+
+    samples = discover(resolve_data(config.data))
+    runs = []
+    for k, split in enumerate(person_folds(samples, config.folds, config.seed)):
+        print(f"== fold {k + 1}/{config.folds}")
+        fold_out = Path(config.out) / f"fold{k}"
+        resume = config.resume and (fold_out / "last.pt").exists()  # folds not started yet start afresh
+        fold_config = replace(config, folds=None, out=str(fold_out), resume=resume)
+        runs.append(fit(fold_config, split=split))
+    scores = [run["best_macro_f1"] for run in runs]
+    summary = {"folds": config.folds, "fold_best_macro_f1": scores, "mean_best_macro_f1": sum(scores) / len(scores),
+               "fold_dirs": [f"fold{k}" for k in range(config.folds)], "config": config.to_dict()}
+    print(f"{config.folds}-fold: best val macro-F1 per fold {', '.join(f'{s:.4f}' for s in scores)}; "
+          f"mean {summary['mean_best_macro_f1']:.4f}")
+    write_json(Path(config.out) / "summary.json", summary)
+    return summary
+
+
+def fit(config: FitConfig, split: tuple | None = None) -> dict:
+    """Train, evaluate every epoch, checkpoint, log; return the summary (also in OUT/summary.json).
+
+    ``split``: (train, val) indices into the data set (a fold); default a person-level split.
+    """
+    if config.folds:
+        return fit_folds(config)
     from timm.optim import create_optimizer_v2
     from torch.utils.tensorboard import SummaryWriter
 
@@ -208,7 +241,10 @@ def fit(config: FitConfig) -> dict:
     samples = discover(resolve_data(config.data))
     recommendation = load_recommendation(config, samples) if config.pipeline == "best" else None
     config = resolve_feed(config, recommendation)
-    train, val = person_split(samples, config.val_fraction, config.seed)
+    if split is None:
+        train, val = person_split(samples, config.val_fraction, config.seed)
+    else:
+        train, val = samples.subset(split[0]), samples.subset(split[1])
     num_classes = len(samples.classes)
     absent = missing_classes(val)
     if absent:
