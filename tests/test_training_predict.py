@@ -27,7 +27,7 @@ def data_with_eval(tmp_path_factory) -> Path:
 def kfold_run(data_with_eval, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kfold-run")
     args = ["--pipeline", "pil", "--data", str(data_with_eval / "train"), "--model", TINY, "--epochs", "1",
-            "--size", "32", "--batch", "8", "--workers", "0", "--folds", "2", "--out", str(out)]
+            "--size", "32", "--batch", "8", "--workers", "0", "--folds", "2", "--balanced", "--out", str(out)]
     assert fit_main(args) == 0
     return out
 
@@ -78,3 +78,13 @@ def test_predict_bad_input_is_a_clear_error(tmp_path, kfold_run, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert predict_main(["--checkpoints", str(kfold_run), "--data", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_balanced_sampling_evens_out_the_classes():
+    from training.fit import balanced_indices
+
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    drawn = labels[balanced_indices(labels, seed=0)]
+    shares = np.bincount(drawn, minlength=3) / len(drawn)
+    assert len(drawn) == 100 and np.all(np.abs(shares - 1 / 3) < 0.12)
+    assert np.array_equal(balanced_indices(labels, 0), balanced_indices(labels, 0))  # seeded

@@ -64,6 +64,7 @@ class FitConfig:
     freeze_backbone: bool = False
     val_fraction: float = 0.2
     folds: int | None = None  # K: one model per person-grouped, class-stratified fold, in OUT/fold{k}
+    balanced: bool = False  # oversample the training images to equal class frequencies
     seed: int = 0
     out: str = "runs/fit"
     early_stop_patience: int | None = None  # epochs without a better validation macro-F1

@@ -14,6 +14,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from feeding.errors import FeedError, MissingDependencyError
@@ -47,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
     p.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of people held out")
+    p.add_argument("--balanced", action="store_true",
+                   help="class-balanced sampling: rare classes oversampled (with replacement) to equal shares")
     p.add_argument("--folds", type=int, help="K: train one model per person-grouped stratified fold "
                    "(OUT/fold0..K-1), for a K-fold ensemble (python -m training.predict)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -68,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         optimizer=args.opt, scheduler=args.sched, warmup_epochs=args.warmup_epochs, loss=args.loss,
         label_smoothing=args.label_smoothing, focal_gamma=args.focal_gamma, amp=args.amp,
         accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
-        folds=args.folds,
+        folds=args.folds, balanced=args.balanced,
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
         device=args.device, recommendation=args.recommendation,
     )
@@ -110,6 +113,18 @@ def create_schedule(config: FitConfig, optimizer):
     return scheduler
 
 
+def balanced_indices(labels: np.ndarray, seed: int) -> np.ndarray:
+    """As many draws as there are images, with replacement, each class equally likely.
+
+    Drawn once per run (the feeder reshuffles the drawn set every epoch); a class
+    with few images is seen several times an epoch, a common one less than once.
+    """
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBA1A]))
+    return np.sort(rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum()))
+
+
 def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device | None = None):
     """Training feed (this rank's shard) and validation feed (this rank's exact slice: no padding,
     so that the metrics reduced over ranks count every validation image once)."""
@@ -123,6 +138,8 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     decode_device = str(device) if config.pipeline == "dali" and device.type == "cuda" else "cpu"
     common = dict(pipeline=config.pipeline, batch_size=config.batch, workers=config.workers, seed=config.seed,
                   decode_device=decode_device)
+    if config.balanced:
+        train = train.subset(balanced_indices(train.labels, config.seed))
     train_config = distributed.shard_feed(FeedConfig(spec=train_spec(config.size), **common), ctx, device)
     train_feed = DeviceFeeder(create_feeder(train, train_config), device)
     if ctx.enabled:
