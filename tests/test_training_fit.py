@@ -41,6 +41,21 @@ def slow_tiny_net(num_classes: int) -> nn.Module:
     return nn.Sequential(_Slow(), *tiny_net(num_classes))
 
 
+class _Constant(nn.Module):
+    """Predicts class 0 for every image whatever it learns: validation macro-F1 never improves."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.logits * 0).expand(len(x), -1)
+
+
+def constant_net(num_classes: int) -> nn.Module:
+    return _Constant(num_classes)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     from feeding.sample import write_sample
@@ -72,7 +87,8 @@ def straight_run(data, tmp_path_factory) -> tuple[Path, str]:
     """Two uninterrupted epochs; the output directory and what was printed."""
     out = tmp_path_factory.mktemp("straight")
     result = subprocess.run([sys.executable, "-m", "training.fit", *_args(data, out, model=SLOW_TINY)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+                            check=False, cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     return out, result.stdout + result.stderr
 
@@ -90,6 +106,20 @@ def test_two_epochs_write_checkpoints_logs_and_plots(straight_run):
     assert "classes have no validation image" in printed  # 6 people cannot cover 18 classes
     assert "no applicable prediction" in printed
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_tensorboard_has_the_scalars_the_lr_of_every_update_and_a_grid_of_fed_images(straight_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = straight_run
+    events = EventAccumulator(str(out / "tb")).Reload()
+    per_epoch = json.loads((out / "summary.json").read_text())["train_images"] // 8  # batch 8, drop_last
+    assert [e.step for e in events.Scalars("train/lr")] == list(range(1, 2 * per_epoch + 1))
+    assert [e.step for e in events.Scalars("val/macro_f1")] == [per_epoch, 2 * per_epoch]  # the update axis
+    for tag in ("train/loss", "val/accuracy", "feed/data_wait_fraction", "feed/images_per_sec"):
+        assert len(events.Scalars(tag)) == 2, tag
+    (grid,) = events.Images("train/fed_images")
+    assert grid.width > 2 * 32 and grid.height >= 32  # several 32x32 images as the model was fed them
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(data, straight_run, tmp_path, monkeypatch):
@@ -126,11 +156,71 @@ def test_sigkill_mid_training_then_resume_gives_the_same_metrics(data, straight_
     finally:
         process.wait(timeout=30)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(command + ["--resume"], check=False, cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     straight_out, _ = straight_run
     assert _metrics(out) == _metrics(straight_out)
     _assert_same_weights(out, straight_out)
+
+
+def test_early_stopping_on_validation_macro_f1(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(data, out, "--early-stop-patience", "2", model="tests.test_training_fit:constant_net",
+                      epochs=6)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 3  # epoch 1 sets the best; 2 and 3 do not beat it
+    assert "early stop: no better macro-F1 for 2 epochs" in capsys.readouterr().out
+
+
+RECIPE = ("--balanced", "--sched", "plateau", "--warmup-epochs", "1", "--accum-steps", "3", "--loss", "focal",
+          "--opt", "adamp")
+
+
+def test_balanced_plateau_warmup_accumulation_resume_exactly(data, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert main(_args(data, straight, *RECIPE)) == 0
+    history = json.loads((straight / "summary.json").read_text())["history"]
+    assert history[0]["lr"] < history[1]["lr"] == pytest.approx(1e-3)  # warming up, per update, in epoch 1
+    out = tmp_path / "interrupted"
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_stop(path, state):
+        real_save(path, state)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(data, out, *RECIPE))
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
+    assert main(_args(data, out, *RECIPE, "--resume")) == 0
+    assert _metrics(out) == _metrics(straight)
+    _assert_same_weights(out, straight)
+
+
+def test_pretrained_file_and_frozen_backbone_end_to_end(data, tmp_path):
+    import timm
+
+    torch.manual_seed(7)
+    weights = timm.create_model("test_efficientnet").state_dict()
+    torch.save(weights, tmp_path / "weights.pth")
+    out = tmp_path / "run"
+    assert main(_args(data, out, "--pretrained-file", str(tmp_path / "weights.pth"), "--freeze-backbone",
+                      model="test_efficientnet", epochs=1)) == 0
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    backbone = [k for k in weights if not k.startswith("classifier.")]
+    assert all(torch.equal(trained[k], weights[k]) for k in backbone)  # weights and running statistics
+
+
+@pytest.mark.gpu
+def test_bf16_amp_on_cuda(data, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(data, out, "--device", "cuda", "--amp", model="test_efficientnet", epochs=1)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["amp"] and len(summary["history"]) == 1
+    assert all(t.dtype == torch.float32 for t in torch.load(out / "last.pt", weights_only=True)["model"].values()
+               if t.is_floating_point())  # autocast computes in bf16; the weights stay float32
 
 
 def _best_args(data: Path, out: Path, recommendation: Path) -> list[str]:
@@ -200,7 +290,20 @@ def test_resume_with_another_model_or_class_count_is_a_clear_error(data, straigh
     assert f"is for model {SLOW_TINY!r}, not {TINY!r}" in capsys.readouterr().err
 
 
+def test_an_empty_split_is_a_clear_error(data, tmp_path):
+    import numpy as np
+
+    from feeding.errors import FeedError
+    from training.fit import config_from_args, fit, get_args_parser
+
+    config = config_from_args(get_args_parser().parse_args(_args(data, tmp_path / "out")))
+    with pytest.raises(FeedError, match="the validation split of .* is empty"):
+        fit(config, split=(np.arange(42), np.array([], dtype=np.int64)))
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--val-fraction", "0.1"], "has 6 people (or groups): holding out 0.1 of them needs at least 10"),
+    (["--batch", "64"], "fewer than one batch of 64"),
     (["--epochs", "0"], "epochs must be"),
     (["--amp"], "CUDA only"),
     (["--val-fraction", "1.5"], "val_fraction"),

@@ -73,18 +73,51 @@ def test_tta_views_are_the_image_its_mirror_and_shifts():
     assert torch.equal(views[1], images.flip(-1))
 
 
-def test_predict_bad_input_is_a_clear_error(tmp_path, kfold_run, capsys):
+def test_predict_bad_input_is_a_clear_error(tmp_path, kfold_run, data_with_eval, capsys):
+    from training.checkpoint import save_checkpoint
+
     assert predict_main(["--checkpoints", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert predict_main(["--checkpoints", str(kfold_run), "--data", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "corrupt.pt").write_bytes(b"\x80\x02 half a pickle")
+    assert predict_main(["--checkpoints", str(tmp_path / "corrupt.pt"), "--data", str(data_with_eval / "eval")]) == 2
+    assert "is corrupt or not a checkpoint" in capsys.readouterr().err
+    state = torch.load(kfold_run / "fold0" / "best.pt", weights_only=True)
+    save_checkpoint(tmp_path / "mismatch.pt", {**state, "num_classes": 5})
+    assert predict_main(["--checkpoints", str(tmp_path / "mismatch.pt"), "--data", str(data_with_eval / "eval")]) == 2
+    assert "its weights do not fit" in capsys.readouterr().err
+    (tmp_path / "bad-eval" / "images").mkdir(parents=True)
+    (tmp_path / "bad-eval" / "info.csv").write_text("id,ans\n")
+    assert predict_main(["--checkpoints", str(kfold_run), "--data", str(tmp_path / "bad-eval")]) == 2
+    assert "has no ImageID column" in capsys.readouterr().err
 
 
-def test_balanced_sampling_evens_out_the_classes():
-    from training.fit import balanced_indices
+def test_predict_a_plain_folder_in_name_order(kfold_run, data_with_eval, tmp_path):
+    import shutil
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for image in sorted((data_with_eval / "eval" / "images").glob("*.jpg"))[:5]:
+        shutil.copy(image, folder / image.name)
+    out = tmp_path / "submission.csv"
+    assert predict_main(["--checkpoints", str(kfold_run / "fold1"), "--data", str(folder), "--out", str(out),
+                         "--workers", "0"]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["ImageID"] for row in rows] == sorted(p.name for p in folder.iterdir())
+    assert "macro_f1" not in json.loads(out.with_suffix(".json").read_text())  # no answers to score against
+
+
+def test_balanced_sampling_evens_out_the_classes_with_a_new_draw_each_epoch():
+    from training.sampling import balanced_indices
 
     labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
-    drawn = labels[balanced_indices(labels, seed=0)]
+    drawn = labels[balanced_indices(labels, seed=0, epoch=0)]
     shares = np.bincount(drawn, minlength=3) / len(drawn)
     assert len(drawn) == 100 and np.all(np.abs(shares - 1 / 3) < 0.12)
-    assert np.array_equal(balanced_indices(labels, 0), balanced_indices(labels, 0))  # seeded
+    assert np.array_equal(balanced_indices(labels, 0, 0), balanced_indices(labels, 0, 0))  # seeded
+    # Each epoch draws afresh, so over a few epochs most images of the common class are seen.
+    seen = np.unique(np.concatenate([balanced_indices(labels, 0, epoch) for epoch in range(5)]))
+    assert not np.array_equal(balanced_indices(labels, 0, 0), balanced_indices(labels, 0, 1))
+    assert np.isin(np.arange(90), seen).mean() > 1.5 * np.isin(np.arange(90), balanced_indices(labels, 0, 0)).mean()

@@ -55,7 +55,7 @@ class FitConfig:
     weight_decay: float = 0.05
     optimizer: str = "adamw"
     scheduler: str = "cosine"
-    warmup_epochs: int = 0
+    warmup_epochs: float = 0.0  # linear warm-up, stepped per optimizer update
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0

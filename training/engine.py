@@ -7,9 +7,10 @@ device synchronized before each clock read.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -18,13 +19,23 @@ from bench.consume import synchronizer
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One training epoch: mean loss per image, images seen, wall seconds, seconds waiting for data."""
+    """One training epoch: mean loss per image, images seen, wall seconds, seconds waiting for data,
+    and the learning rate (first parameter group) of each optimizer update, in order."""
 
     loss: float
     images: int
     seconds: float
     data_wait_s: float
-    lr: float  # learning rate of the first parameter group during the epoch
+    lrs: tuple[float, ...]
+
+    @property
+    def updates(self) -> int:
+        return len(self.lrs)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the epoch's last update."""
+        return self.lrs[-1]
 
     @property
     def images_per_sec(self) -> float:
@@ -44,27 +55,38 @@ class EvalMetrics:
     images: int
 
 
+def accumulation_group(step: int, steps: int, accum_steps: int) -> int:
+    """How many batches share the optimizer update that batch ``step`` (of ``steps``) belongs to:
+    ``accum_steps``, except in a shorter last group, whose loss must not be divided by more."""
+    last_group_start = steps - (steps % accum_steps or accum_steps)
+    return accum_steps if step < last_group_start else steps - last_group_start
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     feeder,
     optimizer: torch.optim.Optimizer,
     loss_fn: torch.nn.Module,
     epoch: int,
+    *,
+    scheduler=None,
+    updates_done: int = 0,
     amp: bool = False,
     accum_steps: int = 1,
     on_first_batch: Callable[[torch.Tensor], None] | None = None,
 ) -> EpochStats:
-    """Train one epoch; gradients are accumulated over ``accum_steps`` batches per optimizer step.
+    """Train one epoch; gradients are accumulated over ``accum_steps`` batches per optimizer update.
 
-    ``amp``: bfloat16 autocast (no loss scaling needed). ``on_first_batch`` sees the first batch
-    of images as fed (e.g. to log what augmentation did).
+    ``scheduler`` (timm's interface) gets ``step_update(n)`` after update number n, counted from
+    ``updates_done`` (the updates of earlier epochs). ``amp``: bfloat16 autocast (its range is
+    float32's, so no loss scaling). ``on_first_batch`` sees the first batch of images as fed
+    (e.g. to log what augmentation did).
     """
     model.train()
     feeder.set_epoch(epoch)
     device = next(model.parameters()).device
     sync = synchronizer(device)
-    lr = optimizer.param_groups[0]["lr"]
-    total_loss, images_seen, data_wait, steps = 0.0, 0, 0.0, len(feeder)
+    total_loss, images_seen, data_wait, steps, lrs = 0.0, 0, 0.0, len(feeder), []
     optimizer.zero_grad(set_to_none=True)
     sync()
     started = waiting_since = time.perf_counter()
@@ -72,12 +94,20 @@ def train_one_epoch(
         data_wait += time.perf_counter() - waiting_since
         if step == 0 and on_first_batch is not None:
             on_first_batch(images)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(images), labels)
-        (loss / accum_steps).backward()
-        if (step + 1) % accum_steps == 0 or step + 1 == steps:
+        group = accumulation_group(step, steps, accum_steps)
+        updates_now = (step + 1) % accum_steps == 0 or step + 1 == steps
+        # Under DDP, gradients are all-reduced only on the batch that completes an update.
+        no_sync = getattr(model, "no_sync", None) if not updates_now else None
+        with no_sync() if no_sync else contextlib.nullcontext():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(model(images), labels)
+            (loss / group).backward()
+        if updates_now:
+            lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step_update(updates_done + len(lrs))
         total_loss += loss.item() * len(labels)  # .item() synchronizes: the step is finished
         images_seen += len(labels)
         waiting_since = time.perf_counter()
@@ -85,7 +115,7 @@ def train_one_epoch(
     seconds = time.perf_counter() - started
     if images_seen == 0:
         raise RuntimeError("the training feeder delivered no batch")
-    return EpochStats(total_loss / images_seen, images_seen, seconds, data_wait, lr)
+    return EpochStats(total_loss / images_seen, images_seen, seconds, data_wait, tuple(lrs))
 
 
 @torch.no_grad()
@@ -95,7 +125,11 @@ def evaluate(model: torch.nn.Module, feeder, num_classes: int, amp: bool = False
     Macro-F1 averages over the classes present in the targets or the predictions.
     """
     from torchmetrics import MetricCollection
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+    )
 
     model.eval()
     device = next(model.parameters()).device

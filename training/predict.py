@@ -81,7 +81,12 @@ def read_test_set(root: str | Path) -> TestSet:
     info = root / "info.csv"
     if info.is_file():
         with open(info, newline="", encoding="utf-8") as fh:
-            ids = [row["ImageID"] for row in csv.DictReader(fh)]
+            reader = csv.DictReader(fh)
+            if "ImageID" not in (reader.fieldnames or ()):
+                raise FeedError(f"{info} has no ImageID column (the eval layout's info.csv: ImageID, ans)")
+            ids = [row["ImageID"] for row in reader]
+        if not ids:
+            raise FeedError(f"{info} lists no images")
         paths = [str(root / "images" / image_id) for image_id in ids]
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
@@ -137,8 +142,12 @@ def _load_model(path: Path, device: torch.device):
     from bench.consume import build_model
 
     state = load_checkpoint(path)
-    model = build_model(state["model_name"], state["num_classes"])
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(state["model_name"], state["num_classes"])
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its weights do not fit {state['model_name']!r} with {state['num_classes']} "
+                              f"classes: {str(err).splitlines()[0]}") from err
     return model.to(device), state
 
 
