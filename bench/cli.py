@@ -49,7 +49,8 @@ def make_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline", choices=PIPELINES, default="pil")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per batch")
     parser.add_argument("--workers", type=non_negative_int, default=2,
-                        help="DataLoader workers (pil, albumentations) or DALI CPU threads")
+                        help="DataLoader workers (pil, albumentations), DALI CPU threads or Ray Data actors (ray; "
+                        "RAY_ADDRESS joins a cluster, else Ray runs locally)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="who makes the host pipelines' batches: worker processes or threads (default: "
                         "auto, threads where decode and augment release the GIL)")
@@ -126,7 +127,7 @@ def run_bench(config: BenchConfig) -> dict:
     sync = _cuda_sync if config.feed.decode_device != "cpu" else (lambda: None)
     breakdown = None
     with feeder:
-        if config.stages and config.feed.pipeline != "dali":
+        if config.stages and config.feed.pipeline in ("pil", "albumentations"):  # the stage timers' owners
             from bench.stages import measure_stages
 
             measured, breakdown = measure_stages(feeder, config.batches, config.repeats, config.warmup)
@@ -166,7 +167,7 @@ def run_bench(config: BenchConfig) -> dict:
 def _jpeg_decoder(pipeline: str) -> str:
     from feeding import decode
 
-    if pipeline == "albumentations":
+    if pipeline in ("albumentations", "ray"):  # the ray actors run the albumentations transform by default
         return decode.jpeg_decoder()
     if pipeline == "pil":
         return decode.pil_build_line()
@@ -179,6 +180,8 @@ def describe_workers(feeder) -> str:
     pipeline = feeder.config.pipeline
     if executor is None:
         who = f"{feeder.config.workers} DALI threads"
+    elif executor == "ray":
+        who = f"{feeder.workers} Ray Data actor(s) running the {feeder.ray_config.transform} transform"
     elif executor == "main":
         who = "the main process (0 workers)"
     else:

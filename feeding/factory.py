@@ -21,4 +21,8 @@ def create_feeder(samples: Samples, config: FeedConfig) -> Feeder:
         from feeding.backends.dali import DaliFeeder
 
         return DaliFeeder(samples, config)
+    if config.pipeline == "ray":  # without the feedbench[ray] extra: MissingDependencyError, with the hint
+        from feeding.backends.ray import RayFeeder
+
+        return RayFeeder(samples, config)
     raise ValueError(f"unknown pipeline {config.pipeline!r}")  # FeedConfig validates; kept for safety

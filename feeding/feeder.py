@@ -20,7 +20,7 @@ from feeding.plan import Plan, make_plan
 from feeding.sources import Samples
 from feeding.spec import AugSpec, train_spec
 
-PIPELINES = ("pil", "albumentations", "dali")
+PIPELINES = ("pil", "albumentations", "dali", "ray")  # ray: the optional feedbench[ray] extra
 ON_BAD = ("skip", "fail")
 # Who makes the CPU pipelines' batches: worker processes (a DataLoader), threads, or
 # "auto": threads where the transform's hot path releases the GIL, processes elsewhere.

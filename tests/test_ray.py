@@ -1,0 +1,211 @@
+"""The ray pipeline (Ray Data) and training.ray_train (Ray Train), on a local Ray with CPUs only.
+
+Tests that need Ray skip, with the reason, where the ``feedbench[ray]`` extra is not
+installed; the pure ones (addresses, CPU arithmetic, node counts) always run. One
+local Ray serves the module: starting one costs ~6 s on 2 cores, and each Ray
+Data execution ~10 s more (its actors import torch, OpenCV and albumentations).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench.ray_scale import nodes_needed, ray_candidate, verdict
+from feeding.backends.ray_cluster import (
+    RayConfig,
+    check_reachable,
+    data_cpu_limit,
+    parse_address,
+)
+from feeding.errors import FeedError
+from feeding.feeder import FeedConfig
+from feeding.sources import discover
+from feeding.spec import train_spec
+from tests.conftest import dominant_channel
+
+# Ray's own start-up chatter, not ours to fix (pyproject turns warnings into errors).
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning",
+                                        "ignore::pytest.PytestUnraisableExceptionWarning")
+
+SIZE = (64, 64)
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 4 logical CPUs: 2 for trainer workers, 2 for the Ray Data actors."""
+    ray = pytest.importorskip("ray", reason="the feedbench[ray] extra is not installed")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------- pure: no Ray needed
+
+def test_importing_feeding_and_bench_does_not_import_ray():
+    code = "import sys, feeding, feeding.factory, bench.cli, bench.ray_scale; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+    ("head", ("head", 6379)),
+    ("ray://head:10001", ("head", 10001)),
+    ("ray://head", ("head", 10001)),
+    ("[::1]:6380", ("::1", 6380)),
+])
+def test_parse_address(text, expected):
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("bad", [":6379", "head:port", "ray://"])
+def test_malformed_address_is_refused_when_configured(bad):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        RayConfig(address=bad)
+
+
+def test_unreachable_address_errors_fast_and_says_what_to_do():
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.perf_counter()
+    with pytest.raises(FeedError, match=f"no Ray cluster answers at {address}.*ray start --head"):
+        check_reachable(address, timeout_s=3.0)
+    assert time.perf_counter() - started < 3.5
+
+
+def test_data_cpus_are_what_the_trainers_leave():
+    assert data_cpu_limit(8, reserved_cpus=4, actors_need=2) == 4
+    with pytest.raises(FeedError, match="4 CPUs and 4 are reserved.*leaving 0 for Ray Data.*need 2"):
+        data_cpu_limit(4, reserved_cpus=4, actors_need=2)
+
+
+@pytest.mark.parametrize(("feed", "consume", "headroom", "nodes"), [
+    (100.0, 300.0, 1.0, 3),  # exactly enough: no extra node for rounding noise
+    (100.0, 301.0, 1.0, 4),
+    (100.0, 300.0, 1.1, 4),
+    (500.0, 20.0, 1.1, 1),  # one node already feeds more than the model eats
+    (250.0, 0.0, 1.1, 1),
+])
+def test_nodes_needed(feed, consume, headroom, nodes):
+    assert nodes_needed(feed, consume, headroom) == nodes
+    assert verdict(feed, consume, headroom).feed_img_s >= headroom * consume
+
+
+@pytest.mark.parametrize(("feed", "consume", "headroom"), [(0.0, 10.0, 1.1), (10.0, -1.0, 1.1), (10.0, 5.0, 0.9)])
+def test_nodes_needed_refuses_meaningless_rates(feed, consume, headroom):
+    with pytest.raises(ValueError):
+        nodes_needed(feed, consume, headroom)
+
+
+def test_tune_considers_ray_only_with_a_reachable_cluster():
+    pipelines = ("pil", "albumentations", "ray")
+    assert ray_candidate(pipelines, environ={}) == ("pil", "albumentations")
+    unreachable = {"RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}
+    assert ray_candidate(pipelines, environ=unreachable, timeout_s=1.0) == ("pil", "albumentations")
+    with socket.socket() as listener:  # something that answers, standing in for a cluster's head
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        reachable = {"RAY_ADDRESS": f"127.0.0.1:{listener.getsockname()[1]}"}
+        assert ray_candidate(pipelines, environ=reachable, timeout_s=1.0) == pipelines
+
+
+def test_more_workers_than_batches_is_refused_before_ray_starts():
+    from training.ray_train import steps_per_epoch
+
+    assert steps_per_epoch(100, 16, 2) == 3  # 6 full batches, 3 each
+    with pytest.raises(FeedError, match="make 1 batch.*fewer than the 2 workers"):
+        steps_per_epoch(20, 16, 2)
+
+
+# ---------------------------------------------------------------- Ray Data: the feeder
+
+@pytest.mark.timeout(180)
+def test_ray_feeder_delivers_the_host_pipelines_batches_and_reshuffles(local_ray, image_folder):
+    from feeding.backends.ray import RayFeeder
+    from feeding.factory import create_feeder
+
+    samples = discover(image_folder)  # 3 classes x 8 images, class k tinted towards channel k
+    config = FeedConfig(pipeline="ray", batch_size=8, workers=2, spec=train_spec(SIZE), seed=7)
+    feeder = create_feeder(samples, config)
+    assert isinstance(feeder, RayFeeder) and len(feeder) == 3
+    first, second = list(feeder), list(feeder)  # epochs 0 and 1 of one Ray Data execution
+    for images, labels in first + second:
+        assert images.shape == (8, 3, *SIZE) and images.dtype == torch.uint8
+        assert labels.shape == (8,) and labels.dtype == torch.int64
+        assert (dominant_channel(images) == labels.numpy()).all()  # each image came with its own label
+    order = [torch.cat([labels for _, labels in epoch]) for epoch in (first, second)]
+    assert not torch.equal(order[0], order[1]), "epoch 1 should be a new shuffle"
+    assert sorted(order[0].tolist()) == sorted(order[1].tolist()) == sorted(samples.labels.tolist())
+    # The same seed gives the albumentations host pipeline's stream, pixel for pixel, epoch after epoch.
+    host = create_feeder(samples, FeedConfig(pipeline="albumentations", batch_size=8, workers=0,
+                                             spec=train_spec(SIZE), seed=7))
+    for ray_epoch, host_epoch in zip((first, second), (list(host), list(host))):
+        for (ray_images, ray_labels), (host_images, host_labels) in zip(ray_epoch, host_epoch, strict=True):
+            assert torch.equal(ray_labels, host_labels) and torch.equal(ray_images, host_images)
+    feeder.close()
+    assert local_ray.is_initialized(), "a feeder must not shut down a Ray it did not start"
+
+
+def test_more_shards_than_images_is_refused(local_ray, image_folder):
+    from feeding.factory import create_feeder
+
+    samples = discover(image_folder)
+    config = FeedConfig(pipeline="ray", batch_size=1, workers=1, spec=train_spec(SIZE),
+                        shard_id=0, num_shards=len(samples) + 1)
+    with pytest.raises(FeedError, match=f"{len(samples) + 1} shards for {len(samples)} images"):
+        create_feeder(samples, config)
+
+
+@pytest.mark.timeout(30)
+def test_ray_feeder_with_an_unreachable_cluster_errors_fast(local_ray, image_folder):
+    from feeding.backends.ray import RayFeeder
+
+    address = f"127.0.0.1:{_free_port()}"
+    config = FeedConfig(pipeline="ray", batch_size=8, workers=1, spec=train_spec(SIZE))
+    started = time.perf_counter()
+    with pytest.raises(FeedError, match=f"no Ray cluster answers at {address}"):
+        RayFeeder(discover(image_folder), config, RayConfig(address=address, connect_timeout_s=2.0))
+    assert time.perf_counter() - started < 5
+
+
+def test_actors_that_cannot_get_a_cpu_are_refused_not_left_waiting(local_ray, image_folder):
+    from feeding.backends.ray import RayFeeder
+
+    config = FeedConfig(pipeline="ray", batch_size=8, workers=2, spec=train_spec(SIZE))
+    every_cpu_to_trainers = RayConfig(actors=2, reserved_cpus=4)  # the module's Ray has 4 CPUs
+    with pytest.raises(FeedError, match="leaving 0 for Ray Data"):
+        RayFeeder(discover(image_folder), config, every_cpu_to_trainers)
+
+
+# ---------------------------------------------------------------- Ray Train
+
+@pytest.mark.timeout(240)
+def test_two_worker_cpu_torchtrainer_run_completes(local_ray, sample_dir, tmp_path):
+    from training.ray_train import WEIGHTS_FILE, RayTrainConfig, run
+
+    # 2 trainer workers x 1 CPU + 2 Ray Data actors: the module's 4 CPUs.
+    config = RayTrainConfig(data=str(sample_dir), model="test_resnet", epochs=2, batch=8, size=(32, 32),
+                            workers=2, actors=2, out=str(tmp_path))
+    summary = run(config)
+    assert [epoch["epoch"] for epoch in summary["epochs"]] == [0, 1]
+    steps = summary["steps_per_epoch"]
+    assert steps == summary["train_images"] // 8 // 2 >= 1
+    for epoch in summary["epochs"]:
+        assert epoch["images"] == steps * 8  # this worker's share, full batches only
+        assert torch.isfinite(torch.tensor(epoch["loss"]))
+        assert 0.0 <= epoch["accuracy"] <= 1.0
+    assert summary["data_cpus"] == 2
+    assert os.path.isfile(os.path.join(summary["checkpoint"], WEIGHTS_FILE))
