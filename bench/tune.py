@@ -43,7 +43,8 @@ class TuneConfig:
     device: str = "cpu"
     sizes: tuple[Shape, ...] = ((224, 224), (192, 192), (160, 160), (128, 128))
     budget_s: float = 300.0
-    pipelines: tuple[str, ...] = PIPELINES
+    # Ray only where a cluster answers (the CLI default asks RAY_ADDRESS): a local Ray start is no tuning.
+    pipelines: tuple[str, ...] = tuple(p for p in PIPELINES if p != "ray")
     workers_max: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
     batches: tuple[int, ...] | None = None  # default: (32,) on the CPU, (64, 128, 256) on a GPU
     feed_batches: int = 4  # batches per timed window on the feed side
@@ -675,7 +676,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--sizes", default="224,192,160,128", help="candidate shapes, e.g. 224,192 or 256x192")
     parser.add_argument("--budget-s", type=float, default=300.0, help="time for the search (s)")
-    parser.add_argument("--pipelines", default=",".join(PIPELINES))
+    parser.add_argument("--pipelines", default=None,
+                        help="default: pil,albumentations,dali, and ray when RAY_ADDRESS answers")
     parser.add_argument("--workers-max", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--batches", help="candidate batch sizes (default 32 on the CPU, 64,128,256 on a GPU; "
                         "on a GPU those that do not fit are dropped)")
@@ -691,11 +693,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pipelines_arg(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        from bench.ray_scale import ray_candidate
+
+        return ray_candidate(PIPELINES)
+    return tuple(p for p in text.split(",") if p)
+
+
 def config_from_args(args: argparse.Namespace) -> TuneConfig:
     return TuneConfig(
         data=args.data, model=args.model, device=args.device,
         sizes=tuple(parse_size(s) for s in args.sizes.split(",") if s),
-        budget_s=args.budget_s, pipelines=tuple(p for p in args.pipelines.split(",") if p),
+        budget_s=args.budget_s, pipelines=_pipelines_arg(args.pipelines),
         workers_max=args.workers_max,
         batches=tuple(int(b) for b in args.batches.split(",") if b) if args.batches else None,
         e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
