@@ -26,7 +26,6 @@ import importlib
 import io
 import os
 import re
-import shlex
 import sys
 import warnings
 from contextlib import contextmanager
@@ -643,7 +642,9 @@ def compare_main(argv: list[str]) -> int:
         args = make_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has printed usage and the reason (or --help)
         return int(exit_.code or 0)
-    command = shlex.join(["feedbench", "compare", *argv])
+    from bench.provenance import display_command
+
+    command = display_command("feedbench compare", argv)
     try:
         config = config_from_args(args)
         report, interrupted = run_compare(config, command)

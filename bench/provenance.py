@@ -85,6 +85,25 @@ def display_path(path: str | os.PathLike) -> str:
     return text
 
 
+PATH_FLAGS = ("--data", "--out", "--json", "--recommendation")
+
+
+def display_command(prog: str, argv: list[str]) -> str:
+    """The command line for a report, with the paths it names shown as ``display_path`` shows them."""
+    import shlex
+
+    shown, after_flag = [], False
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if after_flag:
+            arg = display_path(arg)
+        elif eq and flag in PATH_FLAGS:
+            arg = f"{flag}={display_path(value)}"
+        shown.append(arg)
+        after_flag = arg in PATH_FLAGS
+    return shlex.join([*prog.split(), *shown])
+
+
 def provenance() -> dict:
     return {
         "machine": machine_info(),

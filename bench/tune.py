@@ -723,7 +723,9 @@ def tune_main(argv: list[str]) -> int:
     except (FeedError, MissingDependencyError, ValueError) as error:
         print(f"feedbench tune: error: {error}", file=sys.stderr)
         return 2
-    command = "feedbench tune " + " ".join(argv)
+    from bench.provenance import display_command
+
+    command = display_command("feedbench tune", argv)
     for path in write_reports(record, Path(config.out), command):
         print(f"wrote {path}")
     print(f"recommendation: {record['pipeline']}, {record['workers']} workers, batch {record['batch']}, "

@@ -84,3 +84,13 @@ def test_in_fresh_process_runs_in_a_new_interpreter_and_reraises():
     assert pid != os.getpid() and not has_tune
     with pytest.raises(FeedError, match="clear message from the child"):
         in_fresh_process(_raise_feed_error)
+
+
+def test_reported_commands_do_not_carry_machine_directories(tmp_path, monkeypatch):
+    from bench.provenance import display_command
+    from feeding.cache import cache_root
+
+    data = cache_root() / "sample" / "v1-p60-s0"
+    command = display_command("feedbench tune", ["--data", str(data), f"--out={tmp_path.home()}/runs", "--sizes", "224"])
+    assert str(cache_root()) not in command and str(tmp_path.home()) not in command
+    assert "<cache>/sample/v1-p60-s0" in command and "~/runs" in command and command.endswith("--sizes 224")
