@@ -91,6 +91,7 @@ def test_reported_commands_do_not_carry_machine_directories(tmp_path, monkeypatc
     from feeding.cache import cache_root
 
     data = cache_root() / "sample" / "v1-p60-s0"
-    command = display_command("feedbench tune", ["--data", str(data), f"--out={tmp_path.home()}/runs", "--sizes", "224"])
+    argv = ["--data", str(data), f"--out={tmp_path.home()}/runs", "--sizes", "224"]
+    command = display_command("feedbench tune", argv)
     assert str(cache_root()) not in command and str(tmp_path.home()) not in command
     assert "<cache>/sample/v1-p60-s0" in command and "~/runs" in command and command.endswith("--sizes 224")
