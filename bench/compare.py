@@ -1,7 +1,8 @@
 """``feedbench compare``: every pipeline, each at its best worker count, on the same files.
 
     feedbench compare [--data DIR] [--workers-max N] [--batch 64] [--size 224] [--batches N]
-                      [--repeats R] [--loader module:factory] [--out results] [--pipelines ...]
+                      [--repeats R] [--rounds R] [--loader module:factory] [--out results]
+                      [--pipelines ...]
 
 Rows, all measured in one process with the same spec (rotate ±10°, resize, flip):
 
@@ -15,7 +16,12 @@ Rows, all measured in one process with the same spec (rotate ±10°, resize, fli
 - ``--loader module:factory``: the user's own loader, measured as it is.
 
 Each row sweeps workers 1..--workers-max (the feedbench rows with the executor the planner
-picks, decode-only with both) and keeps the best median img/s; every sweep point goes to the JSON.
+picks, decode-only with both) to find its best point; every sweep point goes to the JSON.
+Then ``--rounds`` rounds measure every row's best point once each, in turn (the order
+rotated each round), so that all rows share the machine's slow and fast spells: a row's
+rate is its median over the rounds, and each ratio is the median of the per-round ratios.
+On a shared 2-core VM single windows vary by ±20%; rows measured minutes apart can be
+off from each other by as much, paired rounds are not.
 A plain DataLoader is timed by ``measure_feeder`` through
 ``EpochIterable``, so every row has the same warm-up, first-batch and window rules.
 """
@@ -41,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from bench.args import size as size_arg
 from bench.args import whole_number
 from bench.measure import FeedMeasurement, measure_feeder
+from bench.stats import Summary, summarize
 from feeding import decode
 from feeding.backends.host import HostTransform
 from feeding.errors import FeedError, MissingDependencyError
@@ -201,10 +208,15 @@ class Settings:
     batches: int = 10
     repeats: int = 3
     warmup: int = 2
+    rounds: int = 5  # paired rounds over the rows' best points, after the sweep
 
     def __post_init__(self) -> None:
-        if self.batches < 1 or self.repeats < 1 or self.warmup < 0:
-            raise ValueError("--batches and --repeats must be >= 1 and --warmup >= 0")
+        if self.batches < 1 or self.repeats < 1 or self.warmup < 0 or self.rounds < 1:
+            raise ValueError("--batches, --repeats and --rounds must be >= 1 and --warmup >= 0")
+
+    @property
+    def one_window(self) -> "Settings":
+        return Settings(self.batches, 1, self.warmup, self.rounds)
 
 
 def measure_point(make: LoaderMaker, workers: int | None, executor: str | None, settings: Settings,
@@ -215,7 +227,7 @@ def measure_point(make: LoaderMaker, workers: int | None, executor: str | None, 
         is_feeder_like = hasattr(loader, "epoch") and hasattr(loader, "batch_size")
         timed = loader if is_feeder_like else EpochIterable(loader, name)
         try:
-            measured = measure_feeder(timed, settings.batches, settings.repeats, settings.warmup)
+            measured = measure_feeder(timed, settings.batches, settings.repeats, settings.warmup, whole_epochs=True)
             return measured, getattr(loader, "executor", executor)
         finally:
             if isinstance(loader, Feeder):  # release its workers and pipeline now, not at collection
@@ -259,14 +271,20 @@ class Row:
     name: str
     kind: str
     points: tuple[SweepPoint, ...]
+    rounds: tuple[float, ...] = ()  # img/s of the best point in each paired round (none if interrupted)
 
     @property
     def best(self) -> SweepPoint:
         return max(self.points, key=lambda p: p.measured.images_per_sec.median)
 
     @property
+    def rate(self) -> Summary:
+        """Over the paired rounds where there are some, else the best sweep point's windows."""
+        return summarize(self.rounds) if self.rounds else self.best.measured.images_per_sec
+
+    @property
     def median(self) -> float:
-        return self.best.measured.images_per_sec.median
+        return self.rate.median
 
 
 def sweep(candidate: Candidate, settings: Settings) -> Iterator[SweepPoint]:
@@ -296,6 +314,27 @@ def measure_rows(candidates: list[Candidate], settings: Settings) -> tuple[list[
                 return rows, True
             rows.append(Row(candidate.name, candidate.kind, tuple(points)))
     return rows, False
+
+
+def paired_rounds(rows: list[Row], candidates: list[Candidate], settings: Settings) -> tuple[list[Row], bool]:
+    """Each row's best point measured once per round, the rows in turn; the rows with their rounds,
+    and whether the run was interrupted (then the rows as swept, without rounds)."""
+    from tqdm import tqdm
+
+    makers = {candidate.name: candidate.make for candidate in candidates}
+    rates: dict[str, list[float]] = {row.name: [] for row in rows}
+    with tqdm(total=settings.rounds * len(rows), desc="rounds", unit="point", file=sys.stderr) as bar:
+        try:
+            for number in range(settings.rounds):
+                for row in rows[number % len(rows):] + rows[:number % len(rows)]:  # rotated: no fixed neighbour
+                    best = row.best
+                    measured, _ = measure_point(makers[row.name], best.workers, best.executor,
+                                                settings.one_window, row.name)
+                    rates[row.name].append(measured.images_per_sec.median)
+                    bar.update()
+        except KeyboardInterrupt:
+            return rows, True
+    return [Row(row.name, row.kind, row.points, tuple(rates[row.name])) for row in rows], False
 
 
 # ---------------------------------------------------------------- the rows of this run
@@ -418,8 +457,14 @@ def user_candidate(spec: str, batch: int, workers: tuple[int, ...]) -> Candidate
 # ---------------------------------------------------------------- the report
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator is not None and denominator else None
+def ratio(row: Row | None, other: Row | None) -> float | None:
+    """``row`` ÷ ``other``: the median of the per-round ratios where both have the same rounds
+    (paired: each round's two rates were measured within seconds), else the ratio of the medians."""
+    if row is None or other is None:
+        return None
+    if row.rounds and len(row.rounds) == len(other.rounds):
+        return float(np.median(np.divide(row.rounds, other.rounds)))
+    return row.median / other.median
 
 
 def headline(rows: list[Row]) -> dict:
@@ -427,31 +472,27 @@ def headline(rows: list[Row]) -> dict:
     by_name = {row.name: row for row in rows}
     host = [row for row in rows if row.name in HOST_PIPELINES]
     best = max(host, key=lambda row: row.median) if host else None
-    best_median = best.median if best else None
-
-    def median(name: str) -> float | None:
-        return by_name[name].median if name in by_name else None
-
     return {
         "best_feedbench_cpu": best.name if best else None,
-        "best_feedbench_cpu_images_per_sec": best_median,
-        "feedbench_cpu_over_naive": _ratio(best_median, median(NAIVE)),
-        "feedbench_cpu_over_dali_cpu": _ratio(best_median, median("dali")),
-        "feedbench_cpu_over_decode_only": _ratio(best_median, median(DECODE_ONLY)),
+        "best_feedbench_cpu_images_per_sec": best.median if best else None,
+        "feedbench_cpu_over_naive": ratio(best, by_name.get(NAIVE)),
+        "feedbench_cpu_over_dali_cpu": ratio(best, by_name.get("dali")),
+        "feedbench_cpu_over_decode_only": ratio(best, by_name.get(DECODE_ONLY)),
     }
 
 
-def row_record(row: Row, naive: float | None, limit: float | None) -> dict:
+def row_record(row: Row, naive: Row | None, limit: Row | None) -> dict:
     best = row.best
     return {
         "name": row.name,
         "kind": row.kind,
         "best_workers": best.workers,
         "best_executor": best.executor,
-        "images_per_sec": best.measured.images_per_sec.to_dict(),
+        "images_per_sec": row.rate.to_dict(),
+        "rounds_images_per_sec": list(row.rounds),
         "first_batch_s": best.measured.first_batch_s.to_dict(),
-        "ratio_to_naive": _ratio(row.median, naive),
-        "ratio_to_decode_only": _ratio(row.median, limit),
+        "ratio_to_naive": ratio(row, naive),
+        "ratio_to_decode_only": ratio(row, limit),
         "sweep": [point.to_dict() for point in row.points],
     }
 
@@ -459,8 +500,8 @@ def row_record(row: Row, naive: float | None, limit: float | None) -> dict:
 def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
     from bench.provenance import provenance
 
-    medians = {row.name: row.median for row in rows}
-    naive, limit = medians.get(NAIVE), medians.get(DECODE_ONLY)
+    by_name = {row.name: row for row in rows}
+    naive, limit = by_name.get(NAIVE), by_name.get(DECODE_ONLY)
     return {
         **context,
         "spec": {"size": list(config.size), "rotate_degrees": config.degrees, "flip": True,
@@ -469,6 +510,7 @@ def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
         "batches": config.settings.batches,
         "repeats": config.settings.repeats,
         "warmup": config.settings.warmup,
+        "rounds": config.settings.rounds if any(row.rounds for row in rows) else 0,
         "rows": [row_record(row, naive, limit) for row in rows],
         "ratios": headline(rows),
         **provenance(),
@@ -493,6 +535,14 @@ def _sentences(ratios: dict) -> list[str]:
     ]
 
 
+def _rounds_sentence(report: dict) -> str:
+    if not report["rounds"]:
+        return "Rates and ratios are those of each row's best sweep point (no paired rounds were measured)."
+    return (f"Then {report['rounds']} paired rounds: every row's best point measured for one window in turn, "
+            "the order rotated each round. Rates: median (min–max) over the rounds; "
+            "ratios: median of the per-round ratios.")
+
+
 def markdown(report: dict) -> str:
     machine, pil = report["machine"], report["machine"]["pil"]
     size = "x".join(map(str, report["spec"]["size"]))
@@ -507,6 +557,7 @@ def markdown(report: dict) -> str:
         f"Spec: rotate ±{report['spec']['rotate_degrees']:g}°, "
         f"resize to {size}, flip. Workers swept 1..{report['workers_max']}; "
         f"{report['repeats']} windows of {report['batches']} batches after {report['warmup']} warm-up batches.",
+        _rounds_sentence(report),
         "",
         "| pipeline | best workers | img/s median (min–max) | × naive | × decode-only |",
         "|---|---:|---:|---:|---:|",
@@ -578,6 +629,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=whole_number, default=10, help="batches per timed window (default 10)")
     parser.add_argument("--repeats", type=whole_number, default=3, help="timed windows per sweep point (default 3)")
     parser.add_argument("--warmup", type=whole_number, default=2, help="batches before timing (default 2)")
+    parser.add_argument("--rounds", type=whole_number, default=5,
+                        help="paired rounds over the rows' best points after the sweep (default 5)")
     parser.add_argument("--loader", action="append", default=[], metavar="MODULE:FACTORY",
                         help="also measure your loader: factory() returns a DataLoader, an iterable of "
                         "(images, labels) batches, or a Dataset (swept in a DataLoader); repeatable")
@@ -589,7 +642,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     try:
-        settings = Settings(args.batches, args.repeats, args.warmup)
+        settings = Settings(args.batches, args.repeats, args.warmup, args.rounds)
         return CompareConfig(data=args.data, workers_max=args.workers_max, batch=args.batch, size=args.size,
                              degrees=args.rotate, settings=settings, pipelines=tuple(args.pipelines),
                              loaders=tuple(args.loader), out=args.out)
@@ -631,6 +684,10 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
     rows, interrupted = measure_rows(candidates, config.settings)
     if interrupted:
         notes.append(f"interrupted: {len(rows)} of {len(candidates)} rows measured (the last may be partial).")
+    elif rows:
+        rows, interrupted = paired_rounds(rows, candidates, config.settings)
+        if interrupted:
+            notes.append("interrupted during the paired rounds: the figures are the sweep's, not paired.")
     context = {"command": command, "data": display_path(root), "data_name": _data_name(config.data, root),
                "dataset_images": len(samples), "interrupted": interrupted, "notes": notes}
     return build_report(rows, config, context), interrupted

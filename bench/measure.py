@@ -50,12 +50,20 @@ def _timed_batches(feeder, sync: Callable[[], None]) -> Iterator[tuple[int, floa
 
 
 def measure_feeder(
-    feeder, batches: int = 10, repeats: int = 3, warmup: int = 2, sync: Callable[[], None] = lambda: None
+    feeder, batches: int = 10, repeats: int = 3, warmup: int = 2, sync: Callable[[], None] = lambda: None,
+    whole_epochs: bool = False,
 ) -> FeedMeasurement:
     """Time ``repeats`` windows of ``batches`` steady-state batches after ``warmup`` batches.
 
     ``sync`` waits for queued device work (``torch.cuda.synchronize``) so that
     GPU batches are timed when they are ready, not when they are queued.
+
+    ``whole_epochs``: each window starts at an epoch's first batch and ends at
+    an epoch's end, once it holds at least ``batches`` batches. Workers drain at
+    each epoch's end, so on a short data set (the sample's epochs are 6 batches)
+    a window's rate depends on how many epoch ends it happens to span: up to
+    ±25% between windows of one feeder. Whole epochs make every window pay the
+    same, and rows comparable.
     """
     if batches < 1 or repeats < 1 or warmup < 0:
         raise ValueError("need batches >= 1, repeats >= 1, warmup >= 0")
@@ -67,18 +75,28 @@ def measure_feeder(
     seen = 0
     count, elapsed = 0, 0.0
     images_total = 0
-    timed_images = 0
+    timed_images = timed_batches = 0
+    started = not whole_epochs  # whole epochs: the first window waits for an epoch's first batch
     for n_images, seconds, first in stream:
         if first:
             first_batches.append(seconds)
         seen += 1
         if seen <= warmup + 1:  # the run's first batch (start-up) is always warm-up
             continue
+        if whole_epochs and first and count >= batches:  # an epoch ends the window: this batch opens the next
+            windows.append(images_total / elapsed)
+            count, elapsed, images_total = 0, 0.0, 0
+            if len(windows) == repeats:
+                break
+        started = started or first
+        if not started:
+            continue
         count += 1
         elapsed += seconds
         images_total += n_images
         timed_images += n_images
-        if count == batches:
+        timed_batches += 1
+        if not whole_epochs and count == batches:
             windows.append(images_total / elapsed)
             count, elapsed, images_total = 0, 0.0, 0
             if len(windows) == repeats:
@@ -88,7 +106,7 @@ def measure_feeder(
         images_per_sec=summarize(windows),
         first_batch_s=summarize(first_batches),
         images=timed_images,
-        batches=batches * repeats,
+        batches=timed_batches,
         epochs=feeder.epoch - start_epoch,
         windows=tuple(windows),
     )

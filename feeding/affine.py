@@ -36,37 +36,67 @@ def fusable_prefix(plan: Plan) -> int:
     return count
 
 
-def box_to_size(box: Box, out: Shape, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-    """Map the box (in source pixels, times ``scale`` for a reduced decode) onto an ``out`` image."""
+# The pieces are built as 2x3 tuples of floats, (a, b, c, d, e, f) for [[a, b, c], [d, e, f], [0, 0, 1]],
+# and composed in plain Python: per image, numpy's small-array overhead cost more than the arithmetic
+# (~20 us of Python holding the GIL, which worker threads share). The 3x3 arrays are their public form.
+Affine = tuple[float, float, float, float, float, float]
+
+
+def _box_to_size(box: Box, out: Shape, scale: tuple[float, float]) -> Affine:
     top, left, height, width = box
     sy, sx = scale
     ky, kx = out[0] / (height * sy), out[1] / (width * sx)
     # pixel centres: x_out + 0.5 = kx * (x_src + 0.5 - left * sx)
-    return np.array([[kx, 0, kx * (0.5 - left * sx) - 0.5],
-                     [0, ky, ky * (0.5 - top * sy) - 0.5],
-                     [0, 0, 1]], dtype=np.float64)
+    return (kx, 0.0, kx * (0.5 - left * sx) - 0.5, 0.0, ky, ky * (0.5 - top * sy) - 0.5)
 
 
-def crop_to_size(box: Box, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-    """A crop without resampling: a shift (the box may reach outside: black)."""
+def _crop_to_size(box: Box, scale: tuple[float, float]) -> Affine:
     top, left, _, _ = box
-    return np.array([[1, 0, -left * scale[1]], [0, 1, -top * scale[0]], [0, 0, 1]], dtype=np.float64)
+    return (1.0, 0.0, -left * scale[1], 0.0, 1.0, -top * scale[0])
 
 
-def rotation(shape: Shape, degrees: float) -> np.ndarray:
-    """Counter-clockwise rotation about the image centre (as PIL's and OpenCV's), same size."""
+def _rotation(shape: Shape, degrees: float) -> Affine:
     height, width = shape
     cx, cy = (width - 1) / 2, (height - 1) / 2
     theta = math.radians(degrees)
     cos, sin = math.cos(theta), math.sin(theta)
     # y points down, so counter-clockwise on screen is this matrix.
-    return np.array([[cos, sin, cx - cos * cx - sin * cy],
-                     [-sin, cos, cy + sin * cx - cos * cy],
-                     [0, 0, 1]], dtype=np.float64)
+    return (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+
+
+def _mirror(shape: Shape) -> Affine:
+    return (-1.0, 0.0, shape[1] - 1.0, 0.0, 1.0, 0.0)
+
+
+def _then(first: Affine, second: Affine) -> Affine:
+    """``first``, then ``second``: the product second @ first."""
+    a1, b1, c1, d1, e1, f1 = first
+    a2, b2, c2, d2, e2, f2 = second
+    return (a2 * a1 + b2 * d1, a2 * b1 + b2 * e1, a2 * c1 + b2 * f1 + c2,
+            d2 * a1 + e2 * d1, d2 * b1 + e2 * e1, d2 * c1 + e2 * f1 + f2)
+
+
+def _matrix(affine: Affine) -> np.ndarray:
+    return np.array([affine[:3], affine[3:], (0.0, 0.0, 1.0)], dtype=np.float64)
+
+
+def box_to_size(box: Box, out: Shape, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Map the box (in source pixels, times ``scale`` for a reduced decode) onto an ``out`` image."""
+    return _matrix(_box_to_size(box, out, scale))
+
+
+def crop_to_size(box: Box, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """A crop without resampling: a shift (the box may reach outside: black)."""
+    return _matrix(_crop_to_size(box, scale))
+
+
+def rotation(shape: Shape, degrees: float) -> np.ndarray:
+    """Counter-clockwise rotation about the image centre (as PIL's and OpenCV's), same size."""
+    return _matrix(_rotation(shape, degrees))
 
 
 def mirror(shape: Shape) -> np.ndarray:
-    return np.array([[-1, 0, shape[1] - 1], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    return _matrix(_mirror(shape))
 
 
 def compose(matrices: list[np.ndarray]) -> np.ndarray:
@@ -90,7 +120,7 @@ def first_box(plan: Plan, source: Shape, rng: np.random.Generator) -> Box:
 
 
 def warp_matrix(steps, source: Shape, box: Box, decoded: Shape, rng: np.random.Generator) -> np.ndarray:
-    """The fused matrix of ``steps`` (a crop/resize, then rotates and flips), drawing their randomness.
+    """The fused 3x3 matrix of ``steps`` (a crop/resize, then rotates and flips), drawing their randomness.
 
     ``decoded`` is the decoded image's shape (smaller than ``source`` after a
     decode-time reduction). Draws happen in step order, as the unfused path draws them.
@@ -99,15 +129,15 @@ def warp_matrix(steps, source: Shape, box: Box, decoded: Shape, rng: np.random.G
 
     first, out = steps[0], steps[0].size
     scale = (decoded[0] / source[0], decoded[1] / source[1])
-    matrices = [crop_to_size(box, scale) if isinstance(first, CenterCrop) else box_to_size(box, out, scale)]
+    total = _crop_to_size(box, scale) if isinstance(first, CenterCrop) else _box_to_size(box, out, scale)
     for op in steps[1:]:
         if isinstance(op, Rotate):
             angle = draw_angle(op, rng)
             if angle:
-                matrices.append(rotation(out, angle))
+                total = _then(total, _rotation(out, angle))
         elif draw_flip(op, rng):
-            matrices.append(mirror(out))
-    return compose(matrices)
+            total = _then(total, _mirror(out))
+    return _matrix(total)
 
 
 def pil_affine_data(matrix: np.ndarray) -> tuple[float, ...]:

@@ -290,21 +290,43 @@ def _pil_array(path: str, max_pixels: int, reduction: int, data: bytes | None) -
     return np.array(image)  # a writable copy: np.asarray of a PIL image is read-only
 
 
+# Where scratch memory starts, relative to a 32-byte boundary. libjpeg-turbo's AVX2 colour
+# conversion writes a row with non-temporal stores (vmovntdq, past the caches) when the row
+# starts 32-byte aligned, and with ordinary stores otherwise. The warp that reads the pixels
+# next then finds them in main memory, not in L2: 600 us instead of 240 us for 384x512 RGBX
+# -> 224x224 here, while the decode itself is no faster (tests/benchmarks: scratch alignment).
+# malloc's 16-byte alignment made it a coin toss per process.
+SCRATCH_OFFSET, _AVX2_ALIGN = 16, 32
+
+
 class Scratch:
-    """Memory that a thread decodes into again and again.
+    """Memory that a thread decodes into again and again, starting just off a 32-byte boundary.
 
     A fresh 384x512 RGBX array costs ~0.2 ms of page faults on first touch here
     (glibc maps allocations this size anew), a sixth of the decode itself. An
     array decoded into scratch is valid only until the next decode into it.
+    Rows stay off the boundary too where the row length is a multiple of 32 bytes
+    (any RGBX width divisible by 8).
     """
 
     def __init__(self) -> None:
         self._memory = np.empty(0, dtype=np.uint8)
 
     def take(self, nbytes: int) -> np.ndarray:
-        if self._memory.size < nbytes:
-            self._memory = np.empty(nbytes, dtype=np.uint8)
-        return self._memory[:nbytes]
+        if self._memory.size < nbytes + _AVX2_ALIGN:
+            self._memory = np.empty(nbytes + _AVX2_ALIGN, dtype=np.uint8)
+        return _off_boundary(self._memory, nbytes)
+
+
+def _off_boundary(memory: np.ndarray, nbytes: int) -> np.ndarray:
+    """``nbytes`` of ``memory`` (which has ``_AVX2_ALIGN`` to spare) starting at SCRATCH_OFFSET."""
+    start = (SCRATCH_OFFSET - memory.ctypes.data) % _AVX2_ALIGN
+    return memory[start:start + nbytes]
+
+
+def decode_target(nbytes: int) -> np.ndarray:
+    """New memory for one decode, placed as Scratch places it (see SCRATCH_OFFSET)."""
+    return _off_boundary(np.empty(nbytes + _AVX2_ALIGN, dtype=np.uint8), nbytes)
 
 
 def load_cv2(
@@ -383,7 +405,8 @@ def _turbo_jpeg(data: bytes, reduction: int, colorspace: str = "RGB", scratch: S
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         want = (math.ceil(height / reduction), math.ceil(width / reduction))
-        into = scratch.take(want[0] * want[1] * len(colorspace)) if scratch is not None else None
+        nbytes = want[0] * want[1] * len(colorspace)
+        into = scratch.take(nbytes) if scratch is not None else decode_target(nbytes)
         rgb = simplejpeg.decode_jpeg(data, colorspace, min_height=want[0], min_width=want[1], min_factor=reduction,
                                      buffer=into)
     except (ValueError, RuntimeError, OSError):

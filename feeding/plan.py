@@ -11,6 +11,7 @@ resampling, so the reordered plan delivers the same kind of image.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -91,7 +92,7 @@ class Plan:
         lines.append(f"  total relative cost {self.total_cost(decoded):.3f}")
         return "\n".join(lines)
 
-    @property
+    @functools.cached_property  # asked several times per image; the plan is frozen
     def fused_steps(self) -> int:
         """How many leading steps run as one affine warp (0: none; a lone resize stays a resize)."""
         from feeding.affine import fusable_prefix

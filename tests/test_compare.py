@@ -17,7 +17,7 @@ from bench.stats import summarize
 from feeding.sources import discover
 
 HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
-TINY = ["--size", "64", "--batch", "4", "--batches", "2", "--repeats", "1", "--warmup", "1"]
+TINY = ["--size", "64", "--batch", "4", "--batches", "2", "--repeats", "1", "--warmup", "1", "--rounds", "2"]
 USER_LOADER = "tests.test_compare:make_loader"
 USER_DATASET = "tests.test_compare:make_dataset"
 
@@ -86,11 +86,16 @@ def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run)
     expected = ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "decode-only", USER_LOADER,
                 USER_DATASET]
     assert list(rows) == expected
+    assert report["rounds"] == 2
     for name in expected:
         row = rows[name]
         assert row["images_per_sec"]["median"] > 0
+        # The best point is the sweep's best; the row's rate is that point's median over the paired rounds.
         medians = [point["images_per_sec"]["median"] for point in row["sweep"]]
-        assert row["images_per_sec"]["median"] == max(medians)
+        best = row["sweep"][medians.index(max(medians))]
+        assert (row["best_workers"], row["best_executor"]) == (best["workers"], best["executor"])
+        assert len(row["rounds_images_per_sec"]) == 2 and min(row["rounds_images_per_sec"]) > 0
+        assert row["images_per_sec"]["median"] == pytest.approx(np.median(row["rounds_images_per_sec"]))
         if name == USER_LOADER:  # measured as given: its own worker count, one point
             assert row["best_workers"] == 0 and len(row["sweep"]) == 1
         elif name == "decode-only":  # the limit: the better of processes and threads
@@ -105,19 +110,34 @@ def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run)
     assert rows["pil"]["best_executor"] == "process"
 
 
-def test_ratios_are_computed_from_the_reported_medians(full_run):
+def test_ratios_are_medians_of_the_paired_per_round_ratios(full_run):
     _, report, _ = full_run
+    rounds = {row["name"]: np.array(row["rounds_images_per_sec"]) for row in report["rows"]}
     median = {row["name"]: row["images_per_sec"]["median"] for row in report["rows"]}
+
+    def paired(a: str, b: str) -> float:
+        return float(np.median(rounds[a] / rounds[b]))
+
     for row in report["rows"]:
-        assert row["ratio_to_naive"] == pytest.approx(median[row["name"]] / median["naive"])
-        assert row["ratio_to_decode_only"] == pytest.approx(median[row["name"]] / median["decode-only"])
+        assert row["ratio_to_naive"] == pytest.approx(paired(row["name"], "naive"))
+        assert row["ratio_to_decode_only"] == pytest.approx(paired(row["name"], "decode-only"))
     ratios = report["ratios"]
     best = max(("pil", "albumentations"), key=median.get)
     assert ratios["best_feedbench_cpu"] == best
-    assert ratios["feedbench_cpu_over_naive"] == pytest.approx(median[best] / median["naive"])
-    assert ratios["feedbench_cpu_over_decode_only"] == pytest.approx(median[best] / median["decode-only"])
+    assert ratios["feedbench_cpu_over_naive"] == pytest.approx(paired(best, "naive"))
+    assert ratios["feedbench_cpu_over_decode_only"] == pytest.approx(paired(best, "decode-only"))
     if HAS_DALI:
-        assert ratios["feedbench_cpu_over_dali_cpu"] == pytest.approx(median[best] / median["dali"])
+        assert ratios["feedbench_cpu_over_dali_cpu"] == pytest.approx(paired(best, "dali"))
+
+
+def test_paired_ratio_cancels_a_slowdown_that_hits_both_rows_in_a_round():
+    def row(name: str, rounds: tuple[float, ...]) -> compare.Row:
+        return compare.Row(name, "feedbench", (), rounds)
+
+    # Round 2 ran at half speed for everyone: the ratio of medians says 1.5x, each round says 2x.
+    fast, slow = row("albumentations", (200.0, 100.0, 220.0)), row("naive", (100.0, 50.0, 110.0))
+    assert compare.ratio(fast, slow) == pytest.approx(2.0)
+    assert compare.ratio(fast, None) is None
 
 
 # ---------------------------------------------------------------- the naive reference
@@ -168,7 +188,7 @@ def test_bad_input_gives_a_clear_message_and_exit_code_2(args, message, tiny_dat
 def test_interrupt_writes_the_rows_measured_so_far(tiny_data, tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_measure(feeder, batches, repeats, warmup):
+    def fake_measure(feeder, batches, repeats, warmup, whole_epochs=False):
         calls.append(feeder)
         if len(calls) == 4:
             raise KeyboardInterrupt
@@ -184,3 +204,25 @@ def test_interrupt_writes_the_rows_measured_so_far(tiny_data, tmp_path, monkeypa
     assert report["interrupted"] is True
     assert [(row["name"], row["best_workers"]) for row in report["rows"]] == [("naive", 2), ("pil", 1)]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_interrupt_in_the_paired_rounds_keeps_the_sweep_figures(tiny_data, tmp_path, monkeypatch, capsys):
+    calls = []
+    sweep_points = 2 + 2 + 4  # naive and pil at 1-2 workers; decode-only at 1-2 with processes and threads
+
+    def fake_measure(feeder, batches, repeats, warmup, whole_epochs=False):
+        calls.append(feeder)
+        if len(calls) == sweep_points + 2:  # in the first round
+            raise KeyboardInterrupt
+        rate = summarize([100.0 * len(calls)])
+        return FeedMeasurement(rate, summarize([0.1]), images=8, batches=2, epochs=1, windows=(rate.median,))
+
+    monkeypatch.setattr(compare, "measure_feeder", fake_measure)
+    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(tmp_path),
+                         "--pipelines", "naive", "pil", "decode-only"])
+    assert code == 130
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report["interrupted"] is True and report["rounds"] == 0
+    assert all(row["rounds_images_per_sec"] == [] for row in report["rows"])
+    assert [row["images_per_sec"]["median"] for row in report["rows"]] == [200.0, 400.0, 800.0]
+    assert any("paired rounds" in note for note in report["notes"])

@@ -258,6 +258,27 @@ def test_libjpeg_turbo_decodes_exactly_what_opencv_decodes(photo, reduction):
     assert np.array_equal(fast, reference)
 
 
+def test_decode_memory_starts_off_the_32_byte_boundary_where_libjpeg_turbo_bypasses_the_caches(photo):
+    """Scratch and fresh decodes start SCRATCH_OFFSET past a 32-byte boundary (see decode.py);
+    the pixels are those of a decode into memory placed anywhere else."""
+    pytest.importorskip("simplejpeg")
+    data = photo.read_bytes()
+    scratch = decode.Scratch()
+    for nbytes in (1, 31, 4096, 512 * 384 * 4):
+        assert scratch.take(nbytes).ctypes.data % 32 == decode.SCRATCH_OFFSET
+        assert scratch.take(nbytes).size == nbytes
+    into_scratch = decode._turbo_jpeg(data, 1, "RGBX", scratch)
+    fresh = decode._turbo_jpeg(data, 1, "RGBX")
+    assert fresh.ctypes.data % 32 == decode.SCRATCH_OFFSET and fresh.flags.c_contiguous and fresh.flags.writeable
+    aligned = np.empty(into_scratch.size + 32, np.uint8)
+    aligned = aligned[-aligned.ctypes.data % 32:][:into_scratch.size]
+    import simplejpeg
+
+    reference = simplejpeg.decode_jpeg(data, "RGBX", buffer=aligned)
+    assert reference.ctypes.data % 32 == 0
+    assert np.array_equal(into_scratch, reference) and np.array_equal(fresh, reference)
+
+
 @pytest.mark.parametrize(
     "name", ["cmyk_jpeg", "exif6_jpeg", "gray_jpeg", "one_pixel_jpeg", "progressive_jpeg", "tall_jpeg"])
 def test_load_cv2_is_the_same_with_or_without_simplejpeg(odd, name, monkeypatch):

@@ -28,6 +28,16 @@ def test_warmup_windows_and_epoch_starts_are_accounted_separately():
     assert result.images_per_sec.min <= result.images_per_sec.median <= result.images_per_sec.max
 
 
+def test_whole_epoch_windows_start_at_an_epoch_and_end_at_one():
+    """Epochs of 3 batches, windows of at least 4: each window is 2 whole epochs, after the
+    warm-up (the first batch + 1) and the rest of that first epoch."""
+    feeder = FakeFeeder(n=3)
+    result = measure_feeder(feeder, batches=4, repeats=2, warmup=1, whole_epochs=True)
+    assert result.batches == 12 and result.images == 12 * 4 and len(result.windows) == 2
+    # 2 warm-up + 1 skipped to reach an epoch start + 12 timed + the first batch of the epoch after.
+    assert feeder.drawn == 2 + 1 + 12 + 1
+
+
 def test_warmup_drains_the_batches_made_ahead():
     """A feeder whose workers run 6 batches ahead: those are warm-up, never timed."""
     feeder = FakeFeeder(n=3)

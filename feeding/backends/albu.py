@@ -63,6 +63,8 @@ class AlbumentationsTransform(HostTransform):
     def __init__(self, plan: Plan, max_pixels: int) -> None:
         super().__init__(plan, max_pixels)
         self.compose = compile_albumentations(plan)
+        # Every step is in the one warp: decode, warpAffine, and nothing for albumentations.
+        self.fully_fused = plan.fused_steps > 0 and not self.compose.transforms
         self._scratch = decode.Scratch()  # the fully fused path decodes and warps into reused memory
         self._warped: np.ndarray | None = None
         self.setup_worker(in_worker=False)  # before any worker is forked
@@ -70,11 +72,6 @@ class AlbumentationsTransform(HostTransform):
     def setup_worker(self, in_worker: bool) -> None:
         _, cv2 = _import()
         cv2.setNumThreads(1)
-
-    @property
-    def fully_fused(self) -> bool:
-        """Every step is in the one warp: decode, warpAffine, and nothing for albumentations."""
-        return self.plan.fused_steps > 0 and not self.compose.transforms
 
     @property
     def releases_gil(self) -> bool:
