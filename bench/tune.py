@@ -268,12 +268,14 @@ class Measurer:
 
 
 def feed_point(samples, config: FeedConfig, batches: int) -> float:
-    """Median img/s of one feeder configuration (module level: it may run in a fresh process)."""
+    """Img/s of one feeder configuration over its timed windows (module level: it may run in a
+    fresh process). The total, not the windows' median: the ray pipeline's windows of a few
+    batches alternate between bursts and waits (bench.measure.FeedMeasurement)."""
     from bench.measure import measure_feeder
     from feeding.factory import create_feeder
 
     with create_feeder(samples, config) as feeder:
-        return measure_feeder(feeder, batches, repeats=2, warmup=1).images_per_sec.median
+        return measure_feeder(feeder, batches, repeats=2, warmup=1).overall_images_per_sec
 
 
 def consume_point(config) -> float:
@@ -395,6 +397,7 @@ def tune(config: TuneConfig) -> dict:
     profile = shape_profile(measurer, best.candidate)
     profile_s = time.perf_counter() - profile_started
     check = check_end_to_end(config, samples, best)
+    ray_scale = ray_nodes(measurer.feed, best, config.ranks)
     bottleneck, sentence = verdict(best.feed_ips, best.consume_ips, best.predicted_ips, config.on_cpu)
     stage = loader_stage(config, samples, best)
     info = provenance()
@@ -424,8 +427,34 @@ def tune(config: TuneConfig) -> dict:
                    "ranked": [_prediction_row(p) for p in predictions]},
         "shape_profile": {"seconds": profile_s, "rows": profile},
         "end_to_end": check,
+        "ray_scale": ray_scale,
         **info,
     }
+
+
+def ray_nodes(feeds: dict[tuple[str, int, Shape, int], float], best: Prediction, ranks: int) -> dict | None:
+    """How many Ray CPU nodes would feed the pick's consumption (all ``ranks``), from the ray
+    pipeline's feeds at the pick's shape (its batch where measured); None where ray was not measured.
+
+    The cluster is the one RAY_ADDRESS names, where ray was measured; its typical CPU node
+    sets what one node feeds (bench.ray_scale).
+    """
+    from bench.ray_scale import cluster_nodes, cpu_node_size, scale_report
+    from feeding.backends.ray_cluster import address_from_env
+
+    pick = best.candidate
+    at_shape = {(batch, max(1, workers)): ips for (pipeline, workers, size, batch), ips in feeds.items()
+                if pipeline == "ray" and size == pick.size}
+    batch = pick.batch if any(b == pick.batch for b, _ in at_shape) else max((b for b, _ in at_shape), default=None)
+    ray_feeds = {actors: ips for (b, actors), ips in at_shape.items() if b == batch}
+    if not ray_feeds:
+        return None
+    consume = best.consume_ips * ranks
+    try:
+        node_cpus = cpu_node_size(cluster_nodes(address_from_env()))
+    except (FeedError, ConnectionError, ValueError) as error:
+        return {"error": f"the Ray cluster's nodes could not be read: {error}", "consume_img_s": consume}
+    return {**scale_report(ray_feeds, consume, node_cpus), "batch": batch, "size": list(pick.size)}
 
 
 def shape_profile(measurer: Measurer, pick: Candidate) -> list[dict]:
@@ -644,6 +673,7 @@ def markdown(record: dict, command: str) -> str:
     for r in record["shape_profile"]["rows"]:
         lines.append(f"| {r['size'][0]}x{r['size'][1]} | {r['feed_ips']:.1f} | {r['consume_ips']:.1f} | "
                      f"{r['predicted_ips']:.1f} | {r['bottleneck']} |")
+    lines += _ray_scale_lines(record.get("ray_scale"))
     if record.get("exhaustive_check"):
         e = record["exhaustive_check"]
         lines += ["", "## Against the exhaustive grid", "",
@@ -652,6 +682,19 @@ def markdown(record: dict, command: str) -> str:
                   f"({100 * e['time_ratio']:.0f}% of the time)."]
     lines += ["", f"![feed and consumption]({run_tag(record)}.png)", ""]
     return "\n".join(lines)
+
+
+def _ray_scale_lines(report: dict | None) -> list[str]:
+    if report is None:
+        return []
+    if "error" in report:
+        return ["", "## Ray CPU nodes", "", f"Not computed: {report['error']}"]
+    return ["", "## Ray CPU nodes", "",
+            f"The ray pipeline fed {report['feed_img_s']:.1f} img/s with {report['actors_measured']} actor(s) at "
+            f"{report['size'][0]}x{report['size'][1]}, batch {report['batch']}; a typical CPU node of this cluster "
+            f"({report['node_cpus']:g} CPUs, one actor each) would feed {report['feed_per_node_img_s']:.1f} img/s, "
+            "assuming the feed grows linearly with actors and nodes.",
+            f"**{report['nodes']} CPU node(s)** lift the feed above consumption: {report['sentence']}."]
 
 
 def write_reports(record: dict, out: Path, command: str) -> list[Path]:
@@ -733,6 +776,9 @@ def tune_main(argv: list[str]) -> int:
           f"measured {record['measured_ips']:.1f} img/s ({100 * record['prediction_error']:+.1f}%), "
           f"data wait {100 * record['data_wait_fraction']:.0f}%")
     print(record["verdict"])
+    ray_scale = record.get("ray_scale") or {}
+    if "nodes" in ray_scale:
+        print(f"Ray: {ray_scale['sentence']}")
     return 0
 
 

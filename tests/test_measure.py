@@ -38,6 +38,19 @@ def test_whole_epoch_windows_start_at_an_epoch_and_end_at_one():
     assert feeder.drawn == 2 + 1 + 12 + 1
 
 
+def test_the_overall_rate_is_images_over_seconds_not_a_window_median():
+    """A bursty feeder: every other window is a burst. The median picks one kind; the total is right."""
+    from bench.measure import FeedMeasurement
+
+    rate = summarize([10_000.0, 400.0, 10_000.0])
+    measured = FeedMeasurement(rate, summarize([0.1]), images=3 * 128, batches=12, epochs=2,
+                               windows=(10_000.0, 400.0, 10_000.0), seconds=2 * 128 / 10_000 + 128 / 400)
+    assert measured.images_per_sec.median == 10_000.0
+    assert measured.overall_images_per_sec == pytest.approx(384 / (0.0256 + 0.32))
+    real = measure_feeder(FakeFeeder(n=3), batches=4, repeats=2, warmup=1)
+    assert real.overall_images_per_sec == pytest.approx(real.images / real.seconds) and real.seconds > 0
+
+
 def test_warmup_drains_the_batches_made_ahead():
     """A feeder whose workers run 6 batches ahead: those are warm-up, never timed."""
     feeder = FakeFeeder(n=3)

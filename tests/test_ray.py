@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from bench.ray_scale import nodes_needed, ray_candidate, verdict
+from bench.ray_scale import cpu_node_size, nodes_needed, per_node_feed, ray_candidate, scale_report, verdict
 from feeding.backends.ray_cluster import (
     RayConfig,
     check_reachable,
@@ -110,6 +110,53 @@ def test_nodes_needed_refuses_meaningless_rates(feed, consume, headroom):
         nodes_needed(feed, consume, headroom)
 
 
+def _node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return {"Alive": alive, "Resources": resources}
+
+
+def test_a_typical_cpu_node_is_the_median_live_node_without_gpus():
+    cluster = [_node(8, gpus=8), _node(32), _node(16), _node(16), _node(64, alive=False)]
+    assert cpu_node_size(cluster) == 16  # the GPU head and the dead node do not count
+    assert cpu_node_size([_node(16, gpus=2), _node(24, gpus=4)]) == 20  # all have GPUs: all count
+    with pytest.raises(ValueError, match="no live node with CPUs"):
+        cpu_node_size([_node(8, alive=False)])
+
+
+def test_tune_scales_the_feed_with_the_most_actors_to_whole_nodes():
+    # 2 actors fed 300 img/s, 4 actors 500: 125 img/s per actor; a 16-CPU node runs 16 actors.
+    report = scale_report({2: 300.0, 4: 500.0}, consume_img_s=5000.0, node_cpus=16)
+    assert report["actors_measured"] == 4 and report["feed_per_node_img_s"] == pytest.approx(2000.0)
+    assert report["nodes"] == 3  # 1.1 x 5000 = 5500 img/s asked: 3 x 2000
+    assert "3 Ray CPU node(s)" in report["sentence"]
+    assert per_node_feed(100.0, 1, 8, cpus_per_actor=2.0) == pytest.approx(400.0)
+    with pytest.raises(ValueError):
+        scale_report({}, 100.0, 8)
+
+
+def test_tune_reports_the_node_count_where_ray_was_measured(monkeypatch):
+    from bench import ray_scale, tune
+
+    pick = tune.Prediction(tune.Candidate("albumentations", 2, 64, (224, 224)), feed_ips=900.0, consume_ips=3000.0,
+                           predicted_ips=900.0, model_threads=None)
+    feeds = {("albumentations", 2, (224, 224), 64): 900.0, ("ray", 1, (224, 224), 64): 200.0,
+             ("ray", 2, (224, 224), 64): 380.0, ("ray", 4, (160, 160), 64): 1200.0}
+    monkeypatch.setattr(ray_scale, "cluster_nodes", lambda address: [_node(8, gpus=1), _node(4), _node(4)])
+    report = tune.ray_nodes(feeds, pick, ranks=2)
+    # 2 actors at 380 img/s -> 190 per actor -> 760 per 4-CPU node; 2 ranks x 3000 x 1.1 = 6600 asked.
+    assert (report["actors_measured"], report["node_cpus"], report["nodes"]) == (2, 4.0, 9)
+    assert report["consume_img_s"] == pytest.approx(6000.0) and report["batch"] == 64
+    lines = "\n".join(tune._ray_scale_lines(report))
+    assert "**9 CPU node(s)**" in lines and "760.0 img/s" in lines
+    assert tune.ray_nodes({("pil", 2, (224, 224), 64): 500.0}, pick, ranks=1) is None  # ray not measured
+
+    def gone(address):
+        raise FeedError("no Ray cluster answers at 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray_scale, "cluster_nodes", gone)
+    assert "could not be read" in "\n".join(tune._ray_scale_lines(tune.ray_nodes(feeds, pick, ranks=1)))
+
+
 def test_tune_considers_ray_only_with_a_reachable_cluster():
     pipelines = ("pil", "albumentations", "ray")
     assert ray_candidate(pipelines, environ={}) == ("pil", "albumentations")
@@ -188,6 +235,13 @@ def test_actors_that_cannot_get_a_cpu_are_refused_not_left_waiting(local_ray, im
     every_cpu_to_trainers = RayConfig(actors=2, reserved_cpus=4)  # the module's Ray has 4 CPUs
     with pytest.raises(FeedError, match="leaving 0 for Ray Data"):
         RayFeeder(discover(image_folder), config, every_cpu_to_trainers)
+
+
+def test_cluster_nodes_reads_the_running_ray(local_ray):
+    from bench.ray_scale import cluster_nodes
+
+    nodes = cluster_nodes(None)  # joined already: the module's local Ray, left running
+    assert cpu_node_size(nodes) == 4 and local_ray.is_initialized()
 
 
 # ---------------------------------------------------------------- Ray Train

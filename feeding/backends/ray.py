@@ -80,7 +80,9 @@ def connect(ray_config: RayConfig) -> bool:
     try:
         ray.init(address=ray_config.address, include_dashboard=False, log_to_driver=False)
     except ConnectionError as error:  # "auto" with no cluster on this host
-        raise FeedError(f"cannot join the Ray cluster at {ray_config.address!r}: {error}") from error
+        raise FeedError(f"cannot join the Ray cluster at {ray_config.address!r}: {error} (a cluster started with "
+                        "token authentication, Ray's default from 2.60, also needs RAY_AUTH_MODE=token here and "
+                        "its token: `ray get-auth-token`)") from error
     return True
 
 
@@ -177,9 +179,29 @@ def build_dataset(samples: Samples, config: FeedConfig, ray_config: RayConfig, k
     )
     options = dataset.context.execution_options
     options.preserve_order = True  # batches in the sampler's order: the feeder's stream is the seed's
-    options.resource_limits = ExecutionResources.for_limits(cpu=data_cpus)  # never the reserved CPUs
+    options.resource_limits = ExecutionResources.for_limits(  # never the reserved CPUs
+        cpu=data_cpus, object_store_memory=read_ahead_bytes(config, ray_config))
     dataset.context.enable_progress_bars = False
     return dataset
+
+
+# Bytes of one encoded image, for the read-ahead budget (a 384x512 photo is 30-60 kB).
+ENCODED_BYTES_GUESS = 64 * 1024
+
+
+def read_ahead_bytes(config: FeedConfig, ray_config: RayConfig) -> int:
+    """Object-store bytes Ray Data may hold in flight: ``pipeline_depth`` batches and then some.
+
+    Without a cap, Ray Data runs ahead as far as the object store allows (30% of
+    RAM): with ``preserve_order``, one slow batch (a cold actor) lets the others
+    pile up hundreds of finished batches, which a benchmark then reads at 10,000+
+    img/s and mistakes for a pipeline. Capped, a feeder holds about what its
+    ``pipeline_depth`` says, as the host pipelines do.
+    """
+    height, width = config.plan.output_size
+    batch_bytes = config.batch_size * (height * width * 3 + ENCODED_BYTES_GUESS)
+    in_flight = ray_config.actors * config.prefetch_factor + config.prefetch_factor
+    return 2 * (in_flight + 1) * batch_bytes  # x2: a batch's rows exist as the actor's output and the collated copy
 
 
 def torch_batches(iterable, config: FeedConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[BadFile]]]:
