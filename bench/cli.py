@@ -146,6 +146,7 @@ def run_bench(config: BenchConfig) -> dict:
         "images": measured.images,
         "batches": measured.batches,
         "images_per_sec": measured.images_per_sec.to_dict(),
+        "overall_images_per_sec": measured.overall_images_per_sec,
         "first_batch_s": measured.first_batch_s.to_dict(),
         "windows_images_per_sec": list(measured.windows),
         "plan": [type(op).__name__ for op in feeder.plan.steps],
@@ -211,7 +212,8 @@ def format_result(result: dict) -> str:
         f"{'IQR':>8}{'1st batch s':>13}{'skipped':>9}",
         f"{result['pipeline']:<15}{result['workers']:>8}{result['batch']:>7}{size:>10}{rate['median']:>14.1f}"
         f"{rate['min']:>9.1f}{rate['max']:>9.1f}{rate['iqr']:>8.1f}{first['median']:>13.2f}{len(result['skipped']):>9}",
-        f"({result['images']} images in {rate['n']} timed windows of {result['batches'] // rate['n']} batches)",
+        f"({result['images']} images in {rate['n']} timed windows of {result['batches'] // rate['n']} batches: "
+        f"{result['overall_images_per_sec']:.1f} img/s overall)",
     ]
     if result.get("stages"):
         from bench.stages import StageBreakdown, format_stages
