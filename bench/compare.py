@@ -567,7 +567,10 @@ def markdown(report: dict) -> str:
         workers = "as given" if row["best_workers"] is None else row["best_workers"]
         lines.append(f"| {row['name']} | {workers} | {rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f}) "
                      f"| {_times(row['ratio_to_naive'])} | {_times(row['ratio_to_decode_only'])} |")
-    lines += ["", *_sentences(report["ratios"]), "", *[f"Note: {note}" for note in report["notes"]]]
+    lines += ["", *_sentences(report["ratios"]), ""]
+    if report.get("chart") and report["rows"]:
+        lines += [f"![img/s per pipeline]({report['chart']})", ""]
+    lines += [f"Note: {note}" for note in report["notes"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -688,7 +691,9 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
         rows, interrupted = paired_rounds(rows, candidates, config.settings)
         if interrupted:
             notes.append("interrupted during the paired rounds: the figures are the sweep's, not paired.")
-    context = {"command": command, "data": display_path(root), "data_name": _data_name(config.data, root),
+    data_name = _data_name(config.data, root)
+    context = {"command": command, "data": display_path(root), "data_name": data_name,
+               "chart": output_stem(data_name, config) + ".png",
                "dataset_images": len(samples), "interrupted": interrupted, "notes": notes}
     return build_report(rows, config, context), interrupted
 

@@ -92,13 +92,16 @@ def display_command(prog: str, argv: list[str]) -> str:
     """The command line for a report, with the paths it names shown as ``display_path`` shows them."""
     import shlex
 
+    def show(path: str) -> str:  # a relative path stays as typed: it names no machine's directories
+        return display_path(path) if os.path.isabs(os.path.expanduser(path)) else path
+
     shown, after_flag = [], False
     for arg in argv:
         flag, eq, value = arg.partition("=")
         if after_flag:
-            arg = display_path(arg)
+            arg = show(arg)
         elif eq and flag in PATH_FLAGS:
-            arg = f"{flag}={display_path(value)}"
+            arg = f"{flag}={show(value)}"
         shown.append(arg)
         after_flag = arg in PATH_FLAGS
     return shlex.join([*prog.split(), *shown])

@@ -75,6 +75,7 @@ def test_writes_markdown_chart_and_json_named_after_the_conditions(full_run):
     assert (next(out.glob("*.png")).read_bytes()[:8]) == b"\x89PNG\r\n\x1a\n"
     md = next(out.glob("*.md")).read_text()
     assert "| naive |" in md and "× naive" in md and "decode-only" in md
+    assert f"]({next(out.glob('*.png')).name})" in md  # the chart, next to the table
     assert report["command"] in md and "--loader " + USER_LOADER in report["command"]
     assert report["machine"]["pil"]["distribution"] in md
     assert report["commit"] and report["created"] and report["interrupted"] is False
@@ -185,43 +186,37 @@ def test_bad_input_gives_a_clear_message_and_exit_code_2(args, message, tiny_dat
     assert message in err and "Traceback" not in err
 
 
-def test_interrupt_writes_the_rows_measured_so_far(tiny_data, tmp_path, monkeypatch, capsys):
+def _interrupted_run(tiny_data, out, monkeypatch, interrupt_at: int) -> tuple[int, dict]:
+    """compare over naive, pil and decode-only whose ``interrupt_at``-th measurement is a Ctrl-C;
+    measurement k reports 100 * k img/s."""
     calls = []
 
     def fake_measure(feeder, batches, repeats, warmup, whole_epochs=False):
         calls.append(feeder)
-        if len(calls) == 4:
+        if len(calls) == interrupt_at:
             raise KeyboardInterrupt
         rate = summarize([100.0 * len(calls)])
         return FeedMeasurement(rate, summarize([0.1]), images=8, batches=2, epochs=1, windows=(rate.median,))
 
     monkeypatch.setattr(compare, "measure_feeder", fake_measure)
-    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(tmp_path),
+    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(out),
                          "--pipelines", "naive", "pil", "decode-only"])
+    return code, json.loads(next(out.glob("*.json")).read_text())
+
+
+def test_interrupt_writes_the_rows_measured_so_far(tiny_data, tmp_path, monkeypatch, capsys):
+    code, report = _interrupted_run(tiny_data, tmp_path, monkeypatch, interrupt_at=4)
     assert code == 130
     assert "interrupted" in capsys.readouterr().err
-    report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert report["interrupted"] is True
     assert [(row["name"], row["best_workers"]) for row in report["rows"]] == [("naive", 2), ("pil", 1)]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
-def test_interrupt_in_the_paired_rounds_keeps_the_sweep_figures(tiny_data, tmp_path, monkeypatch, capsys):
-    calls = []
+def test_interrupt_in_the_paired_rounds_keeps_the_sweep_figures(tiny_data, tmp_path, monkeypatch):
     sweep_points = 2 + 2 + 4  # naive and pil at 1-2 workers; decode-only at 1-2 with processes and threads
-
-    def fake_measure(feeder, batches, repeats, warmup, whole_epochs=False):
-        calls.append(feeder)
-        if len(calls) == sweep_points + 2:  # in the first round
-            raise KeyboardInterrupt
-        rate = summarize([100.0 * len(calls)])
-        return FeedMeasurement(rate, summarize([0.1]), images=8, batches=2, epochs=1, windows=(rate.median,))
-
-    monkeypatch.setattr(compare, "measure_feeder", fake_measure)
-    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(tmp_path),
-                         "--pipelines", "naive", "pil", "decode-only"])
+    code, report = _interrupted_run(tiny_data, tmp_path, monkeypatch, interrupt_at=sweep_points + 2)
     assert code == 130
-    report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert report["interrupted"] is True and report["rounds"] == 0
     assert all(row["rounds_images_per_sec"] == [] for row in report["rows"])
     assert [row["images_per_sec"]["median"] for row in report["rows"]] == [200.0, 400.0, 800.0]

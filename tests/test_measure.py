@@ -118,3 +118,5 @@ def test_reported_commands_do_not_carry_machine_directories(tmp_path, monkeypatc
     command = display_command("feedbench tune", argv)
     assert str(cache_root()) not in command and str(tmp_path.home()) not in command
     assert "<cache>/sample/v1-p60-s0" in command and "~/runs" in command and command.endswith("--sizes 224")
+    monkeypatch.chdir(tmp_path)  # a relative path stays relative: resolved, it would name this directory
+    assert display_command("feedbench compare", ["--out", "results"]) == "feedbench compare --out results"
