@@ -294,7 +294,8 @@ def _pil_array(path: str, max_pixels: int, reduction: int, data: bytes | None) -
 # conversion writes a row with non-temporal stores (vmovntdq, past the caches) when the row
 # starts 32-byte aligned, and with ordinary stores otherwise. The warp that reads the pixels
 # next then finds them in main memory, not in L2: 600 us instead of 240 us for 384x512 RGBX
-# -> 224x224 here, while the decode itself is no faster (tests/benchmarks: scratch alignment).
+# -> 224x224 here, while the decode itself is no faster (pytest --benchmark-only, group
+# "decode + warp of 24 files: where the decode memory starts").
 # malloc's 16-byte alignment made it a coin toss per process.
 SCRATCH_OFFSET, _AVX2_ALIGN = 16, 32
 
@@ -309,18 +310,19 @@ class Scratch:
     (any RGBX width divisible by 8).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int = SCRATCH_OFFSET) -> None:
         self._memory = np.empty(0, dtype=np.uint8)
+        self.offset = offset  # past a 32-byte boundary; 0 only to measure what the boundary costs
 
     def take(self, nbytes: int) -> np.ndarray:
         if self._memory.size < nbytes + _AVX2_ALIGN:
             self._memory = np.empty(nbytes + _AVX2_ALIGN, dtype=np.uint8)
-        return _off_boundary(self._memory, nbytes)
+        return _off_boundary(self._memory, nbytes, self.offset)
 
 
-def _off_boundary(memory: np.ndarray, nbytes: int) -> np.ndarray:
-    """``nbytes`` of ``memory`` (which has ``_AVX2_ALIGN`` to spare) starting at SCRATCH_OFFSET."""
-    start = (SCRATCH_OFFSET - memory.ctypes.data) % _AVX2_ALIGN
+def _off_boundary(memory: np.ndarray, nbytes: int, offset: int = SCRATCH_OFFSET) -> np.ndarray:
+    """``nbytes`` of ``memory`` (which has ``_AVX2_ALIGN`` to spare) starting ``offset`` past a boundary."""
+    start = (offset - memory.ctypes.data) % _AVX2_ALIGN
     return memory[start:start + nbytes]
 
 

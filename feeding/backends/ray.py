@@ -189,6 +189,11 @@ def build_dataset(samples: Samples, config: FeedConfig, ray_config: RayConfig, k
 ENCODED_BYTES_GUESS = 64 * 1024
 
 
+def batches_ahead(config: FeedConfig, ray_config: RayConfig) -> int:
+    """Batches made ahead: each actor's tasks in flight, and the batches iter_torch_batches prefetches."""
+    return ray_config.actors * config.prefetch_factor + config.prefetch_factor
+
+
 def read_ahead_bytes(config: FeedConfig, ray_config: RayConfig) -> int:
     """Object-store bytes Ray Data may hold in flight: ``pipeline_depth`` batches and then some.
 
@@ -200,8 +205,7 @@ def read_ahead_bytes(config: FeedConfig, ray_config: RayConfig) -> int:
     """
     height, width = config.plan.output_size
     batch_bytes = config.batch_size * (height * width * 3 + ENCODED_BYTES_GUESS)
-    in_flight = ray_config.actors * config.prefetch_factor + config.prefetch_factor
-    return 2 * (in_flight + 1) * batch_bytes  # x2: a batch's rows exist as the actor's output and the collated copy
+    return 2 * (batches_ahead(config, ray_config) + 1) * batch_bytes  # x2: a batch's rows exist as the actor's output and the collated copy
 
 
 def torch_batches(iterable, config: FeedConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[BadFile]]]:
@@ -284,8 +288,7 @@ class RayFeeder(Feeder):
 
     @property
     def pipeline_depth(self) -> int:
-        """Batches made ahead: each actor's tasks in flight, and the batches iter_torch_batches prefetches."""
-        return self.ray_config.actors * self.config.prefetch_factor + self.config.prefetch_factor
+        return batches_ahead(self.config, self.ray_config)
 
     def epoch_keys(self, epoch: int) -> list[BatchKey]:
         self._sampler.epoch = epoch
