@@ -32,3 +32,39 @@ def size(text: str) -> Shape:
         return parse_size(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every command's help: defaults shown after each option's text, descriptions kept as written."""
+
+
+def listed(convert=str):
+    """An argparse ``type`` for one token of a list option: ``a,b`` (commas), or several tokens.
+
+    Use with ``nargs="+"`` and ``action=FlattenList``, so that ``--sizes 224,192``,
+    ``--sizes 224 192`` and ``--sizes 224, 192`` mean the same in every command.
+    """
+    def parse(text: str) -> tuple:
+        values = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                values.append(convert(part))
+            except (argparse.ArgumentTypeError, ValueError) as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+        return tuple(values)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its errors
+    return parse
+
+
+class FlattenList(argparse.Action):
+    """Joins the tuples that ``listed`` parsed from each token into one tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        flat = tuple(item for chunk in values for item in chunk)
+        if not flat:
+            parser.error(f"{option_string} needs at least one value")
+        setattr(namespace, self.dest, flat)

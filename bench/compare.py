@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bench.args import size as size_arg
 from bench.args import whole_number
-from bench.measure import FeedMeasurement, measure_feeder
+from bench.measure import EpochIterable, FeedMeasurement, LoaderShapeError, measure_feeder
 from bench.stats import Summary, summarize
 from feeding import decode
 from feeding.backends.host import HostTransform
@@ -165,31 +165,6 @@ def plain_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
 
 
 # ---------------------------------------------------------------- measuring any loader
-
-
-class EpochIterable:
-    """Gives a plain iterable (a DataLoader) the ``epoch``/``batch_size`` that measure_feeder reads.
-
-    Each ``iter()`` is one pass over the wrapped loader, i.e. one epoch. Batches
-    must be ``(images, labels)`` pairs; anything else raises CompareError.
-    """
-
-    def __init__(self, loader: Iterable, name: str = "loader") -> None:
-        self.loader = loader
-        self.name = name
-        self.epoch = 0
-        self.batch_size = getattr(loader, "batch_size", None)
-
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[tuple]:
-        self.epoch += 1
-        for batch in self.loader:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise CompareError(
-                    f"{self.name} yielded a {type(batch).__name__}; expected (images, labels) batches")
-            yield batch[0], batch[1]
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from bench.stats import Summary, summarize
 
@@ -38,6 +38,35 @@ class FeedMeasurement:
         over a block of several batches at once), short windows alternate between a burst and a
         wait, and their median is either; the total is neither."""
         return self.images / self.seconds if self.seconds else self.images_per_sec.median
+
+
+class LoaderShapeError(ValueError):
+    """A loader that does not yield (images, labels) batches."""
+
+
+class EpochIterable:
+    """Gives a plain iterable (a DataLoader) the ``epoch``/``batch_size`` that measure_feeder reads.
+
+    Each ``iter()`` is one pass over the wrapped loader, i.e. one epoch. Batches
+    must be ``(images, labels)`` pairs; anything else raises LoaderShapeError.
+    """
+
+    def __init__(self, loader: Iterable, name: str = "loader") -> None:
+        self.loader = loader
+        self.name = name
+        self.epoch = 0
+        self.batch_size = getattr(loader, "batch_size", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple]:
+        self.epoch += 1
+        for batch in self.loader:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise LoaderShapeError(
+                    f"{self.name} yielded a {type(batch).__name__}; expected (images, labels) batches")
+            yield batch[0], batch[1]
 
 
 def _timed_batches(feeder, sync: Callable[[], None]) -> Iterator[tuple[int, float, bool]]:

@@ -8,6 +8,7 @@ iterated (each epoch), and the same stream for the same seed.
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -90,6 +91,19 @@ class FeedConfig:
         return int(index or 0)
 
 
+def worker_notes(workers: int, cores: int, batches: int) -> list[str]:
+    """Warnings for worker counts that cannot pay (pure): far above the cores, or above the
+    batches of an epoch (each worker makes whole batches, so the rest have nothing to do)."""
+    notes = []
+    if workers > 2 * cores:
+        notes.append(f"{workers} workers on {cores} cores: beyond 2x the cores, workers only take turns "
+                     "on them (and each holds its own memory)")
+    if batches and workers > batches:
+        notes.append(f"{workers} workers for {batches} batches per epoch: {workers - batches} of them have "
+                     "no batch to make")
+    return notes
+
+
 def check_shards(n: int, num_shards: int) -> None:
     if num_shards > n:
         raise FeedError(f"{num_shards} shards for {n} images: some shards would be empty")
@@ -114,7 +128,21 @@ class Feeder(ABC):
         self.config = config
         self.samples = samples
         self.skipped: list[BadFile] = []
+        self.notes: list[str] = []  # settings worth a warning (the CLIs print them)
         self.epoch = 0  # the epoch the next ``iter()`` will deliver
+
+    def _check_settings(self, workers: int) -> None:
+        """Refuse a batch that the data cannot fill once; note worker counts that cannot pay.
+
+        Backends call this once their samples are final (after a scan that drops bad files).
+        """
+        cfg, usable = self.config, self.num_samples
+        if cfg.drop_last and usable < cfg.batch_size:
+            where = " in this shard" if cfg.num_shards > 1 else ""
+            left_out = f", {len(self.skipped)} file(s) left out as unreadable" if self.skipped else ""
+            raise FeedError(f"batch {cfg.batch_size} > {usable} usable images{where}{left_out}: no full batch "
+                            "can be made; lower the batch size")
+        self.notes.extend(worker_notes(workers, os.cpu_count() or 1, len(self)))
 
     @property
     def batch_size(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,25 +126,33 @@ def competition_root(root: Path) -> Path | None:
     return None
 
 
-def _parse_person(row: dict[str, str], line: int, csv_path: Path) -> tuple[str, int, int, str]:
-    where = f"{csv_path}:{line}"
+class _RowProblem(ValueError):
+    """One listing row that cannot be used; the reason, without the row's location."""
+
+
+def _parse_person(row: dict[str, str], csv_path: Path) -> tuple[str, int, int, str]:
     try:
         person, gender_text, age_text, folder = row["id"], row["gender"], row["age"], row["path"]
     except KeyError as missing:
         raise FeedError(f"{csv_path}: missing column {missing}; need id, gender, race, age, path") from None
-    gender_text = gender_text.strip().lower()
+    gender_text = (gender_text or "").strip().lower()
     if gender_text not in GENDER_NAMES:
-        raise FeedError(f"{where}: gender must be 'male' or 'female', got {gender_text!r}")
+        raise _RowProblem(f"gender must be 'male' or 'female', got {gender_text!r}")
     try:
         age = int(float(age_text))
         age_group(age)
-    except ValueError:
-        raise FeedError(f"{where}: age must be a non-negative number, got {age_text!r}") from None
+    except (TypeError, ValueError):
+        raise _RowProblem(f"age must be a non-negative number, got {age_text!r}") from None
     return person.strip(), GENDER_NAMES.index(gender_text), age, folder.strip()
 
 
-def read_competition(root: Path) -> Samples:
-    """``train/train.csv`` + ``train/images/<folder>/{mask1..5,incorrect_mask,normal}.*``."""
+def read_competition(root: Path, on_bad: str = "fail") -> Samples:
+    """``train/train.csv`` + ``train/images/<folder>/{mask1..5,incorrect_mask,normal}.*``.
+
+    A train.csv row that cannot be read (a gender other than male/female, an age that is not
+    a number) is an error naming the row, or under ``on_bad="skip"`` that person is left out
+    and the row listed in ``Samples.problems``.
+    """
     base = competition_root(root)
     if base is None:
         raise FeedError(f"{root} is not in the competition layout (need train.csv and images/)")
@@ -151,7 +160,13 @@ def read_competition(root: Path) -> Samples:
     paths, labels, groups, problems = [], [], [], []
     with open(csv_path, newline="", encoding="utf-8") as fh:
         for line, row in enumerate(csv.DictReader(fh), start=2):
-            person, gender, age, folder = _parse_person(row, line, csv_path)
+            try:
+                person, gender, age, folder = _parse_person(row, csv_path)
+            except _RowProblem as problem:
+                if on_bad == "fail":
+                    raise FeedError(f"{csv_path}:{line}: {problem}") from None
+                problems.append(BadFile(f"{csv_path}:{line}", str(problem)))
+                continue
             person_dir = base / "images" / folder
             if not person_dir.is_dir():
                 problems.append(BadFile(str(person_dir), f"folder listed in {csv_path.name}:{line} is missing"))
@@ -188,37 +203,84 @@ def read_image_folder(root: Path) -> Samples:
     return _as_samples(paths, labels, list(map(str, range(len(paths)))), classes, root, "imagefolder")
 
 
-def read_manifest(csv_path: Path) -> Samples:
-    """A CSV with columns path,label (and optionally group); paths relative to the CSV."""
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _label_column_is_integer(values: list[str]) -> bool:
+    """An integer column when most labels are integers: one typo must not turn it into names."""
+    integers = sum(1 for v in values if _INTEGER.fullmatch(v))
+    return integers > 0 and integers >= len(values) / 2
+
+
+def _manifest_row_problem(row: dict, integer_labels: bool) -> str | None:
+    """Why one manifest row cannot be used, or None."""
+    path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+    if not path:
+        return "empty path"
+    if not label:
+        return "empty label"
+    if integer_labels:
+        if not _INTEGER.fullmatch(label):
+            return f"label {label!r} is not an integer, as the rest of the label column is (a typo?)"
+        if int(label) < 0:
+            return f"label {label} is out of range: integer labels are class indices 0, 1, 2, ..."
+    return None
+
+
+def read_manifest(csv_path: Path, on_bad: str = "fail") -> Samples:
+    """A CSV with columns path,label (and optionally group); paths relative to the CSV.
+
+    Integer labels are class indices (class ``k`` is named ``"k"``); any other labels are
+    class names, sorted. A row whose label does not fit the column's type (``kitty`` among
+    integers), a negative index, or an empty path or label is an error that names the row
+    (``on_bad="fail"``), or is left out and listed in ``Samples.problems`` (``"skip"``).
+    """
     with open(csv_path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise FeedError(f"{csv_path}: need a header with columns path,label (optional: group)")
-    raw_labels = [r["label"].strip() for r in rows]
-    if all(v.lstrip("-").isdigit() for v in raw_labels):
-        numeric = [int(v) for v in raw_labels]
-        classes = tuple(str(i) for i in range(max(numeric) + 1))
-        labels = numeric
+    integer_labels = _label_column_is_integer([(r.get("label") or "").strip() for r in rows])
+    good, problems = [], []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        problem = _manifest_row_problem(row, integer_labels)
+        if problem is None:
+            good.append(row)
+            continue
+        if on_bad == "fail":
+            raise FeedError(f"{csv_path}:{line}: {problem} (--on-bad skip leaves such rows out, and lists them)")
+        problems.append(BadFile(f"{csv_path}:{line}", problem))
+    raw_labels = [r["label"].strip() for r in good]
+    if integer_labels:
+        labels = [int(v) for v in raw_labels]
+        classes = tuple(str(i) for i in range(max(labels, default=-1) + 1))
     else:
         classes = tuple(sorted(set(raw_labels)))
-        labels = [classes.index(v) for v in raw_labels]
+        index = {name: i for i, name in enumerate(classes)}
+        labels = [index[v] for v in raw_labels]
     base = csv_path.parent
-    paths = [os.path.abspath(base / r["path"].strip()) for r in rows]
-    groups = [r.get("group") or str(i) for i, r in enumerate(rows)]
-    return _as_samples(paths, labels, groups, classes, csv_path, "csv")
+    paths = [os.path.abspath(base / r["path"].strip()) for r in good]
+    groups = [r.get("group") or f"row{i}" for i, r in enumerate(good)]
+    return _as_samples(paths, labels, groups, classes, csv_path, "csv", problems)
 
 
-def discover(root: str | os.PathLike) -> Samples:
-    """Read ``root`` in whichever layout it has: a CSV manifest, the competition, or ImageFolder."""
+def discover(root: str | os.PathLike, on_bad: str = "fail") -> Samples:
+    """Read ``root`` in whichever layout it has: a CSV manifest, the competition, or ImageFolder.
+
+    ``on_bad``: a listing row that cannot be used (a manifest label that does not fit its
+    column, a competition row with an unknown gender) is an error naming the row ("fail"),
+    or is left out and listed in ``Samples.problems`` ("skip"), where feeders report it.
+    """
+    if on_bad not in ("skip", "fail"):
+        raise ValueError(f"on_bad must be 'skip' or 'fail', got {on_bad!r}")
     path = Path(root)
     if not path.exists():
         raise FeedError(f"data path {path} does not exist")
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise FeedError(f"{path} is a file but not a CSV manifest")
-        return read_manifest(path)
+        return read_manifest(path, on_bad)
     if competition_root(path) is not None:
-        return read_competition(path)
+        return read_competition(path, on_bad)
     return read_image_folder(path)
 
 

@@ -136,9 +136,18 @@ def test_memory_check_runs_before_workers_start(image_folder, monkeypatch):
     import feeding.resources as resources
 
     monkeypatch.setattr(resources, "available_shm", lambda path="/dev/shm": 1024)
-    config = FeedConfig(pipeline="pil", batch_size=64, workers=2)
+    config = FeedConfig(pipeline="pil", batch_size=8, workers=2)  # 24 images: 3 batches
     with pytest.raises(FeedError, match="/dev/shm"):
         create_feeder(discover(image_folder), config)
+
+
+def test_a_batch_beyond_the_data_says_so_before_the_memory_check(image_folder, monkeypatch):
+    import feeding.resources as resources
+
+    monkeypatch.setattr(resources, "available_shm", lambda path="/dev/shm": 1024)
+    for pipeline in ("pil", "albumentations", "dali"):
+        with pytest.raises(FeedError, match=r"batch 200 > 24 usable images"):
+            create_feeder(discover(image_folder), FeedConfig(pipeline=pipeline, batch_size=200, workers=2))
 
 
 def test_device_feeder_normalizes_on_the_device(image_folder):

@@ -317,3 +317,54 @@ def test_fused_warp_agrees_with_the_step_by_step_reference(pipeline, size, image
     assert len(pairs) == len(samples)
     for got, expected in pairs:
         assert _psnr(got, expected) >= 30.0
+
+
+def _with_a_corrupt_file(tmp_path, image_folder, position: int = 4) -> list[str]:
+    """A copy of the image folder whose class1 has one truncated JPEG; returns the readable paths."""
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    victim = sorted((root / "class1").iterdir())[position]
+    victim.write_bytes(victim.read_bytes()[:300])  # a header and no scan data
+    return sorted(str(p) for p in root.rglob("*.jpg") if p != victim)
+
+
+@pytest.mark.parametrize("pipeline, executor", [("pil", "process"), ("albumentations", "process"),
+                                                ("albumentations", "thread"), ("dali", "auto")])
+@pytest.mark.parametrize("batch_size", [5, 8])
+def test_validation_delivers_every_readable_file_exactly_once(pipeline, executor, batch_size, tmp_path,
+                                                              image_folder):
+    """shuffle=False, drop_last=False: no substitute fills a bad file's slot, on any backend, so
+    validation metrics do not depend on the backend or the batch size."""
+    if pipeline == "dali":
+        pytest.importorskip("nvidia.dali")
+    readable = _with_a_corrupt_file(tmp_path, image_folder)
+    samples = discover(tmp_path / "data")
+    config = _config(pipeline, spec=RESIZE_ONLY, shuffle=False, drop_last=False, executor=executor,
+                     batch_size=batch_size, workers=2)
+    with create_feeder(samples, config) as feeder:
+        digests, labels, _ = _epoch(feeder)
+        assert len(feeder.skipped) == 1
+    assert len(digests) == len(readable) == 23
+    assert len(set(digests)) == 23  # no image twice
+    by_path = dict(zip(samples.paths.tolist(), samples.labels.tolist()))
+    assert labels == [by_path[p] for p in readable]  # in file order, each with its own label
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "albumentations"])
+def test_training_keeps_batches_full_with_a_substitute(pipeline, tmp_path, image_folder):
+    _with_a_corrupt_file(tmp_path, image_folder)
+    config = _config(pipeline, spec=RESIZE_ONLY, batch_size=4, drop_last=True, workers=1)
+    with create_feeder(discover(tmp_path / "data"), config) as feeder:
+        sizes = [len(labels) for _, labels in feeder]
+        assert len(feeder.skipped) == 1
+    assert sizes == [4] * 6
+
+
+def test_worker_counts_that_cannot_pay_are_noted(image_folder):
+    from feeding.feeder import worker_notes
+
+    assert worker_notes(2, 2, 10) == []
+    assert "beyond 2x the cores" in worker_notes(9, 4, 100)[0]
+    assert worker_notes(6, 8, 4) == ["6 workers for 4 batches per epoch: 2 of them have no batch to make"]
+    with create_feeder(discover(image_folder), _config("pil", batch_size=12, workers=3)) as feeder:
+        assert any("3 workers for 2 batches per epoch" in note for note in feeder.notes)

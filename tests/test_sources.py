@@ -98,3 +98,52 @@ def test_person_split_never_puts_one_person_on_both_sides(tmp_path):
     assert sorted(seen.tolist()) == list(range(len(samples)))
     with pytest.raises(FeedError, match="folds"):
         person_folds(samples, 11)
+
+
+def _manifest(tmp_path, image_folder, labels: list[str]):
+    paths = sorted(str(p) for p in image_folder.rglob("*.jpg"))[: len(labels)]
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in zip(paths, labels)))
+    return manifest, paths
+
+
+def test_one_typo_in_integer_labels_is_an_error_naming_its_row(tmp_path, image_folder):
+    labels = [str(i % 12) for i in range(24)]
+    labels[5] = "kitty"
+    manifest, _ = _manifest(tmp_path, image_folder, labels)
+    with pytest.raises(FeedError, match=r"list.csv:7: label 'kitty' is not an integer"):
+        discover(manifest)
+
+
+def test_under_skip_a_typo_row_is_left_out_and_the_other_labels_keep_their_meaning(tmp_path, image_folder):
+    labels = [str(i % 12) for i in range(24)]
+    labels[5] = "kitty"
+    manifest, paths = _manifest(tmp_path, image_folder, labels)
+    samples = discover(manifest, on_bad="skip")
+    assert samples.classes == tuple(str(i) for i in range(12))  # "10" is class 10, not class 2
+    expected = {p: int(label) for p, label in zip(paths, labels) if label != "kitty"}
+    assert dict(zip(samples.paths.tolist(), samples.labels.tolist())) == expected
+    assert [(p.path, p.reason.split(" is ")[0]) for p in samples.problems] == [
+        (f"{manifest}:7", "label 'kitty'")]
+
+
+def test_a_negative_integer_label_names_its_row(tmp_path, image_folder):
+    manifest, _ = _manifest(tmp_path, image_folder, ["0", "1", "-1", "2"])
+    with pytest.raises(FeedError, match=r"list.csv:4: label -1 is out of range"):
+        discover(manifest)
+
+
+def test_name_labels_stay_names(tmp_path, image_folder):
+    manifest, _ = _manifest(tmp_path, image_folder, ["cat", "dog", "cat", "bird"])
+    samples = discover(manifest)
+    assert samples.classes == ("bird", "cat", "dog") and samples.labels.tolist() == [1, 2, 1, 0]
+
+
+def test_competition_rows_can_be_skipped_and_reported(tmp_path):
+    root = _write_competition(tmp_path, [("000001", "male", 31), ("000002", "female", 40)])
+    csv_path = root / "train" / "train.csv"
+    csv_path.write_text(csv_path.read_text().replace("000002,female", "000002,robot"))
+    samples = discover(root, on_bad="skip")
+    assert len(samples) == 7
+    assert [(p.path, p.reason) for p in samples.problems] == [
+        (f"{csv_path}:3", "gender must be 'male' or 'female', got 'robot'")]

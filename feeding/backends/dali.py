@@ -273,7 +273,7 @@ class DaliFeeder(Feeder):
         good, skipped = _validated(samples, config)
         super().__init__(good, config)
         self._record_skips(skipped)
-        len(self)  # more shards than images is refused: say so now, not on iteration
+        self._check_settings(config.workers)  # more shards than images, or a batch beyond them: say so now
         root = Path(config.cache_dir) if config.cache_dir else None
         self._files = dali_paths(good.paths, config.max_pixels, root)
         self._iterator: DALIGenericIterator | None = None

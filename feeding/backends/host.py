@@ -8,9 +8,13 @@ as an (N, 3, H, W) tensor in channels_last memory format, which is what
 convolutions on the device prefer anyway.
 
 The workers are torch DataLoader processes, or threads (backends/threads.py)
-where the transform releases the GIL. A file that fails to load is replaced by
+where the transform releases the GIL. A file that fails to load travels back
+with its batch to be reported. With ``drop_last`` (training) it is replaced by
 another randomly drawn file, so batches stay full; the replacement carries its
-own label, and the failure travels back with the batch to be reported.
+own label. Without ``drop_last`` (validation, prediction) its slot is left out
+and the batch is one image shorter: every readable file is delivered exactly
+once, as DALI (which drops bad files after its scan) delivers them, so metrics
+do not depend on the backend.
 """
 from __future__ import annotations
 
@@ -199,14 +203,20 @@ class BatchDataset(Dataset):
         images = np.empty((len(key.indices), height, width, 3), dtype=np.uint8)
         labels = np.empty(len(key.indices), dtype=np.int64)
         skipped: list[BadFile] = []
-        for slot, index in enumerate(key.indices):
-            index = self._load_into(images, slot, int(index), rng, skipped, stages)
-            labels[slot] = self.labels[index]
+        filled = 0
+        for index in key.indices:
+            used = self._load_into(images, filled, int(index), rng, skipped, stages)
+            if used is not None:
+                labels[filled] = self.labels[used]
+                filled += 1
+        images, labels = images[:filled], labels[:filled]  # leading slices: still contiguous
         # (N, 3, H, W) over NHWC storage: torch's channels_last format, no copy.
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), skipped
 
-    def _load_into(self, images, slot: int, index: int, rng, skipped: list[BadFile], stages) -> int:
-        """Fill images[slot] from sample ``index`` or, if it is unreadable, a random substitute."""
+    def _load_into(self, images, slot: int, index: int, rng, skipped: list[BadFile], stages) -> int | None:
+        """Fill images[slot] from sample ``index``; the sample used, or None when it is unreadable
+        and the slot stays empty (no ``drop_last``: each readable file exactly once). With
+        ``drop_last`` an unreadable sample is replaced by a random substitute."""
         transform, clock = self.transform, time.perf_counter
         for _ in range(MAX_CONSECUTIVE_FAILURES):
             path = str(self.paths[index])
@@ -222,6 +232,8 @@ class BatchDataset(Dataset):
                 if self.config.on_bad == "fail":
                     raise
                 skipped.append(error.record())
+                if not self.config.drop_last:
+                    return None
                 index = int(rng.integers(len(self.paths)))
                 continue
             transform.write(image, images[slot])
@@ -272,11 +284,13 @@ class HostFeeder(Feeder):
         self.dataset = BatchDataset(samples, transform, config)
         self.executor = choose_executor(config.executor, transform, config.workers)
         height, width = config.plan.output_size
-        budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width,
-                                     shared_memory=self.executor == "process")
-        self.workers, self.prefetch_factor, self.notes = budget.workers, budget.prefetch_factor, budget.notes
         self.reset_stage_times()
         self._sampler = EpochBatchSampler(len(samples), config, epoch=0)
+        self._check_settings(config.workers)  # before the memory check: a batch beyond the data is not a memory problem
+        budget = check_worker_memory(config.workers, config.prefetch_factor, config.batch_size, height, width,
+                                     shared_memory=self.executor == "process")
+        self.workers, self.prefetch_factor = budget.workers, budget.prefetch_factor
+        self.notes.extend(budget.notes)
         self._data_loader: DataLoader | None = None
         self._threads: ThreadBatches | None = None
         if self.executor != "process":
@@ -331,13 +345,21 @@ class HostFeeder(Feeder):
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
         iterator = self._batches(epoch)
+        delivered = 0
         try:
             for batch in self._checked(iterator):
                 self._record_skips(batch.skipped)
                 for stage, seconds in batch.stage_seconds.items():
                     self.stage_seconds[stage] += seconds
                 self.stage_images += len(batch.images)
+                if len(batch.images) == 0:
+                    continue  # every file of this batch was unreadable (no drop_last: no substitutes)
+                delivered += len(batch.images)
                 yield batch.images, batch.labels
+            if delivered == 0 and len(self._sampler):
+                raise FeedError(f"no readable image in epoch {epoch} of {len(self.samples)} files "
+                                f"(first skipped: {self.skipped[0].path}: {self.skipped[0].reason})"
+                                if self.skipped else f"no image delivered in epoch {epoch}")
         except BaseException:
             self.close()  # a failed or abandoned loader is not reused
             raise

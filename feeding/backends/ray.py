@@ -268,7 +268,7 @@ class RayFeeder(Feeder):
         self._run: _Run | None = None
         self.executor = "ray"
         self.workers = self.ray_config.actors
-        self.notes: list[str] = []
+        self._check_settings(self.workers)
         if config.workers == 0:
             self.notes.append("the ray pipeline needs one actor at least: --workers 0 runs one")
         self._owns_ray = connect(self.ray_config)
