@@ -35,7 +35,16 @@ def size(text: str) -> Shape:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every command's help: defaults shown after each option's text, descriptions kept as written."""
+    """Every command's help: defaults shown after each option's text, descriptions kept as written.
+
+    A default that says nothing (None, False, an empty list) is not shown: "(default: None)"
+    next to ``--data`` would hide what the help text says happens without it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], ()) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def listed(convert=str):
@@ -68,3 +77,8 @@ class FlattenList(argparse.Action):
         if not flat:
             parser.error(f"{option_string} needs at least one value")
         setattr(namespace, self.dest, flat)
+
+
+def plain_text(docstring: str) -> str:
+    """A docstring as help text: RST's ``literal`` markup dropped (a terminal shows it verbatim)."""
+    return docstring.replace("``", "")

@@ -1,7 +1,8 @@
 """The ``feedbench`` command: run a pipeline and measure what it delivers.
 
-    feedbench --pipeline dali --batch 64 --workers 8 [--data DIR] [--size HxW] [--json FILE]
+    feedbench [run] --pipeline dali --batch 64 --workers 8 [--data DIR] [--size HxW] [--json FILE]
     feedbench data sample DIR [--people N] [--seed S]
+    feedbench data inspect DIR [--out results]
 
 argparse only builds the frozen configs; the work is done by functions that
 take those configs.
@@ -13,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.args import non_negative_int, positive_int
+from bench.args import HelpFormatter, non_negative_int, positive_int
 from bench.args import size as size_arg
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.feeder import EXECUTORS, ON_BAD, PIPELINES, FeedConfig
@@ -39,29 +40,42 @@ class BenchConfig:
             raise ValueError("--batches and --repeats must be >= 1 and --warmup >= 0")
 
 
+COMMANDS = """\
+commands (each has its own --help):
+  feedbench [run] [OPTIONS]     measure the images/sec one pipeline delivers (the options below)
+  feedbench tune [OPTIONS]      recommend pipeline, workers, batch and image shape from feed against consumption
+  feedbench compare [OPTIONS]   a pipeline against naive torchvision and the decode-only limit
+  feedbench data sample DIR     write the synthetic mask-competition data set into DIR
+  feedbench data inspect DIR    report on a data set: classes, label typos, sizes (HxW), outliers, duplicates"""
+
+
 def make_run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feedbench",
-        description="Measure the images/sec an image pipeline delivers. Subcommands: "
-        "'feedbench tune' (recommend pipeline, workers, batch, shape), 'feedbench compare' "
-        "(against naive torchvision and the decode limit), 'feedbench data sample|inspect DIR'.",
+        description=f"Measure the images/sec an image pipeline delivers.\n\n{COMMANDS}",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--pipeline", choices=PIPELINES, default="pil")
+    parser.add_argument("--pipeline", choices=PIPELINES, default="pil",
+                        help="who decodes and augments: PIL, albumentations (OpenCV), DALI, or Ray Data")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per batch")
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader workers (pil, albumentations), DALI CPU threads or Ray Data actors (ray; "
                         "RAY_ADDRESS joins a cluster, else Ray runs locally)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
-                        help="who makes the host pipelines' batches: worker processes or threads (default: "
-                        "auto, threads where decode and augment release the GIL)")
-    parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
-    parser.add_argument("--size", type=size_arg, default=(224, 224), help="output size N or HxW (default 224)")
-    parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
+                        help="who makes the host pipelines' batches: worker processes or threads (auto: threads "
+                        "where decode and augment release the GIL)")
+    parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest; None: the sample data "
+                        "set (generated once into the cache)")
+    # A string default goes through size_arg like typed text, so the help shows "224", not a tuple.
+    parser.add_argument("--size", type=size_arg, default="224", help="output size N, or HxW (height x width)")
+    parser.add_argument("--rotate", type=float, default=10.0, help="rotate by up to +-this many degrees")
     parser.add_argument("--batches", type=positive_int, default=10, help="batches per timed window")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed windows")
     parser.add_argument("--warmup", type=non_negative_int, default=2, help="batches before timing")
-    parser.add_argument("--on-bad", choices=ON_BAD, default="skip", help="unreadable files: skip and report, or fail")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--on-bad", choices=ON_BAD, default="skip",
+                        help="unreadable files and manifest rows that do not fit (a label typo): skip them and "
+                        "report each, or fail naming the first")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the random augmentations")
     parser.add_argument("--decode-device", default="cpu", help="cpu, or cuda[:N] for DALI's GPU decode")
     parser.add_argument("--literal-order", action="store_true", help="run ops in the written order (no planner)")
     parser.add_argument("--show-plan", action="store_true", help="print the planned op order and costs")
@@ -69,19 +83,29 @@ def make_run_parser() -> argparse.ArgumentParser:
                         help="break the time down by stage (read, decode, augment, collate/IPC) and rerun "
                         "with the bytes in RAM to price storage (pil, albumentations)")
     parser.add_argument("--isolate", action="store_true", help="measure in a fresh process (no state from this one)")
-    parser.add_argument("--json", dest="json_path", help="also write the result as JSON to this file")
+    parser.add_argument("--json", dest="json_path", help="also write the result as JSON to this file (None: no file)")
     return parser
 
 
 def make_data_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feedbench data",
-                                     description="Data sets: 'sample DIR' writes the sample; 'inspect DIR' is the EDA.")
+    from bench import inspect_data
+
+    parser = argparse.ArgumentParser(prog="feedbench data", formatter_class=HelpFormatter,
+                                     description="Data sets: write the sample, or inspect one before training.")
     sub = parser.add_subparsers(dest="action", required=True)
-    sample = sub.add_parser("sample", help="write the synthetic mask-competition data set")
-    sample.add_argument("dir")
-    sample.add_argument("--people", type=positive_int, default=60)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--eval-people", type=non_negative_int, default=12)
+    sample = sub.add_parser("sample", help="write the synthetic mask-competition data set",
+                            description="Write the synthetic mask-competition data set (train/ and eval/).",
+                            formatter_class=HelpFormatter)
+    sample.add_argument("dir", help="folder to write the data set into")
+    sample.add_argument("--people", type=positive_int, default=60, help="people in train/ (7 photos each)")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="seed of the generated people and photos "
+                        "(the same seed gives byte-identical files)")
+    sample.add_argument("--eval-people", type=non_negative_int, default=12,
+                        help="held-out people in eval/ (their answers in eval/answers.csv)")
+    inspect = sub.add_parser("inspect", help="report on a data set: classes, label typos, sizes (HxW), outliers, "
+                             "duplicates, unreadable files", description=inspect_data.DESCRIPTION,
+                             formatter_class=HelpFormatter)
+    inspect_data.add_arguments(inspect)
     return parser
 
 
@@ -119,7 +143,7 @@ def run_bench(config: BenchConfig) -> dict:
     from feeding.sources import discover
 
     root = resolve_data(config.data)
-    samples = discover(root)
+    samples = discover(root, on_bad=config.feed.on_bad)  # a manifest typo: an error naming the row, or a skip
     feeder = create_feeder(samples, config.feed)
     if config.show_plan:
         print(feeder.plan.describe((512, 384)))
@@ -145,6 +169,7 @@ def run_bench(config: BenchConfig) -> dict:
         "dataset_images": len(samples),
         "images": measured.images,
         "batches": measured.batches,
+        "window_batches": measured.window_batches,
         "images_per_sec": measured.images_per_sec.to_dict(),
         "overall_images_per_sec": measured.overall_images_per_sec,
         "first_batch_s": measured.first_batch_s.to_dict(),
@@ -156,7 +181,8 @@ def run_bench(config: BenchConfig) -> dict:
         "decode_device": config.feed.decode_device,
         "on_bad": config.feed.on_bad,
         "skipped": [record.to_dict() for record in feeder.skipped],
-        "notes": list(getattr(feeder, "notes", ()))
+        # The feeder's (worker counts that cannot pay) and the measurement's (a window lengthened).
+        "notes": list(feeder.notes) + list(measured.notes)
         + (["stage timers exist for the host pipelines only (pil, albumentations)"]
            if config.stages and breakdown is None else []),
         "stages": breakdown.to_dict() if breakdown else None,
@@ -175,6 +201,13 @@ def _jpeg_decoder(pipeline: str) -> str:
     return pipeline  # DALI decodes with its own libjpeg-turbo (CPU) or nvJPEG (GPU)
 
 
+EXECUTOR_NOUNS = {"thread": "threads", "process": "processes"}
+
+
+def _plural_executor(executor: str) -> str:
+    return EXECUTOR_NOUNS.get(executor, f"{executor}s")
+
+
 def describe_workers(feeder) -> str:
     """Who makes the batches, and which library decodes the JPEGs (what the planner chose)."""
     executor = getattr(feeder, "executor", None)
@@ -187,7 +220,7 @@ def describe_workers(feeder) -> str:
         who = "the main process (0 workers)"
     else:
         why = "decode and warp release the GIL" if executor == "thread" else "Python holds the GIL"
-        who = f"{feeder.workers} worker {executor}{'es' if executor == 'process' else 's'} ({why})"
+        who = f"{feeder.workers} worker {_plural_executor(executor)} ({why})"
     return f"workers: {who}\nJPEG decoder: {_jpeg_decoder(pipeline)}"
 
 
@@ -206,9 +239,10 @@ def format_result(result: dict) -> str:
         f"PIL: {pil.get('distribution')} {pil.get('version')}"
         + (" (SIMD build)" if pil.get("simd") else " (not the SIMD build)"),
         f"plan: {' -> '.join(result['plan'])}" + (" (literal order)" if result["literal_order"] else "")
-        + (f"; workers are {result['executor']}s" if result.get("executor") in ("thread", "process") else ""),
+        + (f"; workers are {_plural_executor(result['executor'])}" if result.get("executor") in EXECUTOR_NOUNS
+           else ""),
         "",
-        f"{'pipeline':<15}{'workers':>8}{'batch':>7}{'size':>10}{'img/s median':>14}{'min':>9}{'max':>9}"
+        f"{'pipeline':<15}{'workers':>8}{'batch':>7}{'size HxW':>10}{'img/s median':>14}{'min':>9}{'max':>9}"
         f"{'IQR':>8}{'1st batch s':>13}{'skipped':>9}",
         f"{result['pipeline']:<15}{result['workers']:>8}{result['batch']:>7}{size:>10}{rate['median']:>14.1f}"
         f"{rate['min']:>9.1f}{rate['max']:>9.1f}{rate['iqr']:>8.1f}{first['median']:>13.2f}{len(result['skipped']):>9}",
@@ -219,8 +253,6 @@ def format_result(result: dict) -> str:
         from bench.stages import StageBreakdown, format_stages
 
         lines.append(format_stages(StageBreakdown(**result["stages"])))
-    for note in result["notes"]:
-        lines.append(f"note: {note}")
     for record in result["skipped"]:
         lines.append(f"skipped: {record['path']}: {record['reason']}")
     return "\n".join(lines)
@@ -239,6 +271,8 @@ def run_main(argv: list[str]) -> int:
     except (FeedError, MissingDependencyError, ValueError) as error:
         print(f"feedbench: error: {error}", file=sys.stderr)
         return 2
+    for note in result["notes"]:  # on stderr and before the result, where they are not missed
+        print(f"warning: {note}", file=sys.stderr)
     print(format_result(result))
     if config.json_path:
         from bench.io import write_json
@@ -248,11 +282,11 @@ def run_main(argv: list[str]) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    if argv and argv[0] == "inspect":
-        from bench.inspect_data import inspect_main
-
-        return inspect_main(argv[1:])
     args = make_data_parser().parse_args(argv)
+    if args.action == "inspect":
+        from bench.inspect_data import config_from_args, run_inspect
+
+        return run_inspect(config_from_args(args))
     from feeding.sample import write_sample
 
     out = write_sample(args.dir, people=args.people, seed=args.seed, eval_people=args.eval_people)
@@ -272,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.compare import compare_main
 
         return compare_main(argv[1:])
+    if argv and argv[0] == "run":
+        return run_main(argv[1:])
     return run_main(argv)
 
 

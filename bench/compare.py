@@ -15,6 +15,11 @@ Rows, all measured in one process with the same spec (rotate ±10°, resize, fli
   worker threads: the better of the two is this machine's limit for these files.
 - ``--loader module:factory``: the user's own loader, measured as it is.
 
+A user's own data has bad files: every row skips the files it cannot read (the naive row
+as a user's try/except does: the next file instead) and states how many; the notes name
+each skipped file once. A row whose loader raises is reported as failed, with its error,
+and the other rows are measured and compared without it (exit code 1).
+
 Each row sweeps workers 1..--workers-max (the feedbench rows with the executor the planner
 picks, decode-only with both) to find its best point; every sweep point goes to the JSON.
 Then ``--rounds`` rounds measure every row's best point once each, in turn (the order
@@ -28,8 +33,10 @@ A plain DataLoader is timed by ``measure_feeder`` through
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import io
+import multiprocessing
 import os
 import re
 import sys
@@ -44,13 +51,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from bench.args import FlattenList, HelpFormatter, listed, whole_number
 from bench.args import size as size_arg
-from bench.args import whole_number
-from bench.measure import EpochIterable, FeedMeasurement, LoaderShapeError, measure_feeder
+from bench.measure import EpochIterable, FeedMeasurement, measure_feeder
 from bench.stats import Summary, summarize
 from feeding import decode
 from feeding.backends.host import HostTransform
-from feeding.errors import FeedError, MissingDependencyError
+from feeding.errors import BadFile, FeedError, MissingDependencyError
 from feeding.feeder import Feeder
 from feeding.plan import make_plan
 from feeding.spec import IMAGENET_MEAN, IMAGENET_STD, AugSpec, Resize, Shape, train_spec
@@ -72,6 +79,9 @@ class CompareError(Exception):
 # ---------------------------------------------------------------- the naive reference and the limit
 
 
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what PIL raises for a file it cannot open
+
+
 class NaiveTorchvisionDataset(Dataset):
     """REFERENCE ONLY, not a feedbench pipeline: the loader a typical user writes.
 
@@ -79,14 +89,21 @@ class NaiveTorchvisionDataset(Dataset):
     resizing it, and ``ToTensor``/``Normalize`` make float tensors on the CPU;
     a plain DataLoader then collates them with ``default_collate``. Kept exactly
     as written in tutorials: it is the baseline the other rows are compared with.
+
+    A file PIL cannot open is what a user's try/except does with it: skipped, and the
+    next file taken in its place. Which files were skipped is kept in shared memory
+    (one flag per file), so the DataLoader's worker processes report them too.
     """
 
     def __init__(self, paths: Iterable[str], labels: Iterable[int], size: Shape = (224, 224),
                  degrees: float = 10.0) -> None:
         from torchvision import transforms
 
-        self.paths = list(paths)
+        self.paths = [str(path) for path in paths]
         self.labels = list(labels)
+        # Shared with the worker processes (handed to them when they start): 1 = skipped.
+        self._unreadable = multiprocessing.Array("b", len(self.paths), lock=False)
+        self._reasons: dict[str, str] = {}  # this process's record of why; workers only set the flags
         self.transform = transforms.Compose([
             transforms.RandomRotation(degrees),
             transforms.Resize(size),
@@ -99,8 +116,37 @@ class NaiveTorchvisionDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.open(self.paths[index]).convert("RGB")
-        return self.transform(image), self.labels[index]
+        for offset in range(len(self.paths)):
+            used = (index + offset) % len(self.paths)
+            try:
+                image = _open_rgb(self.paths[used])
+            except UNREADABLE as error:
+                self._unreadable[used] = 1
+                self._reasons[self.paths[used]] = f"{type(error).__name__}: {error}"
+                continue
+            return self.transform(image), self.labels[used]
+        raise FeedError(f"PIL can open none of the {len(self.paths)} files (first: {self.paths[0]})")
+
+    @property
+    def skipped(self) -> list[BadFile]:
+        """The files skipped so far, by this process or any of its DataLoader's workers."""
+        flagged = np.flatnonzero(np.frombuffer(self._unreadable, dtype=np.int8))
+        return [BadFile(self.paths[i], self._reason(self.paths[i])) for i in flagged]
+
+    def _reason(self, path: str) -> str:
+        """Why ``path`` was skipped; a file a worker skipped is opened again here to say."""
+        if path not in self._reasons:
+            try:
+                _open_rgb(path)
+                self._reasons[path] = "unreadable once, readable now"
+            except UNREADABLE as error:
+                self._reasons[path] = f"{type(error).__name__}: {error}"
+        return self._reasons[path]
+
+
+def _open_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:  # closed even when decoding fails
+        return image.convert("RGB")
 
 
 class DecodeOnlyTransform(HostTransform):
@@ -195,18 +241,38 @@ class Settings:
 
 
 def measure_point(make: LoaderMaker, workers: int | None, executor: str | None, settings: Settings,
-                  name: str) -> tuple[FeedMeasurement, str | None]:
-    """Build the loader and measure its steady-state img/s; also say who made its batches."""
+                  name: str) -> "SweepPoint":
+    """Build the loader and measure its steady-state img/s; also say who made its batches
+    and which files it skipped."""
     with _quiet_worker_advice():
         loader = make(workers, executor)
         is_feeder_like = hasattr(loader, "epoch") and hasattr(loader, "batch_size")
         timed = loader if is_feeder_like else EpochIterable(loader, name)
         try:
             measured = measure_feeder(timed, settings.batches, settings.repeats, settings.warmup, whole_epochs=True)
-            return measured, getattr(loader, "executor", executor)
+            return SweepPoint(workers, measured, getattr(loader, "executor", executor), skipped_by(loader))
         finally:
             if isinstance(loader, Feeder):  # release its workers and pipeline now, not at collection
                 loader.close()
+
+
+def skipped_by(loader) -> tuple[BadFile, ...] | None:
+    """The files ``loader`` left out as unreadable (a Feeder's, or its Dataset's ``skipped``),
+    or None where it does not say (a user's loader)."""
+    for source in (loader, getattr(loader, "dataset", None)):
+        skipped = getattr(source, "skipped", None)
+        if skipped is not None:
+            return tuple(skipped)
+    return None
+
+
+def failure(error: BaseException) -> str:
+    """An error's type and first line; for one raised in a DataLoader worker, the original's last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "worker" in lines[0]:
+        # torch re-raises as "Caught X in ...", then the traceback, whose last line names the type in full
+        return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", lines[-1]) + " (in a DataLoader worker)"
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -214,6 +280,7 @@ class SweepPoint:
     workers: int | None  # None: a user loader whose worker count is not known
     measured: FeedMeasurement
     executor: str | None = None  # "process", "thread" or "main" for feedbench rows; None: a plain loader
+    skipped: tuple[BadFile, ...] | None = ()  # files left out as unreadable; None: the loader does not say
 
     def to_dict(self) -> dict:
         return {
@@ -223,6 +290,7 @@ class SweepPoint:
             "first_batch_s": self.measured.first_batch_s.to_dict(),
             "windows_images_per_sec": list(self.measured.windows),
             "images": self.measured.images,
+            "skipped_files": None if self.skipped is None else len(self.skipped),
         }
 
 
@@ -247,6 +315,20 @@ class Row:
     kind: str
     points: tuple[SweepPoint, ...]
     rounds: tuple[float, ...] = ()  # img/s of the best point in each paired round (none if interrupted)
+    failed: str | None = None  # the error that stopped it ("Type: first line"): no rate, no ratios
+
+    @property
+    def measured(self) -> bool:
+        return self.failed is None
+
+    @property
+    def skipped(self) -> tuple[BadFile, ...] | None:
+        """The files any of its sweep points left out, each once; None where the loader does not say."""
+        known = [point.skipped for point in self.points if point.skipped is not None]
+        return tuple(dict.fromkeys(file for files in known for file in files)) if known else None
+
+    def failing(self, error: Exception) -> "Row":
+        return dataclasses.replace(self, rounds=(), failed=failure(error))
 
     @property
     def best(self) -> SweepPoint:
@@ -265,12 +347,14 @@ class Row:
 def sweep(candidate: Candidate, settings: Settings) -> Iterator[SweepPoint]:
     """``candidate`` measured at each of its (workers, executor) points, one at a time."""
     for workers, executor in candidate.points:
-        measured, used = measure_point(candidate.make, workers, executor, settings, candidate.name)
-        yield SweepPoint(workers, measured, used)
+        yield measure_point(candidate.make, workers, executor, settings, candidate.name)
 
 
 def measure_rows(candidates: list[Candidate], settings: Settings) -> tuple[list[Row], bool]:
-    """All rows, and whether the run was interrupted (then the rows measured so far)."""
+    """All rows, and whether the run was interrupted (then the rows measured so far).
+
+    A row whose loader raises is kept as failed, with its error, and the next row is measured.
+    """
     from tqdm import tqdm
 
     rows: list[Row] = []
@@ -287,6 +371,10 @@ def measure_rows(candidates: list[Candidate], settings: Settings) -> tuple[list[
                 if points:
                     rows.append(Row(candidate.name, candidate.kind, tuple(points)))
                 return rows, True
+            except Exception as error:  # noqa: BLE001 - a pipeline or a user's loader may fail in any way
+                rows.append(Row(candidate.name, candidate.kind, tuple(points)).failing(error))
+                bar.update(len(candidate.points) - len(points))
+                continue
             rows.append(Row(candidate.name, candidate.kind, tuple(points)))
     return rows, False
 
@@ -297,19 +385,31 @@ def paired_rounds(rows: list[Row], candidates: list[Candidate], settings: Settin
     from tqdm import tqdm
 
     makers = {candidate.name: candidate.make for candidate in candidates}
-    rates: dict[str, list[float]] = {row.name: [] for row in rows}
-    with tqdm(total=settings.rounds * len(rows), desc="rounds", unit="point", file=sys.stderr) as bar:
+    measured = [row for row in rows if row.measured]
+    rates: dict[str, list[float]] = {row.name: [] for row in measured}
+    errors: dict[str, Exception] = {}  # a row that fails in a round leaves the rounds
+    with tqdm(total=settings.rounds * len(measured), desc="rounds", unit="point", file=sys.stderr) as bar:
         try:
             for number in range(settings.rounds):
-                for row in rows[number % len(rows):] + rows[:number % len(rows)]:  # rotated: no fixed neighbour
-                    best = row.best
-                    measured, _ = measure_point(makers[row.name], best.workers, best.executor,
-                                                settings.one_window, row.name)
-                    rates[row.name].append(measured.images_per_sec.median)
+                turn = number % max(len(measured), 1)
+                for row in measured[turn:] + measured[:turn]:  # rotated: no fixed neighbour
+                    if row.name not in errors:
+                        try:
+                            point = measure_point(makers[row.name], row.best.workers, row.best.executor,
+                                                  settings.one_window, row.name)
+                            rates[row.name].append(point.measured.images_per_sec.median)
+                        except Exception as error:  # noqa: BLE001 - as in the sweep
+                            errors[row.name] = error
                     bar.update()
         except KeyboardInterrupt:
             return rows, True
-    return [Row(row.name, row.kind, row.points, tuple(rates[row.name])) for row in rows], False
+    return [_with_rounds(row, rates.get(row.name, ()), errors.get(row.name)) for row in rows], False
+
+
+def _with_rounds(row: Row, rates: Iterable[float], error: Exception | None) -> Row:
+    if error is not None:
+        return row.failing(error)
+    return dataclasses.replace(row, rounds=tuple(rates)) if row.measured else row
 
 
 # ---------------------------------------------------------------- the rows of this run
@@ -434,8 +534,9 @@ def user_candidate(spec: str, batch: int, workers: tuple[int, ...]) -> Candidate
 
 def ratio(row: Row | None, other: Row | None) -> float | None:
     """``row`` ÷ ``other``: the median of the per-round ratios where both have the same rounds
-    (paired: each round's two rates were measured within seconds), else the ratio of the medians."""
-    if row is None or other is None:
+    (paired: each round's two rates were measured within seconds), else the ratio of the medians.
+    None where either is missing or failed."""
+    if row is None or other is None or not (row.measured and other.measured):
         return None
     if row.rounds and len(row.rounds) == len(other.rounds):
         return float(np.median(np.divide(row.rounds, other.rounds)))
@@ -445,7 +546,7 @@ def ratio(row: Row | None, other: Row | None) -> float | None:
 def headline(rows: list[Row]) -> dict:
     """The three figures: best feedbench CPU pipeline ÷ naive, ÷ DALI on the CPU, ÷ decode-only."""
     by_name = {row.name: row for row in rows}
-    host = [row for row in rows if row.name in HOST_PIPELINES]
+    host = [row for row in rows if row.name in HOST_PIPELINES and row.measured]
     best = max(host, key=lambda row: row.median) if host else None
     return {
         "best_feedbench_cpu": best.name if best else None,
@@ -457,19 +558,57 @@ def headline(rows: list[Row]) -> dict:
 
 
 def row_record(row: Row, naive: Row | None, limit: Row | None) -> dict:
-    best = row.best
+    skipped = row.skipped
+    best = row.best if row.measured else None
     return {
         "name": row.name,
         "kind": row.kind,
-        "best_workers": best.workers,
-        "best_executor": best.executor,
-        "images_per_sec": row.rate.to_dict(),
+        "failed": row.failed,
+        "best_workers": best.workers if best else None,
+        "best_executor": best.executor if best else None,
+        "images_per_sec": row.rate.to_dict() if best else None,
         "rounds_images_per_sec": list(row.rounds),
-        "first_batch_s": best.measured.first_batch_s.to_dict(),
+        "first_batch_s": best.measured.first_batch_s.to_dict() if best else None,
         "ratio_to_naive": ratio(row, naive),
         "ratio_to_decode_only": ratio(row, limit),
+        "skipped_files": None if skipped is None else len(skipped),  # None: a loader that does not say
         "sweep": [point.to_dict() for point in row.points],
     }
+
+
+def skipped_notes(rows: list[Row], listing: tuple[BadFile, ...], root: Path, shown: int = 10) -> list[str]:
+    """The data's listing problems, and the unreadable files the rows skipped: each file named once
+    (the first ``shown``; the JSON's ``skipped`` and ``listing_problems`` hold them all)."""
+    notes = []
+    if listing:
+        notes.append(f"listing: {len(listing)} entr{'y' if len(listing) == 1 else 'ies'} of the data left out "
+                     f"by every row: {_named(listing, root, shown)}.")
+    files = all_skipped(rows)
+    if files:
+        notes.append(f"skipped: {len(files)} unreadable file(s), left out by the rows that met them (each row's "
+                     f"count is in the table): {_named(files, root, shown)}.")
+    return notes
+
+
+def all_skipped(rows: list[Row]) -> tuple[BadFile, ...]:
+    """Every file some row skipped, once (the first row's reason)."""
+    reasons: dict[str, str] = {}
+    for row in rows:
+        for file in row.skipped or ():
+            reasons.setdefault(file.path, file.reason)
+    return tuple(BadFile(path, reason) for path, reason in reasons.items())
+
+
+def _named(files: tuple[BadFile, ...], root: Path, shown: int) -> str:
+    from bench.provenance import display_path
+
+    base = root if root.is_dir() else root.parent  # a manifest's paths are relative to its folder
+
+    def where(path: str) -> str:
+        return str(Path(path).relative_to(base)) if Path(path).is_relative_to(base) else display_path(path)
+
+    named = "; ".join(f"{where(file.path)} ({file.reason})" for file in files[:shown])
+    return named + (f"; and {len(files) - shown} more" if len(files) > shown else "")
 
 
 def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
@@ -488,6 +627,7 @@ def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
         "rounds": config.settings.rounds if any(row.rounds for row in rows) else 0,
         "rows": [row_record(row, naive, limit) for row in rows],
         "ratios": headline(rows),
+        "skipped": [file.to_dict() for file in all_skipped(rows)],
         **provenance(),
     }
 
@@ -534,19 +674,30 @@ def markdown(report: dict) -> str:
         f"{report['repeats']} windows of {report['batches']} batches after {report['warmup']} warm-up batches.",
         _rounds_sentence(report),
         "",
-        "| pipeline | best workers | img/s median (min–max) | × naive | × decode-only |",
-        "|---|---:|---:|---:|---:|",
+        "| pipeline | best workers | img/s median (min–max) | × naive | × decode-only | skipped files |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for row in report["rows"]:
-        rate = row["images_per_sec"]
-        workers = "as given" if row["best_workers"] is None else row["best_workers"]
-        lines.append(f"| {row['name']} | {workers} | {rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f}) "
-                     f"| {_times(row['ratio_to_naive'])} | {_times(row['ratio_to_decode_only'])} |")
+    lines += [_table_row(row) for row in report["rows"]]
     lines += ["", *_sentences(report["ratios"]), ""]
-    if report.get("chart") and report["rows"]:
+    if report.get("chart") and _charted(report["rows"]):
         lines += [f"![img/s per pipeline]({report['chart']})", ""]
     lines += [f"Note: {note}" for note in report["notes"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _table_row(row: dict) -> str:
+    skipped = "not reported" if row["skipped_files"] is None else row["skipped_files"]
+    if row["failed"]:
+        error = row["failed"].replace("|", "\\|")  # a pipe would end the cell
+        return f"| {row['name']} | — | **failed**: {error} | — | — | {skipped} |"
+    rate = row["images_per_sec"]
+    workers = "as given" if row["best_workers"] is None else row["best_workers"]
+    return (f"| {row['name']} | {workers} | {rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f}) "
+            f"| {_times(row['ratio_to_naive'])} | {_times(row['ratio_to_decode_only'])} | {skipped} |")
+
+
+def _charted(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if row["images_per_sec"] is not None]
 
 
 def chart_png(report: dict) -> bytes:
@@ -556,7 +707,7 @@ def chart_png(report: dict) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    rows = report["rows"]
+    rows = _charted(report["rows"])
     medians = np.array([row["images_per_sec"]["median"] for row in rows])
     errors = np.array([[m - row["images_per_sec"]["min"], row["images_per_sec"]["max"] - m]
                        for m, row in zip(medians, rows)]).T
@@ -588,7 +739,7 @@ def write_outputs(report: dict, config: CompareConfig) -> list[Path]:
     stem = Path(config.out) / output_stem(report["data_name"], config)
     written = [write_json(stem.with_suffix(".json"), report)]
     written.append(write_atomic(stem.with_suffix(".md"), markdown(report).encode()))
-    if report["rows"]:
+    if _charted(report["rows"]):
         written.append(write_atomic(stem.with_suffix(".png"), chart_png(report)))
     return written
 
@@ -596,25 +747,39 @@ def write_outputs(report: dict, config: CompareConfig) -> list[Path]:
 # ---------------------------------------------------------------- command line
 
 
+DESCRIPTION = """\
+Every pipeline, each at its best worker count, on the same files: the naive torchvision loader
+a typical user writes, the feedbench pipelines (pil, albumentations, dali on the CPU), this
+machine's decode-only limit, and your own --loader. Writes a Markdown table, a chart and a JSON
+to --out.
+
+Unreadable files are skipped and counted in each row; a row that fails is reported as failed
+and the other rows are kept.
+Exit codes: 0 every row measured; 1 some row failed (the report is still written); 2 bad input;
+130 interrupted (the rows measured so far are written)."""
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feedbench compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest (default: sample data)")
+    parser = argparse.ArgumentParser(prog="feedbench compare", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("--data", help="competition layout, ImageFolder, or CSV manifest; "
+                        "without it, the embedded sample")
     parser.add_argument("--workers-max", type=whole_number, default=2 * (os.cpu_count() or 1),
-                        help="sweep workers 1..N (default: 2 x cores)")
-    parser.add_argument("--batch", type=whole_number, default=64, help="images per batch (default 64)")
-    parser.add_argument("--size", type=size_arg, default=(224, 224), help="output size N or HxW (default 224)")
-    parser.add_argument("--rotate", type=float, default=10.0, help="rotate ±degrees (default 10)")
-    parser.add_argument("--batches", type=whole_number, default=10, help="batches per timed window (default 10)")
-    parser.add_argument("--repeats", type=whole_number, default=3, help="timed windows per sweep point (default 3)")
-    parser.add_argument("--warmup", type=whole_number, default=2, help="batches before timing (default 2)")
+                        help="sweep workers 1..N (by default 2 x this machine's cores)")
+    parser.add_argument("--batch", type=whole_number, default=64, help="images per batch")
+    parser.add_argument("--size", type=size_arg, default="224", help="output size N or HxW")
+    parser.add_argument("--rotate", type=float, default=10.0, help="rotate by up to ± this many degrees")
+    parser.add_argument("--batches", type=whole_number, default=10, help="batches per timed window")
+    parser.add_argument("--repeats", type=whole_number, default=3, help="timed windows per sweep point")
+    parser.add_argument("--warmup", type=whole_number, default=2, help="batches before timing")
     parser.add_argument("--rounds", type=whole_number, default=5,
-                        help="paired rounds over the rows' best points after the sweep (default 5)")
-    parser.add_argument("--loader", action="append", default=[], metavar="MODULE:FACTORY",
+                        help="paired rounds over the rows' best points after the sweep")
+    parser.add_argument("--loader", action="append", metavar="MODULE:FACTORY",
                         help="also measure your loader: factory() returns a DataLoader, an iterable of "
                         "(images, labels) batches, or a Dataset (swept in a DataLoader); repeatable")
-    parser.add_argument("--out", default="results", help="directory for the .md, .png and .json (default results)")
-    parser.add_argument("--pipelines", nargs="+", default=list(ROW_NAMES), metavar="NAME",
-                        help=f"rows to measure (default all: {' '.join(ROW_NAMES)})")
+    parser.add_argument("--out", default="results", help="directory for the .md, .png and .json")
+    # A string default goes through ``type`` too: the help shows it as it is typed.
+    parser.add_argument("--pipelines", nargs="+", type=listed(str), action=FlattenList, default=",".join(ROW_NAMES),
+                        metavar="NAME", help="rows to measure, names between commas or spaces")
     return parser
 
 
@@ -623,7 +788,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         settings = Settings(args.batches, args.repeats, args.warmup, args.rounds)
         return CompareConfig(data=args.data, workers_max=args.workers_max, batch=args.batch, size=args.size,
                              degrees=args.rotate, settings=settings, pipelines=tuple(args.pipelines),
-                             loaders=tuple(args.loader), out=args.out)
+                             loaders=tuple(args.loader or ()), out=args.out)
     except ValueError as error:
         raise CompareError(str(error)) from None
 
@@ -645,10 +810,16 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
     from feeding.sources import discover
 
     root = resolve_data(config.data)
-    samples = discover(root)
+    listed_samples = discover(root, on_bad="skip")  # a bad listing entry is a note, as an unreadable file is
+    if config.batch > len(listed_samples):
+        raise CompareError(f"--batch {config.batch} > the {len(listed_samples)} images of {display_path(root)}: "
+                           "no row can make a full batch; lower --batch")
+    # The rows are given the listing without its problems: those are the data's, noted once, not the rows'.
+    samples = dataclasses.replace(listed_samples, problems=())
     notes: list[str] = [
         "naive: NaiveTorchvisionDataset (PIL open, torchvision RandomRotation before Resize, ToTensor, "
-        "Normalize on the CPU) in DataLoader(shuffle=True, drop_last=True) with default collate.",
+        "Normalize on the CPU) in DataLoader(shuffle=True, drop_last=True) with default collate; a file PIL "
+        "cannot open is skipped for the next one, as a user's try/except does.",
         f"decode-only: full-resolution decode ({decode.jpeg_decoder()} for JPEGs, as the OpenCV pipeline) by "
         "persistent worker processes and by worker threads, the better of the two; the pixels are dropped, so "
         "collating full-size images is not measured.",
@@ -666,15 +837,17 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
         rows, interrupted = paired_rounds(rows, candidates, config.settings)
         if interrupted:
             notes.append("interrupted during the paired rounds: the figures are the sweep's, not paired.")
+    notes += skipped_notes(rows, listed_samples.problems, root)
     data_name = _data_name(config.data, root)
     context = {"command": command, "data": display_path(root), "data_name": data_name,
                "chart": output_stem(data_name, config) + ".png",
-               "dataset_images": len(samples), "interrupted": interrupted, "notes": notes}
+               "dataset_images": len(samples), "interrupted": interrupted, "notes": notes,
+               "listing_problems": [problem.to_dict() for problem in listed_samples.problems]}
     return build_report(rows, config, context), interrupted
 
 
 def compare_main(argv: list[str]) -> int:
-    """``feedbench compare ARGS``; returns the exit code (2: bad input, 130: interrupted)."""
+    """``feedbench compare ARGS``; returns the exit code (1: a row failed, 2: bad input, 130: interrupted)."""
     try:
         args = make_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has printed usage and the reason (or --help)
@@ -695,4 +868,7 @@ def compare_main(argv: list[str]) -> int:
         print(f"feedbench compare: interrupted; wrote the {len(report['rows'])} row(s) measured so far",
               file=sys.stderr)
         return 130
-    return 0
+    failed = [row for row in report["rows"] if row["failed"]]
+    for row in failed:
+        print(f"feedbench compare: {row['name']} failed: {row['failed']}", file=sys.stderr)
+    return 1 if failed else 0

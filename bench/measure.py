@@ -10,12 +10,23 @@ The warm-up is at least the feeder's ``pipeline_depth``: the batches its workers
 make ahead (workers x prefetch). Those are ready before timing starts, and a
 window served from them measures a queue, not a pipeline: 32 workers x 2 batches
 on a 16-core host once "delivered" 36,000 img/s that way.
+
+A timed window also holds at least ``pipeline_depth`` batches (a shorter request
+is lengthened, and the measurement says so): a pipeline that hands over several
+batches at once (Ray Data delivers a block of batches) alternates bursts and
+waits, and a window shorter than its read-ahead can time a burst alone. Short
+windows of the ray pipeline once reported 296,985 img/s.
+
+``measure`` is the public entry point: it times a user's own feeder or loader
+(a torch DataLoader) by these rules, as ``feedbench run`` does.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
+
+import torch
 
 from bench.stats import Summary, summarize
 
@@ -31,6 +42,8 @@ class FeedMeasurement:
     epochs: int  # epochs touched, warm-up included
     windows: tuple[float, ...] = field(default=())  # images/sec of each window
     seconds: float = 0.0  # the timed windows' seconds, summed
+    window_batches: int = 0  # batches per window: the request, or the feeder's read-ahead where longer
+    notes: tuple[str, ...] = ()  # how the measurement departed from the request (callers print them)
 
     @property
     def overall_images_per_sec(self) -> float:
@@ -56,6 +69,8 @@ class EpochIterable:
         self.name = name
         self.epoch = 0
         self.batch_size = getattr(loader, "batch_size", None)
+        # A DataLoader's workers each make prefetch_factor batches ahead (prefetch_factor is None without workers).
+        self.pipeline_depth = (getattr(loader, "num_workers", 0) or 0) * (getattr(loader, "prefetch_factor", 0) or 0)
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -92,6 +107,9 @@ def measure_feeder(
 ) -> FeedMeasurement:
     """Time ``repeats`` windows of ``batches`` steady-state batches after ``warmup`` batches.
 
+    Both are raised to the feeder's ``pipeline_depth`` where shorter (see the module
+    docstring); the result's ``window_batches`` and ``notes`` say so.
+
     ``sync`` waits for queued device work (``torch.cuda.synchronize``) so that
     GPU batches are timed when they are ready, not when they are queued.
 
@@ -104,7 +122,12 @@ def measure_feeder(
     """
     if batches < 1 or repeats < 1 or warmup < 0:
         raise ValueError("need batches >= 1, repeats >= 1, warmup >= 0")
-    warmup = max(warmup, getattr(feeder, "pipeline_depth", 0))
+    depth = getattr(feeder, "pipeline_depth", 0)
+    warmup = max(warmup, depth)
+    requested, batches = batches, max(batches, depth)
+    notes = () if batches == requested else (
+        f"timed windows lengthened from {requested} to {batches} batches: the feeder makes {depth} batches "
+        "ahead, and a shorter window can time a burst of them",)
     start_epoch = feeder.epoch
     stream = _timed_batches(feeder, sync)
     first_batches: list[float] = []
@@ -149,4 +172,61 @@ def measure_feeder(
         epochs=feeder.epoch - start_epoch,
         windows=tuple(windows),
         seconds=timed_seconds,
+        window_batches=batches,
+        notes=notes,
     )
+
+
+def as_feeder(feeder_or_loader, name: str = "loader"):
+    """What ``measure_feeder`` times: a feeder as it is (it has ``epoch`` and ``batch_size``), or a plain
+    iterable of (images, labels) such as a torch DataLoader wrapped in ``EpochIterable``."""
+    if hasattr(feeder_or_loader, "epoch") and hasattr(feeder_or_loader, "batch_size"):
+        return feeder_or_loader
+    if not isinstance(feeder_or_loader, Iterable):
+        raise TypeError(f"cannot time a {type(feeder_or_loader).__name__}: expected a feedbench Feeder or an "
+                        "iterable of (images, labels) batches such as a torch DataLoader")
+    return EpochIterable(feeder_or_loader, name)
+
+
+def device_sync(device: str | torch.device | None) -> Callable[[], None]:
+    """A function that waits for ``device``'s queued work: torch.cuda.synchronize for a CUDA device, else nothing."""
+    if device is None:
+        return lambda: None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if device.type != "cuda":
+        return lambda: None
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
+    return lambda: torch.cuda.synchronize(device)
+
+
+def _delivery_device(feeder) -> str | None:
+    """The device a feedbench feeder delivers to (DALI's GPU decode), None when it is not known."""
+    config = getattr(feeder, "config", None)
+    return getattr(config, "decode_device", None)
+
+
+def measure(
+    feeder_or_loader, batches: int = 10, repeats: int = 3, warmup: int = 2,
+    device: str | torch.device | None = None,
+) -> FeedMeasurement:
+    """Time a feeder or loader of your own as ``feedbench run`` times its feeders.
+
+    ``feeder_or_loader``: a feedbench Feeder, anything with ``epoch`` and
+    ``batch_size`` that iterates one epoch per ``iter()``, or a plain iterable of
+    (images, labels) such as a torch DataLoader. The same rules as feedbench: the
+    first batch and ``warmup`` more (at least the read-ahead, ``pipeline_depth``,
+    or a DataLoader's workers x prefetch_factor) are not timed, then ``repeats``
+    windows of ``batches`` batches (lengthened to the read-ahead where shorter).
+
+    ``device``: where the batches arrive; for a CUDA device each batch is timed
+    when its queued work is done (``torch.cuda.synchronize``). None: a feedbench
+    feeder's own ``decode_device``, else no sync. Returns img/s per window (the
+    summary, and ``overall_images_per_sec``) and the first-batch seconds.
+    """
+    timed = as_feeder(feeder_or_loader)
+    sync = device_sync(device if device is not None else _delivery_device(feeder_or_loader))
+    return measure_feeder(timed, batches, repeats, warmup, sync=sync)

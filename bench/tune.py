@@ -10,26 +10,34 @@ The search is not a grid. Per pipeline it climbs the worker ladder (0, 1, 2,
 leader, measures every shape only for the pipelines left, and measures each
 model-side point (shape, batch, threads) once, whichever pipeline asks.
 ``--exhaustive`` measures the whole grid, to check the pick against the true best.
+
+The pick (``rank``): first the shape, the largest of the user's at which the best
+candidate keeps the model fed (else the one with the best predicted rate); then,
+at that shape, the highest predicted rate, ties within 1% going to the faster
+feed, then to fewer workers.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.consume import model_threads
-from feeding.errors import FeedError, MissingDependencyError
+from feeding.errors import BadFile, FeedError, MissingDependencyError
 from feeding.feeder import PIPELINES, FeedConfig
-from feeding.spec import Shape, parse_size, train_spec
+from feeding.spec import Shape, train_spec
 
 WAIT_TOLERANCE = 0.05  # a model that waits less than 5% of the time is not held back by its input
 CLIMB_GAIN = 1.05  # keep adding workers while the feed improves by at least 5%
 PRUNE_RATIO = 0.6  # drop a pipeline whose best feed is below 60% of the leader's
+TIE_TOLERANCE = 0.01  # predicted rates within 1% are a tie: within the noise of the measurements behind them
 DALI_GPU_RESERVE = 2 * 2**30  # GPU memory left to DALI's pools when it decodes on the same GPU (bytes)
 MIN_MEASURE_S = 20.0  # below this budget nothing meaningful can be measured
 
@@ -56,6 +64,7 @@ class TuneConfig:
     out: str = "results"
     seed: int = 0
     ranks: int = 1  # training processes on this host (torchrun --nproc-per-node): they share its cores
+    on_bad: str = "skip"  # a bad listing row or unreadable file: "skip" (left out, reported) or "fail"
 
     @property
     def cores(self) -> int:
@@ -84,6 +93,11 @@ class TuneConfig:
             raise ValueError("--workers-max and every batch size must be >= 1")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"--device must be cpu or cuda[:N], got {self.device!r}")
+        if self.e2e_batches < 1 or self.e2e_min_s < 0:
+            raise ValueError(f"--e2e-batches must be >= 1 and --e2e-min-s >= 0, got {self.e2e_batches} "
+                             f"and {self.e2e_min_s:g}")
+        if self.on_bad not in ("skip", "fail"):
+            raise ValueError(f"--on-bad must be skip or fail, got {self.on_bad!r}")
 
     @property
     def on_cpu(self) -> bool:
@@ -157,21 +171,63 @@ def wait_fraction(predicted_ips: float, consume_ips: float) -> float:
     return max(0.0, 1 - predicted_ips / consume_ips)
 
 
-def verdict(feed_ips: float, consume_ips: float, predicted_ips: float, on_cpu: bool) -> tuple[str, str]:
-    """(bottleneck, sentence) with what would change the verdict."""
-    wait = wait_fraction(predicted_ips, consume_ips)
+def verdict(pick: Prediction, measured: list[Prediction]) -> tuple[str, str]:
+    """(bottleneck, sentence) for the pick (pure): what bounds it, and the measured alternatives that
+    bear on it (``measured``: every prediction made; the pick's own setup at other shapes and batches).
+
+    Only measured alternatives are cited: advice to try a batch or a shape that was
+    never measured would be a guess.
+    """
+    wait = wait_fraction(pick.predicted_ips, pick.consume_ips)
+    cited = "; ".join(_alternative(p, pick) for p in _alternatives(pick, measured))
     if wait > WAIT_TOLERANCE:
-        advice = ("more workers, a smaller shape, the DALI pipeline (GPU decode), or more cores"
-                  if not on_cpu else "more cores for the workers, a smaller shape, or a cheaper pipeline")
-        return "input", f"input-bound: the model waits {100 * wait:.0f}% of the time; would change with {advice}"
-    headroom = feed_ips / consume_ips
-    if wait > 0.005:
-        advice_wait = f" (the model still waits {100 * wait:.0f}% of the time: loading takes turns with training)"
+        cause = ("with no workers, loading and training take turns" if pick.candidate.workers == 0
+                 else f"the loader delivers {pick.predicted_ips:.0f} of the {pick.consume_ips:.0f} img/s "
+                      "the model could take")
+        return "input", (f"input-bound: the model waits {100 * wait:.0f}% of the time ({cause})"
+                         + (f"; {cited}" if cited else ""))
+    headroom = pick.feed_ips / pick.consume_ips
+    why_waits = "loading takes turns with training" if pick.candidate.workers == 0 else "the loader lags a little"
+    still_waits = f" (the model still waits {100 * wait:.0f}% of the time: {why_waits})" if wait > 0.005 else ""
+    if headroom <= 1.2:
+        tail = "the feed is just keeping up: a faster model would make it input-bound"
     else:
-        advice_wait = ""
-    advice = ("a larger batch or a bigger model would use the spare feed"
-              if headroom > 1.2 else "the feed is just keeping up: a faster model would make it input-bound")
-    return "model", f"model-bound: {headroom:.1f}x feed headroom{advice_wait}; {advice}"
+        tail = cited or "no other shape or batch was measured with this setup"
+    return "model", f"model-bound: {headroom:.1f}x feed headroom{still_waits}; {tail}"
+
+
+def _alternatives(pick: Prediction, measured: list[Prediction]) -> list[Prediction]:
+    """The pick's pipeline and workers at its nearest larger and smaller shapes (the same batch
+    where measured), then at its shape with every other measured batch (pure)."""
+    c = pick.candidate
+    same_setup = {p.candidate: p for p in measured
+                  if (p.candidate.pipeline, p.candidate.workers) == (c.pipeline, c.workers) and p.candidate != c}
+    batches = [p for p in same_setup.values() if p.candidate.size == c.size]
+    by_size: dict[Shape, Prediction] = {}
+    for p in sorted(same_setup.values(), key=lambda p: (p.candidate.batch != c.batch, p.candidate.batch)):
+        if p.candidate.size != c.size:
+            by_size.setdefault(p.candidate.size, p)
+    larger = [s for s in by_size if area(s) > area(c.size)]
+    smaller = [s for s in by_size if area(s) < area(c.size)]
+    if pick.bottleneck == "input":  # the largest smaller shape that keeps up, else the smallest measured
+        keeping_up = [s for s in smaller if by_size[s].bottleneck == "model"]
+        nearest = [max(keeping_up, key=_by_area)] if keeping_up else [min(smaller, key=_by_area)] if smaller else []
+    else:
+        nearest = ([min(larger, key=_by_area)] if larger else []) + ([max(smaller, key=_by_area)] if smaller else [])
+    return [by_size[s] for s in nearest] + sorted(batches, key=lambda p: p.candidate.batch)
+
+
+def _alternative(p: Prediction, pick: Prediction) -> str:
+    """'at 192x192 the feed also keeps up: predicted 310 img/s' or 'batch 128 measured: ...'."""
+    c, fed = p.candidate, p.bottleneck == "model"
+    if fed:
+        state = "also keeps up" if pick.bottleneck == "model" else "keeps up"
+    else:
+        state = f"falls behind (the model waits {100 * wait_fraction(p.predicted_ips, p.consume_ips):.0f}%)"
+    if c.size == pick.candidate.size:
+        return f"batch {c.batch} measured: the feed {state}, predicted {p.predicted_ips:.0f} img/s"
+    batch = f", batch {c.batch}" if c.batch != pick.candidate.batch else ""
+    return f"at {c.size[0]}x{c.size[1]}{batch} the feed {state}: predicted {p.predicted_ips:.0f} img/s"
 
 
 # ---------------------------------------------------------------- measurements, cached and budgeted
@@ -189,6 +245,7 @@ class Measurer:
         self.consume: dict[tuple[Shape, int, int], float] = {}
         self.largest: dict[Shape, int] = {}
         self.log: list[dict] = []
+        self.skipped: dict[str, BadFile] = {}  # by path: every feeder of the run left out the same files
 
     def remaining_s(self) -> float:
         return self.config.budget_s - (time.perf_counter() - self.started)
@@ -201,15 +258,21 @@ class Measurer:
         key = (pipeline, workers, size, batch)
         if key not in self.feed:
             self._check_budget()
-            self.feed[key] = self._measure_feed(pipeline, workers, size, batch)
+            self.feed[key], skipped = self._measure_feed(pipeline, workers, size, batch)
+            self.note_skipped(skipped)
             self.log.append({"side": "feed", "pipeline": pipeline, "workers": workers, "size": list(size),
                              "batch": batch, "images_per_sec": self.feed[key]})
             self.progress.update(1)
         return self.feed[key]
 
-    def _measure_feed(self, pipeline: str, workers: int, size: Shape, batch: int) -> float:
+    def note_skipped(self, skipped) -> None:
+        for record in skipped:
+            self.skipped.setdefault(record.path, record)
+
+    def _measure_feed(self, pipeline: str, workers: int, size: Shape, batch: int) -> tuple[float, tuple]:
         config = FeedConfig(pipeline=pipeline, batch_size=batch, workers=workers, spec=train_spec(size),
-                            seed=self.config.seed, decode_device=self._decode_device(pipeline))
+                            seed=self.config.seed, decode_device=self._decode_device(pipeline),
+                            on_bad=self.config.on_bad)
         return self._run(feed_point, self.samples, config, self.config.feed_batches)
 
     def _decode_device(self, pipeline: str) -> str:
@@ -267,15 +330,16 @@ class Measurer:
         return Prediction(candidate, feed, consume_ips, predicted, threads)
 
 
-def feed_point(samples, config: FeedConfig, batches: int) -> float:
-    """Img/s of one feeder configuration over its timed windows (module level: it may run in a
-    fresh process). The total, not the windows' median: the ray pipeline's windows of a few
-    batches alternate between bursts and waits (bench.measure.FeedMeasurement)."""
+def feed_point(samples, config: FeedConfig, batches: int) -> tuple[float, tuple[BadFile, ...]]:
+    """(img/s of one feeder configuration over its timed windows, the files it left out); module
+    level: it may run in a fresh process. The total, not the windows' median: the ray pipeline's
+    windows of a few batches alternate between bursts and waits (bench.measure.FeedMeasurement)."""
     from bench.measure import measure_feeder
     from feeding.factory import create_feeder
 
     with create_feeder(samples, config) as feeder:
-        return measure_feeder(feeder, batches, repeats=2, warmup=1).overall_images_per_sec
+        ips = measure_feeder(feeder, batches, repeats=2, warmup=1).overall_images_per_sec
+        return ips, tuple(feeder.skipped)
 
 
 def consume_point(config) -> float:
@@ -302,27 +366,59 @@ def climb_workers(measurer: Measurer, pipeline: str, size: Shape, batch: int, le
     return best_w, best_ips
 
 
-def search(measurer: Measurer) -> list[Prediction]:
-    """The tuner's search; returns every prediction it made, best first."""
+@dataclass
+class SearchLog:
+    """What the search learnt besides its predictions, kept when the budget stops it half-way."""
+
+    climbs: dict[str, tuple[int, float]] = field(default_factory=dict)  # pipeline: (workers, feed img/s)
+    unavailable: dict[str, str] = field(default_factory=dict)  # pipeline: why it could not be measured
+
+
+def workers_phrase(pipeline: str, workers: int) -> str:
+    """'2 workers'; DALI's are threads."""
+    unit = "thread" if pipeline == "dali" else "worker"
+    return f"{workers} {unit}{'' if workers == 1 else 's'}"
+
+
+def pruned_pipelines(climbs: dict[str, tuple[int, float]]) -> dict[str, str]:
+    """The climbed pipelines whose best feed is below PRUNE_RATIO of the leader's, each with why (pure)."""
+    if not climbs:
+        return {}
+    leader = max(climbs, key=lambda p: (climbs[p][1], p))
+    leader_workers, leader_ips = climbs[leader]
+    return {p: f"best feed {ips:.0f} img/s with {workers_phrase(p, w)}, below {100 * PRUNE_RATIO:.0f}% of the "
+               f"leader's {leader_ips:.0f} ({leader}, {workers_phrase(leader, leader_workers)})"
+            for p, (w, ips) in climbs.items() if ips < PRUNE_RATIO * leader_ips}
+
+
+def search(measurer: Measurer, log: SearchLog) -> list[Prediction]:
+    """The tuner's search; returns every prediction it made, best first, and fills ``log``."""
     cfg = measurer.config
-    ref_size = cfg.sizes[0]
-    ref_batch = max(measurer.fitting_batches(ref_size))
-    best_workers: dict[str, tuple[int, float]] = {}
+    sizes = sorted(cfg.sizes, key=_by_area, reverse=True)  # largest first: see the stop below
+    ref_batch = max(measurer.fitting_batches(sizes[0]))
     leader = 0.0
     for pipeline in cfg.pipelines:
-        best_workers[pipeline] = climb_workers(measurer, pipeline, ref_size, ref_batch, leader)
-        leader = max(leader, best_workers[pipeline][1])
-    survivors = [p for p, (_, ips) in best_workers.items() if ips >= PRUNE_RATIO * leader]
+        try:
+            log.climbs[pipeline] = climb_workers(measurer, pipeline, sizes[0], ref_batch, leader)
+        except MissingDependencyError as error:  # the others can still be tuned; the report says why not this one
+            log.unavailable[pipeline] = str(error)
+            continue
+        leader = max(leader, log.climbs[pipeline][1])
+    if not log.climbs:
+        raise MissingDependencyError("no pipeline could be measured: " + "; ".join(
+            f"{p}: {why}" for p, why in log.unavailable.items()))
+    pruned = pruned_pipelines(log.climbs)
+    survivors = [p for p in log.climbs if p not in pruned]
     predictions: list[Prediction] = []
-    for size in cfg.sizes:  # largest first
+    for size in sizes:
         for pipeline in survivors:
-            w = best_workers[pipeline][0]
+            w = log.climbs[pipeline][0]
             fewer = [0, 1] if cfg.on_cpu and pipeline != "dali" else [1] if cfg.on_cpu else []
             for workers in sorted({w, *fewer}):  # fewer workers leave the model more cores
                 for batch in measurer.fitting_batches(size):
                     predictions.append(measurer.prediction(Candidate(pipeline, workers, batch, size)))
         if rank(predictions)[0].bottleneck == "model":
-            break  # the feed keeps up at this shape: a smaller one cannot rank higher (see rank)
+            break  # the feed keeps up at this shape: no smaller one can be picked (see pick_shape)
     return rank(predictions)
 
 
@@ -338,19 +434,138 @@ def exhaustive(measurer: Measurer) -> list[Prediction]:
     return rank(predictions)
 
 
-def rank(predictions: list[Prediction]) -> list[Prediction]:
-    """Best first: the largest shape at which the model is the bottleneck, by predicted img/s.
+def area(size: Shape) -> int:
+    """Pixels per image at ``size``."""
+    return size[0] * size[1]
+
+
+def _by_area(size: Shape) -> tuple:
+    """Order shapes by area, and two of the same area (256x192, 192x256) always the same way."""
+    return area(size), size
+
+
+def _order_key(p: Prediction) -> tuple:
+    """A total order, best first: the rate, then the tie-breaks, then names, so that equal rates
+    come out the same whatever the input order."""
+    c = p.candidate
+    return (-p.predicted_ips, -p.feed_ips, c.workers, c.pipeline, -c.batch, tuple(-s for s in c.size))
+
+
+def _pick_by_rate(predictions: list[Prediction]) -> Prediction:
+    """The best by predicted img/s; rates within TIE_TOLERANCE of the best are a tie, which goes
+    to the faster feed (also within the tolerance: more headroom), then to fewer workers (fewer cores)."""
+    top = max(p.predicted_ips for p in predictions)
+    tied = [p for p in predictions if p.predicted_ips >= top * (1 - TIE_TOLERANCE)]
+    fastest_feed = max(p.feed_ips for p in tied)
+    tied = [p for p in tied if p.feed_ips >= fastest_feed * (1 - TIE_TOLERANCE)]
+    return min(tied, key=lambda p: (p.candidate.workers, _order_key(p)))
+
+
+def rank_by_rate(predictions: list[Prediction]) -> list[Prediction]:
+    """Best first by predicted img/s, ties broken as in ``_pick_by_rate`` (pure)."""
+    remaining = sorted(predictions, key=_order_key)  # fastest first: the contenders are a prefix
+    ranked = []
+    while remaining:
+        floor = remaining[0].predicted_ips * (1 - TIE_TOLERANCE)
+        contenders = list(itertools.takewhile(lambda p: p.predicted_ips >= floor, remaining))
+        chosen = _pick_by_rate(contenders)
+        ranked.append(chosen)
+        remaining.remove(chosen)
+    return ranked
+
+
+def pick_shape(predictions: list[Prediction]) -> Shape:
+    """The largest shape at which the best candidate keeps the model fed (is model-bound); where
+    no shape is, the shape of the best predicted rate (pure; ``predictions`` not empty).
 
     A smaller shape always trains faster, so speed alone would always pick the
     smallest; the shapes a user lists are the ones they accept, and the largest
-    one the feed keeps up with costs no throughput to the loader.
+    one the feed keeps up with costs the model nothing.
     """
-    def key(p: Prediction):
-        model_bound = p.bottleneck == "model"
-        area = p.candidate.size[0] * p.candidate.size[1]
-        return (model_bound, area if model_bound else 0, p.predicted_ips)
+    best_at = {size: _pick_by_rate([p for p in predictions if p.candidate.size == size])
+               for size in {p.candidate.size for p in predictions}}
+    fed = [size for size, best in best_at.items() if best.bottleneck == "model"]
+    if fed:
+        return max(fed, key=_by_area)
+    return _pick_by_rate(list(best_at.values())).candidate.size
 
-    return sorted(predictions, key=key, reverse=True)
+
+def rank(predictions: list[Prediction]) -> list[Prediction]:
+    """Best first (pure, the same whatever the input order): the candidates at ``pick_shape``
+    by predicted img/s (ties within 1% to the faster feed, then fewer workers), then the other
+    shapes' candidates in the same order."""
+    if not predictions:
+        return []
+    shape = pick_shape(predictions)
+    return (rank_by_rate([p for p in predictions if p.candidate.size == shape])
+            + rank_by_rate([p for p in predictions if p.candidate.size != shape]))
+
+
+def dropped_pipelines(pipelines: tuple[str, ...], ranked: list[Prediction], log: SearchLog) -> list[dict]:
+    """Why each pipeline other than the pick's lost (pure): [{pipeline, reason}], in ``pipelines`` order."""
+    pick = ranked[0]
+    shape = pick.candidate.size
+    pruned = pruned_pipelines(log.climbs)
+    out = []
+    for name in pipelines:
+        if name == pick.candidate.pipeline:
+            continue
+        best = next((p for p in ranked if p.candidate.pipeline == name and p.candidate.size == shape), None)
+        if name in log.unavailable:
+            reason = f"not measured: {log.unavailable[name]}"
+        elif name in pruned:
+            reason = f"pruned during the climb: {pruned[name]}"
+        elif best is not None:
+            tie = (f" (within {100 * TIE_TOLERANCE:.0f}%: a tie, which goes to the faster feed, then fewer workers)"
+                   if best.predicted_ips >= pick.predicted_ips * (1 - TIE_TOLERANCE) else "")
+            reason = (f"ranked lower: best predicted {best.predicted_ips:.1f} img/s with "
+                      f"{workers_phrase(name, best.candidate.workers)} at {shape[0]}x{shape[1]} against the "
+                      f"pick's {pick.predicted_ips:.1f}{tie}")
+        else:
+            reason = f"not measured at {shape[0]}x{shape[1]} before the search stopped"
+        out.append({"pipeline": name, "reason": reason})
+    return out
+
+
+def grid_check(tuner_pick: Prediction, tuner_s: float, grid: list[Prediction], grid_s: float) -> dict:
+    """The tuner's pick against the exhaustive grid's best (pure).
+
+    The grid's best is chosen by a criterion of its own, not by ``rank``'s tie-breaks:
+    the highest predicted img/s among the grid's candidates at the shape ``pick_shape``
+    takes from the grid. The tuner's pick is rated with the grid's measurement of the same
+    setup where the grid has it (like with like), else with the tuner's own.
+    """
+    shape = pick_shape(grid)
+    at_shape = [p for p in grid if p.candidate.size == shape]
+    best = min(at_shape, key=_order_key)  # the highest rate; exact ties by the fixed order
+    in_grid = next((p for p in grid if p.candidate == tuner_pick.candidate), None)
+    tuner_ips = (in_grid or tuner_pick).predicted_ips
+    return {
+        "headline": "this record's recommendation is the grid ranked by the tuner's rule (the largest shape the "
+                    f"feed keeps up with, then predicted img/s; ties within {100 * TIE_TOLERANCE:.0f}% to the "
+                    "faster feed, then fewer workers)",
+        "tuner_pick": {**_pick_fields(tuner_pick), "predicted_ips": tuner_ips,
+                       "rated_by": "the grid's measurement" if in_grid else "the tuner's own measurement"},
+        "grid_best": {**_pick_fields(best), "predicted_ips": best.predicted_ips,
+                      "criterion": f"the highest predicted img/s among the grid's {len(at_shape)} candidates at "
+                                   f"{shape[0]}x{shape[1]}, the shape the tuner's rule takes from the grid"},
+        "agree": tuner_pick.candidate == best.candidate,
+        "ratio": tuner_ips / best.predicted_ips,
+        "tuner_search_s": tuner_s,
+        "grid_search_s": grid_s,
+        "time_ratio": tuner_s / grid_s,
+    }
+
+
+def _pick_fields(p: Prediction) -> dict:
+    c = p.candidate
+    return {"pipeline": c.pipeline, "workers": c.workers, "batch": c.batch, "size": list(c.size)}
+
+
+def _prediction_from_row(row: dict) -> Prediction:
+    """The Prediction a record's row (``_prediction_row``) was made from."""
+    candidate = Candidate(row["pipeline"], row["workers"], row["batch"], tuple(row["size"]))
+    return Prediction(candidate, row["feed_ips"], row["consume_ips"], row["predicted_ips"], row["model_threads"])
 
 
 # ---------------------------------------------------------------- the run: search, check, report
@@ -373,18 +588,19 @@ def tune(config: TuneConfig) -> dict:
     from tqdm import tqdm
 
     from bench.cli import resolve_data
-    from bench.provenance import provenance
+    from bench.provenance import display_path, provenance
     from feeding.sources import discover
 
-    samples = discover(resolve_data(config.data))
+    samples = discover(resolve_data(config.data), on_bad=config.on_bad)
     from bench.consume import build_model
 
     build_model(config.model, len(samples.classes))  # an unknown model fails now, not after the feed sweep
     started = time.perf_counter()
     with tqdm(desc="tune: measurements", unit="point", file=sys.stderr) as progress:
         measurer = Measurer(config, samples, progress)
+        log = SearchLog()
         try:
-            predictions = exhaustive(measurer) if config.exhaustive else search(measurer)
+            predictions = exhaustive(measurer) if config.exhaustive else search(measurer, log)
             interrupted = None
         except (BudgetExceeded, KeyboardInterrupt) as stop:
             interrupted = str(stop) or "interrupted"
@@ -396,9 +612,10 @@ def tune(config: TuneConfig) -> dict:
     profile_started = time.perf_counter()
     profile = shape_profile(measurer, best.candidate)
     profile_s = time.perf_counter() - profile_started
-    check = check_end_to_end(config, samples, best)
+    check, e2e_skipped = check_end_to_end(config, samples, best)
+    measurer.note_skipped(e2e_skipped)
     ray_scale = ray_nodes(measurer.feed, best, config.ranks)
-    bottleneck, sentence = verdict(best.feed_ips, best.consume_ips, best.predicted_ips, config.on_cpu)
+    bottleneck, sentence = verdict(best, [*predictions, *profile])
     stage = loader_stage(config, samples, best)
     info = provenance()
     return {
@@ -424,8 +641,12 @@ def tune(config: TuneConfig) -> dict:
         "dataset": dataset_fingerprint(samples),
         "search": {"mode": "exhaustive" if config.exhaustive else "climb", "seconds": search_s,
                    "interrupted": interrupted, "measurements": measurer.log,
-                   "ranked": [_prediction_row(p) for p in predictions]},
-        "shape_profile": {"seconds": profile_s, "rows": profile},
+                   "ranked": [_prediction_row(p) for p in predictions],
+                   "dropped": dropped_pipelines(config.pipelines, predictions, log)},
+        "shape_profile": {"seconds": profile_s, "rows": [_prediction_row(p) for p in profile]},
+        "on_bad": config.on_bad,
+        "skipped": [{"path": display_path(path), "reason": measurer.skipped[path].reason}
+                    for path in sorted(measurer.skipped)],
         "end_to_end": check,
         "ray_scale": ray_scale,
         **info,
@@ -457,7 +678,7 @@ def ray_nodes(feeds: dict[tuple[str, int, Shape, int], float], best: Prediction,
     return {**scale_report(ray_feeds, consume, node_cpus), "batch": batch, "size": list(pick.size)}
 
 
-def shape_profile(measurer: Measurer, pick: Candidate) -> list[dict]:
+def shape_profile(measurer: Measurer, pick: Candidate) -> list[Prediction]:
     """The pick's pipeline, workers and batch at every candidate shape, for the report.
 
     Measured after the search (and timed apart from it): the search stops at
@@ -468,7 +689,7 @@ def shape_profile(measurer: Measurer, pick: Candidate) -> list[dict]:
         try:
             batches = measurer.fitting_batches(size)
             batch = pick.batch if pick.batch in batches else max(batches)
-            rows.append(_prediction_row(measurer.prediction(Candidate(pick.pipeline, pick.workers, batch, size))))
+            rows.append(measurer.prediction(Candidate(pick.pipeline, pick.workers, batch, size)))
         except BudgetExceeded:
             break
     return rows
@@ -498,8 +719,9 @@ def _prediction_row(p: Prediction) -> dict:
             "predicted_ips": p.predicted_ips, "model_threads": p.model_threads, "bottleneck": p.bottleneck}
 
 
-def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
-    """The real feeder feeding the real training step: measured img/s and the data-wait fraction.
+def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> tuple[dict, list[BadFile]]:
+    """The real feeder feeding the real training step: measured img/s and the data-wait fraction,
+    and the files that feeder left out.
 
     Waiting is the time from asking for a batch to having it on the device;
     training is the step itself (synchronized on CUDA). The first batches of
@@ -516,7 +738,7 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
                             num_classes=len(samples.classes), threads=best.model_threads).resolved()
     decode_device = config.device if c.pipeline == "dali" and not config.on_cpu else "cpu"
     feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=c.workers, spec=train_spec(c.size),
-                      seed=config.seed, drop_last=True, decode_device=decode_device)
+                      seed=config.seed, drop_last=True, decode_device=decode_device, on_bad=config.on_bad)
     previous_threads = torch.get_num_threads()
     if best.model_threads:
         torch.set_num_threads(best.model_threads)
@@ -527,12 +749,13 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> dict:
             device_feeder = DeviceFeeder(feeder, config.device, channels_last=consume.channels_last)
             waits, steps, images = _timed_training(device_feeder, model, optimizer, consume.amp, sync,
                                                    config.e2e_batches, config.e2e_min_s)
+            skipped, notes = list(feeder.skipped), list(feeder.notes)
     finally:
         torch.set_num_threads(previous_threads)
     total = sum(waits) + sum(steps)
     return {"measured_ips": images / total, "data_wait_fraction": sum(waits) / total,
             "batches": len(steps), "wait_s": sum(waits), "train_s": sum(steps),
-            "model_threads": best.model_threads, "decode_device": decode_device}
+            "model_threads": best.model_threads, "decode_device": decode_device, "notes": notes}, skipped
 
 
 def _timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: int, min_s: float = 0.0):
@@ -580,7 +803,8 @@ def loader_stage(config: TuneConfig, samples, best: Prediction) -> str:
     from feeding.factory import create_feeder
 
     c = best.candidate
-    feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=max(1, c.workers), spec=train_spec(c.size))
+    feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=max(1, c.workers), spec=train_spec(c.size),
+                      on_bad=config.on_bad)
     with create_feeder(samples, feed) as feeder:
         _, breakdown = measure_stages(feeder, config.feed_batches, 1, 1, device=config.device, differential=False)
     return breakdown.bottleneck
@@ -633,7 +857,8 @@ def plot(record: dict, path: Path) -> Path:
     return path
 
 
-def markdown(record: dict, command: str) -> str:
+def markdown(record: dict, command: str, next_step: str | None = None) -> str:
+    """The report; ``next_step``: the training command that uses the recommendation written."""
     m = record["machine"]
     lines = [
         f"# feedbench tune: {record['model']} on {record['device']}",
@@ -657,6 +882,13 @@ def markdown(record: dict, command: str) -> str:
         f"({100 * record['prediction_error']:+.1f}% against the prediction)",
         f"- bottleneck: {record['bottleneck']}; the loader's slowest stage: {record['loader_bottleneck_stage']}",
         f"- {record['verdict']}",
+        *([f"- next: `{next_step}`"] if next_step else []),
+        *[f"- note: {note}" for note in record["end_to_end"].get("notes", ())],
+        "",
+        "## Pipelines not picked",
+        "",
+        *([f"- {line}" for line in dropped_lines(record)] or ["- none: only the pick's pipeline was tried"]),
+        *skipped_lines(record, heading=True),
         "",
         f"## Candidates ({record['search']['mode']} search, {record['search']['seconds']:.0f} s, "
         f"{len(record['search']['measurements'])} measurements"
@@ -675,13 +907,45 @@ def markdown(record: dict, command: str) -> str:
                      f"{r['predicted_ips']:.1f} | {r['bottleneck']} |")
     lines += _ray_scale_lines(record.get("ray_scale"))
     if record.get("exhaustive_check"):
-        e = record["exhaustive_check"]
         lines += ["", "## Against the exhaustive grid", "",
-                  f"The tuner's pick predicts {e['tuned_ips']:.1f} img/s; the grid's best {e['best_ips']:.1f} img/s "
-                  f"({100 * e['ratio']:.1f}%), in {e['tuned_s']:.0f} s against {e['exhaustive_s']:.0f} s "
-                  f"({100 * e['time_ratio']:.0f}% of the time)."]
+                  *[f"- {line}" for line in grid_check_lines(record["exhaustive_check"])]]
     lines += ["", f"![feed and consumption]({run_tag(record)}.png)", ""]
     return "\n".join(lines)
+
+
+def dropped_lines(record: dict) -> list[str]:
+    """'dali: pruned during the climb: ...', one per pipeline that lost (Markdown and stdout)."""
+    return [f"{d['pipeline']}: {d['reason']}" for d in record["search"]["dropped"]]
+
+
+def skipped_lines(record: dict, heading: bool = False, limit: int = 20) -> list[str]:
+    """The files the feeders left out (``--on-bad skip``), the first ``limit`` of them; [] when none."""
+    skipped = record["skipped"]
+    if not skipped:
+        return []
+    title = f"{len(skipped)} file(s) or listing row(s) left out (--on-bad {record['on_bad']})"
+    shown = [f"{s['path']}: {s['reason']}" for s in skipped[:limit]]
+    more = [f"... and {len(skipped) - limit} more (all in the JSON's skipped)"] if len(skipped) > limit else []
+    if heading:
+        return ["", "## Files left out", "", f"{title}:", "", *[f"- {line}" for line in shown + more]]
+    return [f"skipped: {title}", *[f"skipped: {line}" for line in shown + more]]
+
+
+def grid_check_lines(check: dict) -> list[str]:
+    """The exhaustive check in words, the two picks named as in the JSON (Markdown and stdout)."""
+    def describe(pick: dict) -> str:
+        size = pick["size"]
+        return (f"{pick['pipeline']}, {workers_phrase(pick['pipeline'], pick['workers'])}, batch {pick['batch']}, "
+                f"{size[0]}x{size[1]}: predicted {pick['predicted_ips']:.1f} img/s")
+
+    tuner, best = check["tuner_pick"], check["grid_best"]
+    outcome = ("they agree" if check["agree"] else
+               f"they differ: the tuner's pick reaches {100 * check['ratio']:.1f}% of the grid's best")
+    return [f"tuner_pick (the climb search, {check['tuner_search_s']:.0f} s): {describe(tuner)} "
+            f"(rated by {tuner['rated_by']})",
+            f"grid_best ({check['grid_search_s']:.0f} s; {best['criterion']}): {describe(best)}",
+            f"{outcome}, in {100 * check['time_ratio']:.0f}% of the grid's time",
+            check["headline"]]
 
 
 def _ray_scale_lines(report: dict | None) -> list[str]:
@@ -697,15 +961,27 @@ def _ray_scale_lines(report: dict | None) -> list[str]:
             f"**{report['nodes']} CPU node(s)** lift the feed above consumption: {report['sentence']}."]
 
 
+def recommendation_path(record: dict, out: Path) -> Path | None:
+    """Where the recommendation that `training.fit --pipeline best` reads is written; None for
+    ``--exhaustive``, whose run checks the tuner rather than recommends."""
+    return out / "recommendation.json" if record["search"]["mode"] == "climb" else None
+
+
+def next_command(recommendation: Path) -> str:
+    return f"python -m training.fit --pipeline best --recommendation {shlex.quote(str(recommendation))}"
+
+
 def write_reports(record: dict, out: Path, command: str) -> list[Path]:
     from bench.io import write_atomic, write_json
 
     tag = run_tag(record)
+    recommendation = recommendation_path(record, out)
+    next_step = next_command(recommendation) if recommendation else None
     written = [write_json(out / f"{tag}.json", record),
-               write_atomic(out / f"{tag}.md", markdown(record, command).encode()),
+               write_atomic(out / f"{tag}.md", markdown(record, command, next_step).encode()),
                plot(record, out / f"{tag}.png")]
-    if record["search"]["mode"] == "climb":  # what `training.fit --pipeline best` reads
-        written.append(write_json(out / "recommendation.json", record))
+    if recommendation:
+        written.append(write_json(recommendation, record))
     return written
 
 
@@ -713,46 +989,59 @@ def write_reports(record: dict, out: Path, command: str) -> list[Path]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feedbench tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="data set (default: the embedded sample)")
-    parser.add_argument("--model", default="resnet18", help="timm model name or module:factory")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--sizes", default="224,192,160,128", help="candidate shapes, e.g. 224,192 or 256x192")
-    parser.add_argument("--budget-s", type=float, default=300.0, help="time for the search (s)")
-    parser.add_argument("--pipelines", default=None,
-                        help="default: pil,albumentations,dali, and ray when RAY_ADDRESS answers")
-    parser.add_argument("--workers-max", type=int, default=2 * (os.cpu_count() or 1))
-    parser.add_argument("--batches", help="candidate batch sizes (default 32 on the CPU, 64,128,256 on a GPU; "
-                        "on a GPU those that do not fit are dropped)")
-    parser.add_argument("--e2e-batches", type=int, default=8, help="batches in the end-to-end check (at least)")
-    parser.add_argument("--e2e-min-s", type=float, default=3.0, help="seconds of end-to-end check (at least)")
-    parser.add_argument("--exhaustive", action="store_true", help="measure the full grid (slow), and compare")
+    from bench.args import FlattenList, HelpFormatter, listed, plain_text, positive_int, size
+
+    d = TuneConfig
+    parser = argparse.ArgumentParser(prog="feedbench tune", description=plain_text(__doc__.split("\n\n")[0]),
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--data", help="data set: an ImageFolder, a CSV manifest or the competition layout "
+                        "(none given: the generated sample)")
+    parser.add_argument("--model", default=d.model, help="timm model name or module:factory")
+    parser.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
+    parser.add_argument("--sizes", nargs="+", type=listed(size), action=FlattenList,
+                        default=",".join(f"{h}" if h == w else f"{h}x{w}" for h, w in d.sizes),
+                        help="candidate shapes (pixels; N or HxW), by commas or spaces: the largest the feed "
+                        "keeps up with is picked")
+    parser.add_argument("--budget-s", type=float, default=d.budget_s, help="time for the search (seconds)")
+    parser.add_argument("--pipelines", nargs="+", type=listed(str), action=FlattenList,
+                        help="pipelines to tune, by commas or spaces (none given: pil, albumentations, dali, "
+                        "and ray when RAY_ADDRESS answers)")
+    parser.add_argument("--workers-max", type=positive_int, default=2 * (os.cpu_count() or 1),
+                        help="most loader workers (DALI: threads) tried per rank; capped at twice its cores")
+    parser.add_argument("--batches", nargs="+", type=listed(positive_int), action=FlattenList,
+                        help="candidate batch sizes, by commas or spaces (none given: 32 on the CPU; "
+                        "64,128,256 on a GPU, where those that do not fit are dropped)")
+    parser.add_argument("--e2e-batches", type=positive_int, default=d.e2e_batches,
+                        help="batches in the end-to-end check (at least)")
+    parser.add_argument("--e2e-min-s", type=float, default=d.e2e_min_s,
+                        help="seconds of end-to-end check (at least)")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="measure the full grid (slow), and compare the tuner's pick with the grid's best")
     parser.add_argument("--isolate", action="store_true",
                         help="run each measurement in a fresh process (a few seconds more each)")
-    parser.add_argument("--ranks", type=int, default=1,
+    parser.add_argument("--ranks", type=positive_int, default=d.ranks,
                         help="training processes on this host (torchrun --nproc-per-node): each rank gets "
                         "its share of the cores for workers and model threads")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--on-bad", choices=("skip", "fail"), default=d.on_bad,
+                        help="a listing row or image that cannot be read: skip it (and list it in the report) "
+                        "or stop with an error naming it")
+    parser.add_argument("--out", default=d.out, help="folder for the reports and recommendation.json")
     return parser
 
 
-def _pipelines_arg(text: str | None) -> tuple[str, ...]:
-    if text is None:
+def config_from_args(args: argparse.Namespace) -> TuneConfig:
+    if args.pipelines is None:
         from bench.ray_scale import ray_candidate
 
-        return ray_candidate(PIPELINES)
-    return tuple(p for p in text.split(",") if p)
-
-
-def config_from_args(args: argparse.Namespace) -> TuneConfig:
+        pipelines = ray_candidate(PIPELINES)
+    else:
+        pipelines = tuple(dict.fromkeys(args.pipelines))  # a pipeline named twice is tuned once
     return TuneConfig(
-        data=args.data, model=args.model, device=args.device,
-        sizes=tuple(parse_size(s) for s in args.sizes.split(",") if s),
-        budget_s=args.budget_s, pipelines=_pipelines_arg(args.pipelines),
-        workers_max=args.workers_max,
-        batches=tuple(int(b) for b in args.batches.split(",") if b) if args.batches else None,
+        data=args.data, model=args.model, device=args.device, sizes=tuple(dict.fromkeys(args.sizes)),
+        budget_s=args.budget_s, pipelines=pipelines, workers_max=args.workers_max,
+        batches=tuple(dict.fromkeys(args.batches)) if args.batches else None,
         e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
-        out=args.out, ranks=args.ranks,
+        out=args.out, ranks=args.ranks, on_bad=args.on_bad,
     )
 
 
@@ -769,32 +1058,47 @@ def tune_main(argv: list[str]) -> int:
     from bench.provenance import display_command
 
     command = display_command("feedbench tune", argv)
-    for path in write_reports(record, Path(config.out), command):
+    out = Path(config.out)
+    for path in write_reports(record, out, command):
         print(f"wrote {path}")
-    print(f"recommendation: {record['pipeline']}, {record['workers']} workers, batch {record['batch']}, "
-          f"{record['size'][0]}x{record['size'][1]}: predicted {record['predicted_ips']:.1f} img/s, "
-          f"measured {record['measured_ips']:.1f} img/s ({100 * record['prediction_error']:+.1f}%), "
-          f"data wait {100 * record['data_wait_fraction']:.0f}%")
-    print(record["verdict"])
-    ray_scale = record.get("ray_scale") or {}
-    if "nodes" in ray_scale:
-        print(f"Ray: {ray_scale['sentence']}")
+    for line in summary_lines(record, recommendation_path(record, out)):
+        print(line)
     return 0
 
 
+def summary_lines(record: dict, recommendation: Path | None) -> list[str]:
+    """What stdout says after the run: the pick, the verdict, what lost and why, what was left out,
+    and the command that trains with the pick."""
+    lines = [f"recommendation: {record['pipeline']}, {workers_phrase(record['pipeline'], record['workers'])}, "
+             f"batch {record['batch']}, "
+             f"{record['size'][0]}x{record['size'][1]}: predicted {record['predicted_ips']:.1f} img/s, "
+             f"measured {record['measured_ips']:.1f} img/s ({100 * record['prediction_error']:+.1f}%), "
+             f"data wait {100 * record['data_wait_fraction']:.0f}%",
+             record["verdict"]]
+    lines += [f"not picked: {line}" for line in dropped_lines(record)]
+    lines += [f"note: {note}" for note in record["end_to_end"].get("notes", ())]
+    lines += skipped_lines(record, limit=5)
+    if record.get("exhaustive_check"):
+        lines += [f"exhaustive check: {line}" for line in grid_check_lines(record["exhaustive_check"])]
+    ray_scale = record.get("ray_scale") or {}
+    if "nodes" in ray_scale:
+        lines.append(f"Ray: {ray_scale['sentence']}")
+    if recommendation:
+        lines.append(f"next: {next_command(recommendation)}")
+    else:
+        lines.append("next: --exhaustive writes no recommendation.json; run without it to get one for "
+                     "`python -m training.fit --pipeline best`")
+    return lines
+
+
 def compare_with_tuner(config: TuneConfig, exhaustive_record: dict) -> dict:
-    """Run the tuner's search too, and rate its pick against the grid's best (same machine, same run)."""
+    """Run the tuner's search too (same machine, same run), and rate its pick against the grid's best
+    (``grid_check``)."""
     tuned = tune(replace_config(config, exhaustive=False, budget_s=math.inf))
-    tuned_s = tuned["search"]["seconds"]  # search against search: both runs also do the same end-to-end check
-    best = exhaustive_record["search"]["ranked"][0]
-    pick = {k: tuned[k] for k in ("pipeline", "workers", "batch", "size")}
-    same = [r for r in exhaustive_record["search"]["ranked"]
-            if {k: r[k] if k != "size" else list(r[k]) for k in pick} == pick]
-    tuned_ips = same[0]["predicted_ips"] if same else tuned["predicted_ips"]
-    return {"tuned_pick": pick, "tuned_ips": tuned_ips, "best_ips": best["predicted_ips"],
-            "ratio": tuned_ips / best["predicted_ips"], "tuned_s": tuned_s,
-            "exhaustive_s": exhaustive_record["search"]["seconds"],
-            "time_ratio": tuned_s / exhaustive_record["search"]["seconds"]}
+    tuner_pick = _prediction_from_row(tuned)  # the record's headline fields are a row's
+    grid = [_prediction_from_row(row) for row in exhaustive_record["search"]["ranked"]]
+    # search against search: both runs also do the same end-to-end check
+    return grid_check(tuner_pick, tuned["search"]["seconds"], grid, exhaustive_record["search"]["seconds"])
 
 
 def replace_config(config: TuneConfig, **changes) -> TuneConfig:

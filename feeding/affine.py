@@ -26,14 +26,30 @@ FUSABLE_AFTER = (Rotate, HorizontalFlip)
 
 
 def fusable_prefix(plan: Plan) -> int:
-    """How many leading plan steps one warp can do: a crop/resize, then rotates and flips."""
+    """How many leading plan steps one warp can do: a crop/resize, then rotates and flips.
+
+    A centre crop right after a resize is a shift, so it joins the warp
+    (torchvision's eval ``Resize(256)``, ``CenterCrop(224)``); only flips may
+    follow it there: a rotate of the crop leaves black corners where the warp
+    would show what the crop cut away.
+    """
     steps = plan.steps
     if not steps or not isinstance(steps[0], FUSABLE_FIRST):
         return 0
-    count = 1
-    while count < len(steps) and isinstance(steps[count], FUSABLE_AFTER):
+    count, after = 1, FUSABLE_AFTER
+    if isinstance(steps[0], Resize) and len(steps) > 1 and isinstance(steps[1], CenterCrop):
+        count, after = 2, (HorizontalFlip,)
+    while count < len(steps) and isinstance(steps[count], after):
         count += 1
     return count
+
+
+def fused_shape(steps, source: Shape) -> Shape:
+    """The (height, width) in pixels that the fused ``steps`` give an image of ``source`` size."""
+    shape = source
+    for op in steps:
+        shape = op.out_shape(shape)
+    return shape
 
 
 # The pieces are built as 2x3 tuples of floats, (a, b, c, d, e, f) for [[a, b, c], [d, e, f], [0, 0, 1]],
@@ -120,18 +136,23 @@ def first_box(plan: Plan, source: Shape, rng: np.random.Generator) -> Box:
 
 
 def warp_matrix(steps, source: Shape, box: Box, decoded: Shape, rng: np.random.Generator) -> np.ndarray:
-    """The fused 3x3 matrix of ``steps`` (a crop/resize, then rotates and flips), drawing their randomness.
+    """The fused 3x3 matrix of ``steps`` (see ``fusable_prefix``), drawing their randomness.
 
     ``decoded`` is the decoded image's shape (smaller than ``source`` after a
     decode-time reduction). Draws happen in step order, as the unfused path draws them.
+    The warp's output size is ``fused_shape(steps, source)``.
     """
-    from feeding.plan import draw_angle, draw_flip
+    from feeding.plan import center_box, draw_angle, draw_flip
 
-    first, out = steps[0], steps[0].size
+    first = steps[0]
+    out = first.out_shape(source)  # a shorter-side resize: from the full source, as torchvision sizes it
     scale = (decoded[0] / source[0], decoded[1] / source[1])
     total = _crop_to_size(box, scale) if isinstance(first, CenterCrop) else _box_to_size(box, out, scale)
     for op in steps[1:]:
-        if isinstance(op, Rotate):
+        if isinstance(op, CenterCrop):
+            total = _then(total, _crop_to_size(center_box(out, op.size), (1.0, 1.0)))
+            out = op.size
+        elif isinstance(op, Rotate):
             angle = draw_angle(op, rng)
             if angle:
                 total = _then(total, _rotation(out, angle))

@@ -131,6 +131,14 @@ class Feeder(ABC):
         self.notes: list[str] = []  # settings worth a warning (the CLIs print them)
         self.epoch = 0  # the epoch the next ``iter()`` will deliver
 
+    def _take_listing_problems(self) -> None:
+        """The rows ``discover`` left out: skipped files to report, or (on_bad="fail") an error."""
+        problems = self.samples.problems
+        if self.config.on_bad == "fail" and problems:
+            raise FeedError(f"{len(problems)} problem(s) while listing the data, first: "
+                            f"{problems[0].path}: {problems[0].reason}")
+        self._record_skips(list(problems))
+
     def _check_settings(self, workers: int) -> None:
         """Refuse a batch that the data cannot fill once; note worker counts that cannot pay.
 

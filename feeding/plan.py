@@ -101,10 +101,15 @@ class Plan:
         return count if count >= 2 else 0
 
     def decode_reduction(self, source: Shape, region: Shape | None = None) -> int:
-        """Largest libjpeg reduction that keeps ``region`` (default: whole source) >= output."""
+        """Largest libjpeg reduction that keeps ``region`` (default: whole source) >= the first step's output.
+
+        That output is the size this image is resized to, which a shorter-side
+        Resize takes from the image's aspect ratio, and which a crop after the
+        resize may make larger than the plan's output size.
+        """
         if not self.first_resamples:
             return 1
-        return reduction_factor(region or source, self.output_size)
+        return reduction_factor(region or source, self.steps[0].out_shape(source))
 
 
 def make_plan(spec: AugSpec, literal: bool = False, fuse: bool | None = None) -> Plan:

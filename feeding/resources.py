@@ -1,8 +1,12 @@
-"""Check shared memory and RAM before starting workers, and say what is short.
+"""Check shared memory, RAM and GPU memory before a pipeline starts, and say what is short.
 
 Each worker keeps up to ``prefetch_factor`` finished batches in /dev/shm until
 the main process takes them; too little shared memory shows up much later as a
 bus error deep inside a worker. Checking first turns that into a sentence.
+
+DALI holds its in-flight batches decoded at the source images' size, in RAM (CPU
+decode) or GPU memory (mixed decode); a batch that does not fit ends in a
+``std::bad_alloc`` inside DALI's threads, so it is refused before DALI starts.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from feeding.errors import FeedError
 
 # Leave room for everything else that uses shared memory and RAM.
 HEADROOM = 0.5
+GiB = 2**30
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,48 @@ def fit_workers(
                         + ". Lower --batch or the image size, or enlarge /dev/shm (docker: --shm-size).")
     note = f"reduced to {w} workers x prefetch {p} because " + "; ".join(problems)
     return WorkerBudget(w, p, (note,))
+
+
+def dali_held_bytes(
+    batch_size: int, prefetch: int, source_hw: tuple[int, int], output_hw: tuple[int, int]
+) -> int:
+    """Bytes a DALI pipeline holds for its batches; pure.
+
+    ``prefetch + 1`` batches are in flight (DALI's ``prefetch_queue_depth`` queued,
+    one being made), each as ``batch_size`` uint8 RGB images decoded at
+    ``source_hw`` (height, width in pixels: the largest source image, so an upper
+    bound) plus the same images at the output size ``output_hw``.
+    """
+    (source_h, source_w), (out_h, out_w) = source_hw, output_hw
+    return (prefetch + 1) * batch_size * 3 * (source_h * source_w + out_h * out_w)
+
+
+def check_dali_memory(
+    batch_size: int, prefetch: int, source_hw: tuple[int, int], output_hw: tuple[int, int],
+    free: int | None, where: str = "RAM",
+) -> None:
+    """Raise FeedError when DALI's batches would not fit in ``HEADROOM`` of ``free`` bytes of ``where``; pure.
+
+    ``free`` None (not known here) checks nothing.
+    """
+    if free is None:
+        return
+    need, usable = dali_held_bytes(batch_size, prefetch, source_hw, output_hw), int(free * HEADROOM)
+    if need > usable:
+        height, width = source_hw
+        raise FeedError(f"DALI would hold ~{need / GiB:.1f} GiB for batch {batch_size} of up to {height}x{width} "
+                        f"images (prefetch {prefetch}); {usable / GiB:.1f} GiB of {where} are usable: lower --batch")
+
+
+def free_memory_for(gpu_id: int | None) -> tuple[str, int | None]:
+    """Where DALI's decoded batches live and the bytes free there: RAM for a CPU decode (``gpu_id``
+    None), else that CUDA device's free memory (``torch.cuda.mem_get_info``)."""
+    if gpu_id is None:
+        return "RAM", available_ram()
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(gpu_id)
+    return f"cuda:{gpu_id} memory", free
 
 
 def check_worker_memory(

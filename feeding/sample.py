@@ -474,7 +474,7 @@ def ensure_sample(people: int = 60, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feeding.sample", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m feeding.sample", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("out_dir", type=Path, help="directory to write (created; must be empty or an earlier sample)")
     parser.add_argument("--people", type=int, default=60, help="training people, 7 images each (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -9,6 +9,7 @@ uint8 and are normalized on the device (see ``feeding.device``).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -18,14 +19,34 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _check_size(name: str, size: Shape) -> Shape:
-    if (
-        not isinstance(size, tuple)
-        or len(size) != 2
-        or not all(isinstance(v, int) and v > 0 for v in size)
-    ):
+def _is_side(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def _check_size(name: str, size) -> Shape:
+    """A (height, width) pair of positive ints (a list is taken as torchvision takes it), as a tuple."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_side(v) for v in size):
         raise ValueError(f"{name}.size must be a (height, width) pair of positive ints, got {size!r}")
-    return size
+    return int(size[0]), int(size[1])
+
+
+def _square_or_pair(name: str, size) -> Shape:
+    """torchvision's crop sizes: an int (or a 1-item sequence) is a square, else (height, width)."""
+    if isinstance(size, (tuple, list)) and len(size) == 1:
+        size = size[0]
+    if _is_side(size):
+        return int(size), int(size)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return _check_size(name, size)
+    raise ValueError(f"{name}.size must be a positive int (a square) or a (height, width) pair, got {size!r}")
+
+
+def _float_pair(name: str, value) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _check_range(name: str, lo: float, hi: float, lo_min: float) -> None:
@@ -33,17 +54,54 @@ def _check_range(name: str, lo: float, hi: float, lo_min: float) -> None:
         raise ValueError(f"{name}: need {lo_min} <= low <= high, got ({lo}, {hi})")
 
 
+def shorter_side_shape(shape: Shape, shorter: int) -> Shape:
+    """The (height, width) in pixels after scaling ``shape``'s shorter side to ``shorter``.
+
+    torchvision's rounding (``_compute_resized_output_size``): the longer side is
+    ``int(shorter * long / short)``. Floor division gives the same integer
+    (a non-integral quotient lies at least 1/short from any integer, far beyond
+    a float's error) and keeps the shorter side exact; the DALI graph uses it too.
+    """
+    height, width = shape
+    short = min(height, width)
+    return shorter * height // short, shorter * width // short
+
+
 @dataclass(frozen=True)
 class Resize:
-    """Resize to exactly ``size`` (height, width), antialiased when shrinking."""
+    """Resize, antialiased when shrinking, as ``torchvision.transforms.Resize``.
 
-    size: Shape
+    ``size`` (height, width) in pixels: exactly that size. An int (or a 1-item
+    sequence): the shorter side becomes ``size`` pixels and the aspect ratio is
+    kept, so the output size depends on the image (see ``shorter_side_shape``).
+    """
+
+    size: int | Shape
 
     def __post_init__(self) -> None:
-        _check_size("Resize", self.size)
+        size = self.size
+        if isinstance(size, (tuple, list)) and len(size) == 1:
+            size = size[0]
+        if _is_side(size):
+            object.__setattr__(self, "size", int(size))
+        elif isinstance(size, (tuple, list)) and len(size) == 2:
+            object.__setattr__(self, "size", _check_size("Resize", size))
+        else:
+            raise ValueError(
+                f"Resize.size must be a positive int (the shorter side) or a (height, width) pair, got {size!r}"
+            )
+
+    @property
+    def keeps_aspect(self) -> bool:
+        """True for ``Resize(int)``: the shorter side is set, the output shape follows the image."""
+        return isinstance(self.size, int)
+
+    @property
+    def fixes_size(self) -> bool:
+        return not self.keeps_aspect
 
     def out_shape(self, shape: Shape) -> Shape:
-        return self.size
+        return shorter_side_shape(shape, self.size) if self.keeps_aspect else self.size
 
     relative_cost = 1.0
     reduces = True
@@ -54,12 +112,14 @@ class Resize:
 class RandomResizedCrop:
     """Crop a random area fraction ``scale`` with aspect ``ratio``, resize to ``size``."""
 
-    size: Shape
+    size: Shape  # an int means a square, as torchvision's
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self) -> None:
-        _check_size("RandomResizedCrop", self.size)
+        object.__setattr__(self, "size", _square_or_pair("RandomResizedCrop", self.size))
+        object.__setattr__(self, "scale", _float_pair("RandomResizedCrop.scale", self.scale))
+        object.__setattr__(self, "ratio", _float_pair("RandomResizedCrop.ratio", self.ratio))
         _check_range("RandomResizedCrop.scale", *self.scale, lo_min=1e-6)
         if self.scale[1] > 1.0:
             raise ValueError(f"RandomResizedCrop.scale upper bound must be <= 1, got {self.scale}")
@@ -70,6 +130,7 @@ class RandomResizedCrop:
 
     relative_cost = 1.0
     reduces = True
+    fixes_size = True
     is_random = True
 
 
@@ -77,16 +138,17 @@ class RandomResizedCrop:
 class CenterCrop:
     """Cut the central ``size`` window (no resampling; pads with black if larger)."""
 
-    size: Shape
+    size: Shape  # an int means a square, as torchvision's
 
     def __post_init__(self) -> None:
-        _check_size("CenterCrop", self.size)
+        object.__setattr__(self, "size", _square_or_pair("CenterCrop", self.size))
 
     def out_shape(self, shape: Shape) -> Shape:
         return self.size
 
     relative_cost = 0.1
     reduces = True
+    fixes_size = True
     is_random = False
 
 
@@ -105,6 +167,7 @@ class Rotate:
 
     relative_cost = 2.0
     reduces = False
+    fixes_size = False
 
     @property
     def is_random(self) -> bool:
@@ -126,6 +189,7 @@ class HorizontalFlip:
 
     relative_cost = 0.2
     reduces = False
+    fixes_size = False
 
     @property
     def is_random(self) -> bool:
@@ -151,6 +215,7 @@ class ColorJitter:
 
     relative_cost = 1.5
     reduces = False
+    fixes_size = False
 
     @property
     def is_random(self) -> bool:
@@ -175,6 +240,7 @@ class Normalize:
 
     relative_cost = 0.0
     reduces = False
+    fixes_size = False
     is_random = False
 
 
@@ -182,31 +248,52 @@ Op = Union[Resize, RandomResizedCrop, CenterCrop, Rotate, HorizontalFlip, ColorJ
 HOST_OPS = (Resize, RandomResizedCrop, CenterCrop, Rotate, HorizontalFlip, ColorJitter)
 
 
+def _fixed_output_size(ops: tuple[Op, ...]) -> Shape:
+    """The output (height, width) that ``ops`` (in this order) give every image; ValueError if it varies."""
+    shape: Shape | None = None  # None: still the image's own size, so it varies from image to image
+    keeps_aspect: Resize | None = None
+    for op in ops:
+        if op.fixes_size:
+            shape = op.out_shape((1, 1))
+        elif shape is not None:
+            shape = op.out_shape(shape)  # a shorter-side Resize of a known shape is known
+        elif isinstance(op, Resize):
+            keeps_aspect = op
+    if shape is not None:
+        return shape
+    if keeps_aspect is not None:
+        raise ValueError(
+            f"Resize({keeps_aspect.size}) keeps each image's aspect ratio, so the output size varies: "
+            f"add a CenterCrop or RandomResizedCrop after it, or give Resize((h, w))"
+        )
+    raise ValueError("the spec must fix the output size: add Resize, RandomResizedCrop or CenterCrop")
+
+
 @dataclass(frozen=True)
 class AugSpec:
-    """An ordered list of ops, validated when built.
+    """An ordered list of ops, validated when built (a list is stored as a tuple, as Compose takes one).
 
-    The spec must fix the output shape (a Resize, RandomResizedCrop or
-    CenterCrop must appear), so batches can be stacked. At most one Normalize,
-    and it must come last.
+    The spec must fix the output shape, so batches can be stacked: a
+    Resize((h, w)), RandomResizedCrop or CenterCrop must appear, and a
+    shorter-side Resize(int) must be followed by one of them unless it comes
+    after one. At most one Normalize, and it must come last.
     """
 
     ops: tuple[Op, ...]
     normalize: Normalize | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        if isinstance(self.ops, list):
+            object.__setattr__(self, "ops", tuple(self.ops))
         if not isinstance(self.ops, tuple):
-            raise TypeError("AugSpec.ops must be a tuple of ops")
+            raise TypeError(f"AugSpec takes a list or tuple of ops, got {type(self.ops).__name__}")
         for op in self.ops:
             if not isinstance(op, (*HOST_OPS, Normalize)):
                 raise TypeError(f"unknown op {op!r}; known: {[c.__name__ for c in (*HOST_OPS, Normalize)]}")
         norms = [i for i, op in enumerate(self.ops) if isinstance(op, Normalize)]
         if len(norms) > 1 or (norms and norms[0] != len(self.ops) - 1):
             raise ValueError("Normalize may appear once, as the last op (it runs on the device)")
-        if not any(op.reduces for op in self.ops):
-            raise ValueError(
-                "the spec must fix the output size: add Resize, RandomResizedCrop or CenterCrop"
-            )
+        _fixed_output_size(self.host_ops)
         object.__setattr__(self, "normalize", self.ops[norms[0]] if norms else None)
 
     @property
@@ -216,10 +303,8 @@ class AugSpec:
 
     @property
     def output_size(self) -> Shape:
-        shape: Shape = (1, 1)
-        for op in self.host_ops:
-            shape = op.out_shape(shape)
-        return shape
+        """(height, width) in pixels of every image the spec delivers."""
+        return _fixed_output_size(self.host_ops)
 
     @property
     def is_deterministic(self) -> bool:

@@ -30,7 +30,7 @@ def test_feedbench_measures_and_writes_json(pipeline, sample_dir, tmp_path):
     for key in ("pipeline", "workers", "batch", "size", "images", "images_per_sec", "skipped", "pil_build"):
         assert key in record
     assert record["pipeline"] == pipeline and record["size"] == [96, 96]
-    assert record["images"] == 2 * 2 * 8
+    assert record["images"] == record["batches"] * 8 >= 2 * 2 * 8  # windows may be lengthened to the read-ahead
     rate = record["images_per_sec"]
     assert 0 < rate["min"] <= rate["median"] <= rate["max"]
     assert record["pil_build"]["distribution"]
@@ -47,6 +47,95 @@ def test_bad_arguments_give_a_clear_message_and_nonzero_exit(args, message):
     result = _run(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+COMMANDS = ("feedbench [run]", "feedbench tune", "feedbench compare", "feedbench data sample", "feedbench data inspect")
+
+
+def test_help_lists_every_command_once_and_shows_defaults():
+    result = _run("--help")
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    for command in COMMANDS:
+        assert sum(line.startswith(command + " ") for line in lines) == 1, command
+    assert "(default: pil)" in result.stdout and "(default: 224)" in result.stdout
+    assert "``" not in result.stdout
+
+
+def _help(capsys, *argv: str) -> str:
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_data_help_lists_sample_and_inspect_and_inspect_has_its_own_options(capsys):
+    data_help = _help(capsys, "data", "--help")
+    assert "{sample,inspect}" in data_help
+    listed = [line.split()[0] for line in data_help.splitlines() if line.startswith("    ") and line[4] != " "]
+    assert listed == ["sample", "inspect"]  # one entry each (continuation lines are indented further)
+    inspect_help = _help(capsys, "data", "inspect", "--help")
+    assert "usage: feedbench data inspect" in inspect_help
+    assert "--max-pixels" in inspect_help and "(default: results)" in inspect_help
+    assert "height x width" in _help(capsys, "run", "--help")  # 'run' is the default command, spelled out
+
+
+def _options(parser, name: str):
+    """(command, option, help) of every option of ``parser`` and of its sub-commands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _options(sub, f"{name} {sub_name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield name, action.option_strings or [action.dest], action.help
+
+
+def test_every_option_has_help_text_without_rst_markup():
+    from bench.cli import make_data_parser, make_run_parser
+
+    options = [*_options(make_run_parser(), "feedbench"), *_options(make_data_parser(), "feedbench data")]
+    assert {name for name, _, _ in options} == {"feedbench", "feedbench data sample", "feedbench data inspect"}
+    assert [(name, flags) for name, flags, text in options if not text] == []
+    assert [(name, flags) for name, flags, text in options if "``" in text] == []
+    for parser in (make_run_parser(), make_data_parser()):
+        assert "``" not in parser.format_help()
+
+
+def test_on_bad_reaches_the_manifest_reading(image_folder, tmp_path):
+    """A label typo in the user's manifest: fail names the row; skip leaves the row out and reports it."""
+    manifest = tmp_path / "labels.csv"
+    rows = [f"{image_folder / f'class{i % 2}' / f'img{i:03d}.jpg'},{i % 2}" for i in range(8)]
+    rows[1] = rows[1].rsplit(",", 1)[0] + ",kitty"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    common = ["--pipeline", "pil", "--batch", "2", "--workers", "0", "--data", str(manifest), "--size", "32",
+              "--batches", "1", "--repeats", "1", "--warmup", "0"]
+    failed = _run(*common, "--on-bad", "fail")
+    assert failed.returncode == 2
+    assert f"{manifest}:3: label 'kitty'" in failed.stderr and "Traceback" not in failed.stderr
+    out = tmp_path / "skip.json"
+    skipped = _run(*common, "--on-bad", "skip", "--json", str(out))
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"skipped: {manifest}:3: label 'kitty'" in skipped.stdout
+    record = json.loads(out.read_text())
+    assert [r["path"] for r in record["skipped"]] == [f"{manifest}:3"] and record["dataset_images"] == 7
+
+
+def test_notes_are_warnings_on_stderr_and_kept_in_the_json(sample_dir, tmp_path):
+    out = tmp_path / "noted.json"
+    # 42 images in batches of 32 make one batch an epoch: the second worker has nothing to do.
+    result = _run("--pipeline", "pil", "--executor", "process", "--workers", "2", "--batch", "32", "--data",
+                  str(sample_dir), "--size", "32", "--batches", "1", "--repeats", "1", "--warmup", "0",
+                  "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    note = "2 workers for 1 batches per epoch: 1 of them have no batch to make"
+    assert f"warning: {note}" in result.stderr.splitlines()
+    assert note not in result.stdout
+    assert note in json.loads(out.read_text())["notes"]
+    assert "workers are processes" in result.stdout
 
 
 def test_data_sample_writes_the_competition_layout(tmp_path):

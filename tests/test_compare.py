@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench import compare
-from bench.compare import NaiveTorchvisionDataset, compare_main
+from bench.compare import NaiveTorchvisionDataset, compare_main, config_from_args, make_parser
 from bench.measure import FeedMeasurement
 from bench.stats import summarize
 from feeding.sources import discover
@@ -39,6 +40,20 @@ def make_number() -> int:
 
 def make_unpaired() -> list:
     return [torch.zeros(4, 3)] * 3  # batches that are not (images, labels) pairs
+
+
+class FailsAfterOneBatch:
+    """A user's loader whose second batch raises, as a loader with a bug in its transform does."""
+
+    batch_size = 4
+
+    def __iter__(self):
+        yield torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64)
+        raise RuntimeError("decoder crashed on batch 2\nmore detail on the next line")
+
+
+def make_failing_loader() -> FailsAfterOneBatch:
+    return FailsAfterOneBatch()
 
 
 # ---------------------------------------------------------------- fixtures
@@ -97,6 +112,8 @@ def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run)
         assert (row["best_workers"], row["best_executor"]) == (best["workers"], best["executor"])
         assert len(row["rounds_images_per_sec"]) == 2 and min(row["rounds_images_per_sec"]) > 0
         assert row["images_per_sec"]["median"] == pytest.approx(np.median(row["rounds_images_per_sec"]))
+        # Clean data: the feedbench rows skip nothing; a user's loader does not say what it skipped.
+        assert row["failed"] is None and row["skipped_files"] == (None if name.startswith("tests.") else 0)
         if name == USER_LOADER:  # measured as given: its own worker count, one point
             assert row["best_workers"] == 0 and len(row["sweep"]) == 1
         elif name == "decode-only":  # the limit: the better of processes and threads
@@ -175,7 +192,6 @@ def test_decode_only_decodes_full_size_but_collates_nothing(tiny_data, executor)
     (["--loader", "tests.test_compare:no_such_factory"], "has no attribute 'no_such_factory'"),
     (["--loader", "tests.test_compare"], "expected module:factory"),
     (["--loader", "tests.test_compare:make_number"], "not iterable"),
-    (["--loader", "tests.test_compare:make_unpaired", "--pipelines", "naive"], "expected (images, labels)"),
     (["--pipelines", "naive", "tensorflow"], "unknown pipeline(s) tensorflow"),
     (["--workers-max", "0"], "--workers-max must be >= 1"),
 ])
@@ -221,3 +237,71 @@ def test_interrupt_in_the_paired_rounds_keeps_the_sweep_figures(tiny_data, tmp_p
     assert all(row["rounds_images_per_sec"] == [] for row in report["rows"])
     assert [row["images_per_sec"]["median"] for row in report["rows"]] == [200.0, 400.0, 800.0]
     assert any("paired rounds" in note for note in report["notes"])
+
+
+# ---------------------------------------------------------------- a user's own data: bad files, failing rows
+
+
+@pytest.fixture(scope="module")
+def broken_data(tiny_data, tmp_path_factory):
+    """A copy of the tiny data with one JPEG cut to a third of its bytes, and one image whose file
+    name is no mask class (a listing problem); (root, the truncated file, the stray file)."""
+    root = tmp_path_factory.mktemp("broken") / "tiny"
+    shutil.copytree(tiny_data, root)
+    truncated = sorted(root.rglob("*.jpg"))[0]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+    stray = truncated.with_name("selfie.jpg")
+    shutil.copy(sorted(root.rglob("*.jpg"))[1], stray)
+    return root, truncated, stray
+
+
+def test_every_row_survives_a_truncated_jpeg_and_counts_it(broken_data, tmp_path, capsys):
+    root, truncated, stray = broken_data
+    # Batch 3 divides the 21 listed images: every epoch reads every file, the truncated one too.
+    code = compare_main(["--data", str(root), "--workers-max", "1", "--batches", "2", "--repeats", "1",
+                         "--rounds", "1", "--size", "32", "--batch", "3", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "decode-only"]
+    for name, row in rows.items():
+        assert row["failed"] is None and row["images_per_sec"]["median"] > 0, name
+        assert row["skipped_files"] == 1, name  # the truncated file; the stray one is the listing's, not a row's
+    assert [file["path"] for file in report["skipped"]] == [os.path.abspath(truncated)]
+    assert [problem["path"] for problem in report["listing_problems"]] == [os.path.abspath(stray)]
+    named = str(truncated.relative_to(root))
+    assert sum(note.count(named) for note in report["notes"]) == 1  # named once, not once per row
+    assert any("selfie.jpg" in note and note.startswith("listing:") for note in report["notes"])
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "skipped files |" in md and md.count(named) == 1
+    assert all(line.endswith("| 1 |") for line in md.splitlines() if line.startswith(("| naive", "| pil")))
+
+
+def test_a_failing_row_is_reported_and_the_others_are_kept(tiny_data, tmp_path, capsys):
+    failing, unpaired = "tests.test_compare:make_failing_loader", "tests.test_compare:make_unpaired"
+    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "1", "--out", str(tmp_path),
+                         "--pipelines", "naive", "--loader", failing, "--loader", unpaired, "--loader", USER_LOADER])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{failing} failed: RuntimeError: decoder crashed on batch 2" in err and "Traceback" not in err
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == ["naive", failing, unpaired, USER_LOADER]  # the rows after the failures were measured
+    assert rows[failing]["failed"] == "RuntimeError: decoder crashed on batch 2"
+    assert rows[unpaired]["failed"].startswith("LoaderShapeError: ") and "expected (images, labels)" in err
+    for name in (failing, unpaired):
+        assert rows[name]["images_per_sec"] is None and rows[name]["ratio_to_naive"] is None
+    for name in ("naive", USER_LOADER):
+        assert rows[name]["failed"] is None and len(rows[name]["rounds_images_per_sec"]) == 2
+    assert rows[USER_LOADER]["ratio_to_naive"] > 0
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert f"| {failing} | — | **failed**: RuntimeError: decoder crashed on batch 2 |" in md
+    assert len(list(tmp_path.glob("*.png"))) == 1  # the chart of the measured rows
+
+
+def test_pipelines_take_commas_or_spaces():
+    parser = make_parser()
+    with_commas = config_from_args(parser.parse_args(["--pipelines", "naive,pil"]))
+    with_spaces = config_from_args(parser.parse_args(["--pipelines", "naive", "pil"]))
+    assert with_commas == with_spaces and with_commas.pipelines == ("naive", "pil")
+    assert config_from_args(parser.parse_args([])).pipelines == compare.ROW_NAMES

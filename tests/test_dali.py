@@ -1,6 +1,7 @@
 """The DALI backend on generated images, on the CPU (the GPU test skips without CUDA)."""
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -327,6 +328,97 @@ def test_a_file_dali_cannot_decode_is_a_feed_error(tmp_path, monkeypatch):
 def test_more_shards_than_images_is_refused(numbered):
     with pytest.raises(FeedError, match="shards"):
         DaliFeeder(numbered.subset(np.arange(3)), config(num_shards=4, shard_id=0))
+
+
+# ---------------------------------------------------------------- memory, failures and devices
+
+
+def dali_threads() -> int:
+    """Threads of this process that DALI started (it names them "[DALI] Executor", "[DALI][TP0]Exec", ...)."""
+    tasks = Path("/proc/self/task")
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text())
+        except OSError:  # the thread ended while we looked
+            continue
+    return sum(name.startswith("[DALI]") for name in names)
+
+
+def repeated(samples: Samples, n: int) -> Samples:
+    """``n`` samples that list the same few files over and over (a large data set, cheaply)."""
+    return samples.subset(np.arange(n) % len(samples))
+
+
+def test_a_batch_beyond_usable_memory_is_refused_before_dali_allocates(numbered, monkeypatch):
+    import feeding.backends.dali as dali_backend
+    import feeding.resources as resources
+
+    monkeypatch.setattr(resources, "available_ram", lambda: 24 * 2**30)  # the 24 GB machine of the report
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("the pipeline must not be built for a batch that cannot fit")
+
+    monkeypatch.setattr(dali_backend, "feed_pipeline", no_pipeline)
+    before = dali_threads()
+    with pytest.raises(FeedError) as raised:
+        DaliFeeder(repeated(numbered, 100_000), config(batch_size=100_000))
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith("GiB of RAM are usable: lower --batch")
+    assert "for batch 100000 of up to 512x384 images (prefetch 2)" in message  # the folder's images: 512 high
+    assert dali_threads() == before
+
+
+def test_a_file_broken_after_the_scan_stops_the_pipeline_and_its_threads(folder, tmp_path):
+    """The scan passed the files; then they are damaged. DALI's error becomes a FeedError, and
+    DALI's threads are gone while that error is still held (the traceback no longer keeps them)."""
+    import shutil
+
+    copies = [shutil.copy(path, tmp_path / f"{i}.jpg") for i, path in enumerate(discover(folder).paths[:8])]
+    samples = Samples(paths=np.array([str(p) for p in copies]), labels=np.zeros(8, dtype=np.int64),
+                      groups=np.arange(8, dtype=np.int64), classes=("only",), root=str(tmp_path), layout="csv")
+    gc.collect()  # earlier tests' feeders, if any linger
+    before = dali_threads()
+    feeder = DaliFeeder(samples, config(batch_size=4, workers=3, cache_dir=str(tmp_path / "cache")))
+    assert dali_threads() > before
+    for copy in copies:
+        Path(copy).write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 64)  # a JPEG start, then noise
+    with pytest.raises(FeedError, match="DALI failed in epoch 0: CPU operator .*decoders.image") as raised:
+        list(feeder)
+    assert dali_threads() == before  # while the error (and its cause) is still held
+    message = str(raised.value)
+    assert "\n" not in message and "8 file(s) no longer decode (changed since the validation scan)" in message
+    assert f"{copies[0]}: not an image" in message
+
+
+def test_out_of_memory_inside_dali_is_a_feed_error_that_frees_the_pipeline(numbered, monkeypatch):
+    """pybind11 turns DALI's std::bad_alloc into MemoryError, which is not a RuntimeError."""
+    import feeding.backends.dali as dali_backend
+
+    def bad_alloc(self):
+        raise MemoryError("std::bad_alloc")
+
+    gc.collect()
+    before = dali_threads()
+    feeder = DaliFeeder(numbered, config())
+    monkeypatch.setattr(dali_backend.DALIGenericIterator, "__next__", bad_alloc)
+    with pytest.raises(FeedError, match=r"DALI ran out of memory in epoch 0 \(std::bad_alloc\): lower --batch"):
+        list(feeder)
+    assert dali_threads() == before
+
+
+def test_gpu_decode_without_that_gpu_is_a_one_line_feed_error(numbered, monkeypatch):
+    import feeding.backends.dali as dali_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dali_backend, "_validated", lambda *args: pytest.fail("checked before the scan"))
+    with pytest.raises(FeedError, match="'cuda' asked for, but CUDA is not available here") as raised:
+        DaliFeeder(numbered, config(decode_device="cuda"))
+    assert "\n" not in str(raised.value) and "--decode-device cpu" in str(raised.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(FeedError, match=r"'cuda:3': only 1 CUDA device\(s\) visible"):
+        DaliFeeder(numbered, config(decode_device="cuda:3"))
 
 
 # ---------------------------------------------------------------- imports

@@ -1,6 +1,9 @@
-import pytest
+import time
 
-from bench.measure import measure_feeder
+import pytest
+import torch
+
+from bench.measure import EpochIterable, measure, measure_feeder
 from bench.stats import summarize
 
 
@@ -14,6 +17,24 @@ class FakeFeeder:
     def __iter__(self):
         self.epoch += 1
         for _ in range(self.n):
+            self.drawn += 1
+            yield [0] * self.batch_size, None
+
+
+class BurstyFeeder(FakeFeeder):
+    """Hands over ``block`` batches at once after one wait of ``wait_s`` seconds, as Ray Data
+    delivers a block of batches; ``block`` batches are made ahead."""
+
+    def __init__(self, n: int, block: int, wait_s: float, size: int = 4):
+        super().__init__(n, size)
+        self.block, self.wait_s = block, wait_s
+        self.pipeline_depth = block
+
+    def __iter__(self):
+        self.epoch += 1
+        for _ in range(self.n):
+            if self.drawn % self.block == 0:
+                time.sleep(self.wait_s)
             self.drawn += 1
             yield [0] * self.batch_size, None
 
@@ -55,8 +76,57 @@ def test_warmup_drains_the_batches_made_ahead():
     """A feeder whose workers run 6 batches ahead: those are warm-up, never timed."""
     feeder = FakeFeeder(n=3)
     feeder.pipeline_depth = 6
-    measure_feeder(feeder, batches=4, repeats=2, warmup=1)
-    assert feeder.drawn == 1 + 6 + 8
+    result = measure_feeder(feeder, batches=4, repeats=2, warmup=1)
+    assert feeder.drawn == 1 + 6 + 2 * 6  # and each window outlasts the read-ahead (6, not 4)
+    assert result.window_batches == 6 and result.batches == 12
+
+
+def test_a_window_shorter_than_the_read_ahead_is_lengthened_so_it_cannot_time_a_burst_alone():
+    """Blocks of 4 batches, each after a 20 ms wait: windows of 2 would alternate a burst (two
+    batches at once) and a wait. Lengthened to 4, every window holds one wait, and none is faster
+    than the burst-free rate (4 batches per wait)."""
+    feeder = BurstyFeeder(n=100, block=4, wait_s=0.02)
+    result = measure_feeder(feeder, batches=2, repeats=4, warmup=1)
+    assert result.window_batches == 4 and result.batches == 4 * 4 and len(result.windows) == 4
+    assert result.notes and "lengthened from 2 to 4 batches" in result.notes[0]
+    burst_free = feeder.block * feeder.batch_size / feeder.wait_s  # img/s when each block costs one wait
+    assert max(result.windows) <= burst_free
+    assert max(result.windows) < 1.5 * min(result.windows)  # every window pays the same
+    assert measure_feeder(FakeFeeder(n=3), batches=4, repeats=1).notes == ()  # nothing made ahead: as asked
+
+
+def test_measure_times_a_dataloader_as_feedbench_times_its_feeders():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    images = torch.zeros(40, 3, 8, 8, dtype=torch.uint8)
+    loader = DataLoader(TensorDataset(images, torch.arange(40)), batch_size=4)  # 10 batches per epoch
+    result = measure(loader, batches=3, repeats=2, warmup=1)
+    assert result.images == 2 * 3 * 4 and result.batches == 6 and result.window_batches == 3
+    assert result.epochs == 1 and result.first_batch_s.n == 1  # 2 warm-up + 6 timed batches: one epoch
+    assert result.images_per_sec.n == 2 and result.overall_images_per_sec > 0
+    feeder = FakeFeeder(n=3)  # anything with epoch and batch_size is timed as it is
+    assert measure(feeder, batches=2, repeats=1, warmup=0).batches == 2 and feeder.drawn == 3
+
+
+def test_a_dataloaders_workers_read_ahead_is_drained_and_outlasted():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.zeros(40, 1), torch.zeros(40))  # 20 batches per epoch
+    assert EpochIterable(DataLoader(dataset, batch_size=2)).pipeline_depth == 0
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, prefetch_factor=4)  # 8 batches made ahead
+    assert EpochIterable(loader).pipeline_depth == 8
+    result = measure(loader, batches=2, repeats=1, warmup=0)
+    assert result.window_batches == result.batches == 8 and "lengthened from 2 to 8" in result.notes[0]
+
+
+def test_measure_refuses_what_it_cannot_time_in_one_line(monkeypatch):
+    with pytest.raises(TypeError, match="cannot time a int: expected a feedbench Feeder or an iterable"):
+        measure(3)
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu0'"):
+        measure(FakeFeeder(n=3), device="gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        measure(FakeFeeder(n=3), device="cuda")
 
 
 @pytest.mark.parametrize("workers, executor, depth", [(3, "process", 6), (2, "thread", 4), (0, "auto", 0)])

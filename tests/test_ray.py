@@ -237,6 +237,25 @@ def test_actors_that_cannot_get_a_cpu_are_refused_not_left_waiting(local_ray, im
         RayFeeder(discover(image_folder), config, every_cpu_to_trainers)
 
 
+@pytest.mark.timeout(120)
+def test_the_read_ahead_covers_the_blocks_ray_data_hands_over(local_ray, image_folder):
+    """Ray Data hands over a block of several batches at once, so a benchmark window (at least
+    ``pipeline_depth`` batches) must hold whole blocks: each actor task in flight is one, and the
+    iterator fetches one more at least."""
+    from feeding.backends.ray import RayFeeder
+
+    config = FeedConfig(pipeline="ray", batch_size=2, workers=1, prefetch_factor=1, spec=train_spec(SIZE))
+    feeder = RayFeeder(discover(image_folder), config, RayConfig(actors=1))
+    try:
+        blocks = list(feeder.dataset(0).iter_internal_ref_bundles())  # what the actors emit, block by block
+    finally:
+        feeder.close()
+    batches_per_block = max(bundle.num_rows() for bundle in blocks) // config.batch_size
+    assert batches_per_block > 1
+    in_flight = feeder.ray_config.actors * config.prefetch_factor  # one block per actor task in flight
+    assert feeder.pipeline_depth >= batches_per_block * (in_flight + 1)
+
+
 def test_cluster_nodes_reads_the_running_ray(local_ray):
     from bench.ray_scale import cluster_nodes
 

@@ -1,8 +1,17 @@
+import json
+import random
+import shutil
+
 import pytest
 
 from bench.tune import (
-    Candidate, Prediction, TuneConfig, model_threads, predict, rank, verdict, worker_ladder,
+    Candidate, Prediction, SearchLog, TuneConfig, dropped_pipelines, grid_check, make_parser, model_threads,
+    predict, rank, verdict, worker_ladder,
 )
+
+
+def prediction(pipeline, workers, feed, consume, predicted, size=224, batch=32):
+    return Prediction(Candidate(pipeline, workers, batch, (size, size)), feed, consume, predicted, None)
 
 
 def test_worker_ladder():
@@ -27,11 +36,26 @@ def test_cpu_model_gets_the_cores_the_workers_leave():
     assert (predicted, consume, threads) == (pytest.approx(50.0), 100.0, 2)
 
 
-def test_verdicts_say_what_bounds_and_what_would_change_it():
-    bound, text = verdict(feed_ips=620, consume_ips=1000, predicted_ips=620, on_cpu=False)
-    assert bound == "input" and "waits 38%" in text and "DALI" in text
-    bound, text = verdict(feed_ips=2100, consume_ips=1000, predicted_ips=1000, on_cpu=False)
-    assert bound == "model" and "2.1x" in text
+def test_verdicts_say_what_bounds_and_cite_only_what_was_measured():
+    starved = prediction("pil", 4, 620, 1000, 620)
+    bound, text = verdict(starved, [starved])
+    assert bound == "input" and "waits 38%" in text and "620 of the 1000 img/s" in text
+    assert "DALI" not in text and "more workers" not in text  # nothing else was measured: no advice
+    fed_smaller = prediction("pil", 4, 1300, 1200, 1200, size=160)
+    bound, text = verdict(starved, [starved, fed_smaller])
+    assert "at 160x160 the feed keeps up: predicted 1200 img/s" in text
+
+    spare = prediction("pil", 4, 2100, 1000, 1000)
+    bound, text = verdict(spare, [spare])
+    assert bound == "model" and "2.1x feed headroom" in text
+    assert "larger batch" not in text and "bigger model" not in text  # no other batch or model was tried
+    smaller = prediction("pil", 4, 2600, 1400, 1400, size=192)
+    bigger_batch = prediction("pil", 4, 2100, 1100, 1100, batch=128)
+    other_pipeline = prediction("albumentations", 4, 3000, 1400, 1400, size=192)
+    _, text = verdict(spare, [spare, smaller, bigger_batch, other_pipeline])
+    assert "at 192x192 the feed also keeps up: predicted 1400 img/s" in text
+    assert "batch 128 measured: the feed also keeps up, predicted 1100 img/s" in text
+    assert "albumentations" not in text and text.count("predicted") == 2
 
 
 def test_rank_prefers_the_largest_shape_the_feed_keeps_up_with():
@@ -41,6 +65,74 @@ def test_rank_prefers_the_largest_shape_the_feed_keeps_up_with():
     ranked = rank([p(128, 300, 200), p(224, 300, 100), p(160, 100, 150)])
     assert ranked[0].candidate.size == (224, 224)  # model-bound at the largest shape
     assert ranked[-1].bottleneck == "input"
+    # No shape keeps the model fed: the shape of the best predicted rate.
+    assert rank([p(224, 50, 100), p(160, 90, 150)])[0].candidate.size == (160, 160)
+
+
+def test_rank_picks_the_faster_setup_whatever_bounds_it():
+    """A user's folder: 1 pil worker is model-bound at 137 img/s, albumentations with no workers is
+    'input' (loading and training take turns) but predicts 154 img/s: the faster one is the pick."""
+    pil = prediction("pil", 1, 140, 137, 137)
+    albumentations = prediction("albumentations", 0, 1500, 171, 154)
+    assert (pil.bottleneck, albumentations.bottleneck) == ("model", "input")
+    assert rank([pil, albumentations])[0] == albumentations
+    assert rank([albumentations, pil])[0] == albumentations
+
+
+def test_rank_breaks_ties_toward_the_faster_feed_then_fewer_workers():
+    slow_feed = prediction("pil", 1, 300, 1000, 300.0)
+    fast_feed = prediction("albumentations", 4, 600, 298.5, 298.5)  # 0.5% slower: a tie, with twice the feed
+    assert rank([slow_feed, fast_feed])[0] == fast_feed
+    many = prediction("pil", 8, 600, 299.0, 299.0)
+    few = prediction("pil", 2, 601, 298.0, 298.0)  # same feed within 1%: fewer workers win
+    assert rank([many, few])[0] == few
+    clear_winner = prediction("pil", 8, 400, 310.0, 310.0)  # 3% faster: no tie
+    assert rank([few, many, clear_winner])[0] == clear_winner
+
+
+def test_rank_does_not_depend_on_the_input_order():
+    table = [prediction(pipeline, workers, feed, 200.0, min(feed, 200.0), size=size)
+             for pipeline in ("pil", "albumentations") for workers in (0, 1, 2, 4)
+             for size, feed in ((224, 150.0 + 10 * workers), (160, 199.0 + workers))]
+    expected = rank(table)
+    shuffler = random.Random(0)
+    for _ in range(20):
+        shuffled = table[:]
+        shuffler.shuffle(shuffled)
+        assert rank(shuffled) == expected
+    # 160x160 keeps the model fed; there every worker count ties (199-200 img/s), 2 and 4 have the fastest
+    # feeds (201, 203: within 1%): the fewer workers of those, and of two identical pipelines the first by name.
+    assert expected[0].candidate == Candidate("albumentations", 2, 32, (160, 160))
+
+
+def test_each_pipeline_that_lost_says_why():
+    pick = prediction("albumentations", 0, 1500, 171, 154)
+    ranked = [pick, prediction("pil", 1, 140, 137, 137), prediction("pil", 1, 300, 400, 300, size=128)]
+    log = SearchLog(climbs={"albumentations": (4, 1363.0), "pil": (2, 900.0), "dali": (2, 331.0)},
+                    unavailable={"ray": "ray is not installed (pip install ray)"})
+    reasons = {d["pipeline"]: d["reason"] for d in dropped_pipelines(("pil", "albumentations", "dali", "ray"),
+                                                                    ranked, log)}
+    assert reasons == {
+        "pil": "ranked lower: best predicted 137.0 img/s with 1 worker at 224x224 against the pick's 154.0",
+        "dali": "pruned during the climb: best feed 331 img/s with 2 threads, below 60% of the leader's 1363 "
+                "(albumentations, 4 workers)",
+        "ray": "not measured: ray is not installed (pip install ray)",
+    }
+
+
+def test_the_exhaustive_check_can_disagree_with_the_tuner():
+    """The grid's best is the highest predicted rate at the rule's shape, not rank()'s first: a pick
+    within the 1% tie, or a worker count the climb skipped, shows up as a difference."""
+    best_rate = prediction("pil", 3, 500, 400, 400.0)
+    tie_pick = prediction("pil", 2, 900, 398.0, 398.0)  # ranked first: within 1%, with the faster feed
+    grid = [best_rate, tie_pick, prediction("pil", 1, 300, 400, 300.0), prediction("pil", 1, 900, 600, 600, size=128)]
+    assert rank(grid)[0] == tie_pick
+    check = grid_check(tie_pick, 10.0, grid, 40.0)
+    assert check["agree"] is False and check["ratio"] == pytest.approx(398 / 400)
+    assert check["grid_best"]["workers"] == 3 and check["grid_best"]["predicted_ips"] == 400.0
+    assert check["tuner_pick"]["workers"] == 2 and check["tuner_pick"]["rated_by"] == "the grid's measurement"
+    assert check["time_ratio"] == pytest.approx(0.25) and "224x224" in check["grid_best"]["criterion"]
+    assert grid_check(best_rate, 10.0, grid, 40.0)["agree"] is True
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -79,13 +171,20 @@ TINY = ["--model", "tests.test_tune:tiny_net", "--device", "cpu", "--sizes", "48
         "--batches", "4", "--e2e-batches", "3", "--e2e-min-s", "0.5", "--pipelines", "pil,albumentations"]
 
 
-def test_tune_writes_a_recommendation_that_fit_can_read(sample_dir, tmp_path):
-    import json
+@pytest.fixture
+def sample_with_a_bad_row(sample_dir, tmp_path):
+    """The sample, with a train.csv row whose gender is a typo (line 8)."""
+    data = shutil.copytree(sample_dir, tmp_path / "sample")
+    with open(data / "train" / "train.csv", "a", encoding="utf-8") as fh:
+        fh.write("000099,mal,Asian,30,000099_mal_Asian_30\n")
+    return data
 
+
+def test_tune_writes_a_recommendation_that_fit_can_read(sample_with_a_bad_row, tmp_path, capsys):
     from bench.tune import tune_main
 
     out = tmp_path / "results"
-    assert tune_main([*TINY, "--data", str(sample_dir), "--budget-s", "120", "--out", str(out)]) == 0
+    assert tune_main([*TINY, "--data", str(sample_with_a_bad_row), "--budget-s", "120", "--out", str(out)]) == 0
     record = json.loads((out / "recommendation.json").read_text())
     for key in ("pipeline", "workers", "batch", "size", "feed_ips", "consume_ips", "predicted_ips", "measured_ips",
                 "data_wait_fraction", "bottleneck", "machine", "commit", "created"):
@@ -97,12 +196,31 @@ def test_tune_writes_a_recommendation_that_fit_can_read(sample_dir, tmp_path):
     assert record["dataset"]["images"] == 42
     assert [row["size"] for row in record["shape_profile"]["rows"]] == [[48, 48], [32, 32]]
     tag = next(out.glob("tune-*.md")).stem
-    assert (out / f"{tag}.png").stat().st_size > 0 and "## Recommendation" in (out / f"{tag}.md").read_text()
+    report = (out / f"{tag}.md").read_text()
+    assert (out / f"{tag}.png").stat().st_size > 0 and "## Recommendation" in report
+    # The row the feeders left out is reported, in the JSON, the Markdown and on stdout.
+    assert [s["path"].rsplit("/", 1)[-1] for s in record["skipped"]] == ["train.csv:8"]
+    assert "gender" in record["skipped"][0]["reason"] and "train.csv:8" in report
+    stdout = capsys.readouterr().out
+    assert "skipped: 1 file(s) or listing row(s) left out (--on-bad skip)" in stdout and "train.csv:8: gender" in stdout
+    # The pipeline that lost says why, and the next command trains with the pick.
+    (lost,) = record["search"]["dropped"]
+    assert {lost["pipeline"], record["pipeline"]} == {"pil", "albumentations"}
+    assert lost["reason"].startswith(("ranked lower: best predicted", "pruned during the climb: best feed"))
+    assert f"not picked: {lost['pipeline']}: {lost['reason']}" in stdout and lost["reason"] in report
+    next_step = f"python -m training.fit --pipeline best --recommendation {out / 'recommendation.json'}"
+    assert stdout.rstrip().endswith(f"next: {next_step}") and next_step in report
+    assert "larger batch" not in record["verdict"]  # one batch was measured: no advice about others
+
+
+def test_on_bad_fail_stops_at_the_bad_row(sample_with_a_bad_row, tmp_path, capsys):
+    from bench.tune import tune_main
+
+    code = tune_main([*TINY, "--data", str(sample_with_a_bad_row), "--on-bad", "fail", "--out", str(tmp_path)])
+    assert code == 2 and "train.csv:8: gender must be 'male' or 'female'" in capsys.readouterr().err
 
 
 def test_a_spent_budget_keeps_what_was_measured(sample_dir, tmp_path, monkeypatch):
-    import json
-
     from bench import tune as tune_module
 
     calls = {"n": 0}
@@ -126,10 +244,95 @@ def test_a_spent_budget_keeps_what_was_measured(sample_dir, tmp_path, monkeypatc
     (["--budget-s", "3"], "too small to measure"),
     (["--model", "resnet181"], "resnet18"),
     (["--device", "tpu"], "--device"),
-    (["--sizes", "0"], "size"),
+    (["--sizes", "0"], "size must be N or HxW"),
+    (["--workers-max", "0"], "--workers-max: expected a number >= 1, got 0"),
+    (["--e2e-batches", "0"], "--e2e-batches: expected a number >= 1"),
+    (["--ranks", "two"], "--ranks: expected a whole number, got 'two'"),
+    (["--batches", "32,x"], "--batches: expected a whole number, got 'x'"),
+    (["--on-bad", "ignore"], "--on-bad: invalid choice"),
 ])
 def test_tune_bad_input_is_a_message_and_exit_2(args, message, sample_dir, tmp_path, capsys):
     from bench.tune import tune_main
 
-    code = tune_main(["--data", str(sample_dir), "--out", str(tmp_path), "--pipelines", "pil", *args])
+    try:  # argparse's own errors exit; the rest are returned
+        code = tune_main(["--data", str(sample_dir), "--out", str(tmp_path), "--pipelines", "pil", *args])
+    except SystemExit as stop:
+        code = stop.code
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_list_options_take_commas_or_spaces_and_every_option_says_what_it_does():
+    parser = make_parser()
+    commas = parser.parse_args(["--pipelines", "pil,albumentations", "--sizes", "224,256x192", "--batches", "32,64"])
+    spaces = parser.parse_args(["--pipelines", "pil", "albumentations", "--sizes", "224", "256x192",
+                                "--batches", "32", "64"])
+    assert vars(commas) == vars(spaces)
+    assert commas.sizes == ((224, 224), (256, 192)) and commas.batches == (32, 64)
+    assert parser.parse_args([]).sizes == ((224, 224), (192, 192), (160, 160), (128, 128)) == TuneConfig().sizes
+    assert all(action.help for action in parser._actions)
+    assert "(default: skip)" in " ".join(parser.format_help().split())
+
+
+# ---------------------------------------------------------------- whole runs on made-up rates (fast)
+
+
+@pytest.fixture
+def made_up_rates(monkeypatch):
+    """Replace every measurement by a table: feed img/s by (pipeline, workers), the model 300 img/s,
+    16 cores; the end-to-end check and stage timers report fixed values."""
+    from bench import tune as tune_module
+
+    feeds = {}
+    monkeypatch.setattr(tune_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(tune_module, "feed_point", lambda samples, config, batches: (
+        feeds[config.pipeline, config.workers], ()))
+    monkeypatch.setattr(tune_module, "consume_point", lambda config: 300.0)
+    end_to_end = {"measured_ips": 250.0, "data_wait_fraction": 0.1, "batches": 3, "wait_s": 0.1, "train_s": 0.9,
+                  "model_threads": 1, "decode_device": "cpu", "notes": []}
+    monkeypatch.setattr(tune_module, "check_end_to_end", lambda config, samples, best: (end_to_end, []))
+    monkeypatch.setattr(tune_module, "loader_stage", lambda config, samples, best: "decode")
+    return feeds
+
+
+# pil peaks at 3 workers, which the climb's ladder (0, 1, 2, 4, 6) steps over: 4 does not pay, so it stops at 2
+PIL_FEEDS = {0: 50.0, 1: 100.0, 2: 200.0, 3: 400.0, 4: 205.0, 5: 100.0, 6: 100.0}
+MADE_UP = ["--model", "tests.test_tune:tiny_net", "--sizes", "48,32", "--workers-max", "6", "--batches", "4",
+           "--pipelines", "pil,albumentations"]
+
+
+def test_a_pipeline_pruned_in_the_climb_is_reported(made_up_rates, sample_dir, tmp_path, capsys):
+    from bench.tune import tune_main
+
+    made_up_rates.update({("pil", w): ips for w, ips in PIL_FEEDS.items()})
+    made_up_rates.update({("albumentations", w): 20.0 + w for w in PIL_FEEDS})
+    out = tmp_path / "results"
+    assert tune_main([*MADE_UP, "--data", str(sample_dir), "--out", str(out)]) == 0
+    record = json.loads((out / "recommendation.json").read_text())
+    assert (record["pipeline"], record["workers"]) == ("pil", 2)
+    reason = ("pruned during the climb: best feed 21 img/s with 1 worker, below 60% of the leader's 200 "
+              "(pil, 2 workers)")
+    assert record["search"]["dropped"] == [{"pipeline": "albumentations", "reason": reason}]
+    assert f"not picked: albumentations: {reason}" in capsys.readouterr().out
+
+
+def test_exhaustive_reports_the_tuners_pick_and_the_grids_best(made_up_rates, sample_dir, tmp_path, capsys):
+    from bench.tune import tune_main
+
+    made_up_rates.update({("pil", w): ips for w, ips in PIL_FEEDS.items()})
+    out = tmp_path / "results"
+    args = [*MADE_UP[:-1], "pil", "--exhaustive", "--data", str(sample_dir), "--out", str(out)]
+    assert tune_main(args) == 0
+    record = json.loads(next(out.glob("tune-*-exhaustive.json")).read_text())
+    check = record["exhaustive_check"]
+    # The grid finds 3 workers (model-bound at 300 img/s), the climb 2 (input-bound at 200).
+    assert (check["grid_best"]["workers"], check["grid_best"]["predicted_ips"]) == (3, 300.0)
+    assert (check["tuner_pick"]["workers"], check["tuner_pick"]["predicted_ips"]) == (2, 200.0)
+    assert check["agree"] is False and check["ratio"] == pytest.approx(2 / 3)
+    assert record["workers"] == 3  # the headline is the grid's, and the check says so
+    assert "grid ranked by the tuner's rule" in check["headline"]
+    report = next(out.glob("tune-*-exhaustive.md")).read_text()
+    stdout = capsys.readouterr().out
+    for text in (report, stdout):
+        assert "tuner_pick (the climb search" in text and "grid_best (" in text
+        assert "they differ: the tuner's pick reaches 66.7% of the grid's best" in text
+    assert not (out / "recommendation.json").exists() and "--exhaustive writes no recommendation.json" in stdout

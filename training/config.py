@@ -23,6 +23,8 @@ DEFAULT_BATCH = 32
 DEFAULT_WORKERS = 2
 DEFAULT_SIZE: Shape = (224, 224)
 DEFAULT_RECOMMENDATION = "results/recommendation.json"
+DEFAULT_OUT = "runs/fit"  # without --out: this, or the next free runs/fit-2, runs/fit-3, ...
+ON_BAD = ("skip", "fail")
 
 
 class RecommendationError(FeedError):
@@ -66,11 +68,12 @@ class FitConfig:
     folds: int | None = None  # K: one model per person-grouped, class-stratified fold, in OUT/fold{k}
     balanced: bool = False  # oversample the training images to equal class frequencies
     seed: int = 0
-    out: str = "runs/fit"
+    out: str | None = None  # None: DEFAULT_OUT, or the next free one (training.checkpoint.choose_run_dir)
     early_stop_patience: int | None = None  # epochs without a better validation macro-F1
     resume: bool = False
     device: str = "cpu"
     recommendation: str = DEFAULT_RECOMMENDATION
+    on_bad: str = "skip"  # a file or listing row that cannot be used: left out and reported, or an error
 
     def __post_init__(self) -> None:
         from bench.consume import _check_device, _check_positive
@@ -79,6 +82,9 @@ class FitConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("loss", self.loss, LOSSES)
+        _choice("on_bad", self.on_bad, ON_BAD)
+        if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
+            raise ValueError(f"out must be a directory path or None, got {self.out!r}")
         if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(self.folds, int)
                                        or self.folds < 2):
             raise ValueError(f"folds must be an int >= 2, got {self.folds!r}")

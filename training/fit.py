@@ -1,9 +1,12 @@
-"""Train an image classifier on a feed: ``python -m training.fit --pipeline best|pil|albumentations|dali``.
+"""Train an image classifier on a feed: python -m training.fit --pipeline best|pil|albumentations|dali
 
 Every epoch reports validation macro-F1 (the headline), accuracy, the data-wait fraction and the
-measured img/s against the tuner's prediction; at the end, whether the prediction held. Writes
-``best.pt``/``last.pt``, TensorBoard logs (``tb/``), confusion-matrix PNGs and ``summary.json``
-under ``--out``. ``--resume`` continues exactly from ``last.pt``.
+measured img/s against the tuner's prediction; at the end, whether the prediction held, and every
+file or listing row that was skipped. Writes best.pt/last.pt, TensorBoard logs (tb/),
+confusion-matrix PNGs and summary.json under the run directory: --out, else runs/fit or the next
+free runs/fit-2, runs/fit-3, ... A directory that holds a run is never written over: --resume
+continues it exactly from last.pt (with --epochs beyond its plan, the schedule is extended).
+Ctrl-C stops cleanly, exit status 130, and says how to resume.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import argparse
 import io
 import math
 import os
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass
@@ -21,33 +25,45 @@ import torch
 
 from feeding.errors import FeedError, MissingDependencyError
 from training.checkpoint import BEST, LAST
-from training.config import FIT_PIPELINES, LOSSES, OPTIMIZERS, SCHEDULERS, FitConfig
+from training.config import DEFAULT_OUT, FIT_PIPELINES, LOSSES, ON_BAD, OPTIMIZERS, SCHEDULERS, FitConfig
 
 PREDICTION_TOLERANCE = 0.15  # measured img/s within ±15% of the prediction: it held
 IMAGE_GRID_SIZE = 16
+SHOWN_SKIPS = 20  # skipped files listed on the console (all of them go to summary.json)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from bench.args import HelpFormatter
+
     d = FitConfig()
-    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pipeline", default=d.pipeline, choices=FIT_PIPELINES,
-                   help="feed; 'best' reads --recommendation (made by `feedbench tune`)")
-    p.add_argument("--data", help="data set directory (default: the embedded sample)")
+                   help="feed; 'best' reads --recommendation (made by feedbench tune)")
+    p.add_argument("--data", help="data set: a directory (competition or ImageFolder layout) or a CSV manifest; "
+                   "without it, the embedded sample")
     p.add_argument("--model", default=d.model, help="timm model name or package.module:factory")
-    p.add_argument("--pretrained-file", help="local weights file for the timm model (nothing is downloaded)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch", type=int, help="images per batch (overrides the recommendation)")
-    p.add_argument("--workers", type=int, help="loader workers (overrides the recommendation)")
-    p.add_argument("--size", help="N or HxW pixels (overrides the recommendation)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--opt", default=d.optimizer, choices=OPTIMIZERS)
-    p.add_argument("--sched", default=d.scheduler, choices=SCHEDULERS)
+    p.add_argument("--pretrained-file", help="local weights for the timm model (.pt/.pth or .safetensors; nothing "
+                   "is downloaded): the tensors that fit by name and shape are loaded")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="epochs to train in all (with --resume: beyond those done, the schedule stretched to them)")
+    p.add_argument("--batch", type=int, help="images per batch (overrides the recommendation; else 32)")
+    p.add_argument("--workers", type=int, help="loader workers (overrides the recommendation; else 2)")
+    p.add_argument("--size", help="N or HxW pixels (overrides the recommendation; else 224)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate, per optimizer update")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="the optimizer's weight decay")
+    p.add_argument("--opt", default=d.optimizer, choices=OPTIMIZERS, help="optimizer (timm's create_optimizer_v2)")
+    p.add_argument("--sched", default=d.scheduler, choices=SCHEDULERS,
+                   help="lr schedule: cosine to 0 and step (10x down each third) stepped per update; plateau "
+                   "10x down after 2 validations without a better macro-F1")
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
                    help="epochs of linear warm-up, stepped per optimizer update")
-    p.add_argument("--loss", default=d.loss, choices=LOSSES)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
+    p.add_argument("--loss", default=d.loss, choices=LOSSES,
+                   help="cross-entropy, focal, or cross-entropy weighted by inverse class frequency")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="share of each target spread over all classes (ce and weighted_ce)")
+    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma,
+                   help="focal loss exponent (0: cross-entropy)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
     p.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
@@ -56,12 +72,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="class-balanced sampling: rare classes oversampled (with replacement) to equal shares")
     p.add_argument("--folds", type=int, help="K: train one model per person-grouped stratified fold "
                    "(OUT/fold0..K-1), for a K-fold ensemble (python -m training.predict)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=d.out, help="run directory: checkpoints, logs, plots")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the feed and the model")
+    p.add_argument("--out", default=d.out, help=f"run directory: checkpoints, logs, plots; without it, {DEFAULT_OUT} "
+                   f"or the next free {DEFAULT_OUT}-2, {DEFAULT_OUT}-3, ... (a directory that holds a run is "
+                   "refused without --resume)")
     p.add_argument("--early-stop-patience", type=int, help="epochs without a better macro-F1 before stopping")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue from OUT/last.pt; without --out, the newest run of {DEFAULT_OUT}*")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
     p.add_argument("--recommendation", default=d.recommendation, help="what --pipeline best reads")
+    p.add_argument("--on-bad", default=d.on_bad, choices=ON_BAD,
+                   help="a file that cannot be read, or a listing row that cannot be used: skip (left out, "
+                   "reported on the console and in summary.json) or fail (an error naming it)")
     return p
 
 
@@ -77,45 +99,95 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
         folds=args.folds, balanced=args.balanced,
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
-        device=args.device, recommendation=args.recommendation,
+        device=args.device, recommendation=args.recommendation, on_bad=args.on_bad,
     )
 
 
 # ---------------------------------------------------------------- building blocks
 
 
-def create_model(config: FitConfig, num_classes: int) -> torch.nn.Module:
+def create_model(config: FitConfig, num_classes: int, announce: bool = True) -> torch.nn.Module:
+    """The model to train; ``announce``: print what a pretrained file contributed."""
     from bench.consume import build_model
 
     if config.pretrained_file is None:
         model = build_model(config.model, num_classes)
     else:
-        model = pretrained_model(config.model, num_classes, config.pretrained_file)
+        model = pretrained_model(config.model, num_classes, config.pretrained_file, announce)
     if config.freeze_backbone:
         freeze_backbone(model, config.model)
     return model
 
 
-def pretrained_model(name: str, num_classes: int, file: str) -> torch.nn.Module:
-    """A timm model with weights from a local file (timm's pretrained config pointed at it).
+def read_weights(file: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, read by timm's loader: .safetensors, or .pt/.pth through torch's
+    safe unpickler, unwrapped from 'state_dict'/'model' (EMA weights first) and DDP's 'module.' prefix."""
+    from timm.models import load_state_dict
 
-    A classifier of another class count in the file is left out (timm drops it), so the head
-    starts untrained; every other weight must fit.
+    try:
+        weights = load_state_dict(file)
+    except Exception as err:  # torch and safetensors raise many kinds for a file that is not theirs
+        if "Unsupported global" in str(err):  # a real PyTorch file, but with pickled Python objects in it
+            raise ValueError(f"{file} holds pickled Python objects, not only weights (torch's safe loader "
+                             "refuses them); save the model's state_dict() instead") from None
+        raise ValueError(f"{file} is not a PyTorch weights file (.pt/.pth or .safetensors)") from None
+    tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)} if isinstance(weights, dict) else {}
+    if not tensors:
+        raise ValueError(f"{file} is not a PyTorch weights file (.pt/.pth or .safetensors): it holds no tensors")
+    return tensors
+
+
+def pretrained_model(name: str, num_classes: int, file: str, announce: bool = True) -> torch.nn.Module:
+    """A timm model with the tensors of a local file that fit it by name and shape.
+
+    What does not fit (typically a classifier of another class count) is left out, and said; a
+    file of which no weight fits is refused, since the run would silently train from scratch.
     """
-    import timm
-
     from bench.consume import build_model
 
-    if not timm.is_model(name):
-        build_model(name, num_classes)  # raises, naming close matches
-    # source=None: the file wins over any hub source in the model's default config.
-    overlay = {"file": str(Path(file).resolve()), "source": None}
+    model = build_model(name, num_classes)  # an unknown name raises, naming close matches
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
-    except Exception as err:  # torch.load and load_state_dict raise many kinds
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"--pretrained-file {file} does not load into {name}: "
-                         f"{type(err).__name__}: {first_line}") from err
+        weights = read_weights(file)
+    except ValueError as err:
+        raise ValueError(f"--pretrained-file does not load into {name}: {err}") from None
+    own = model.state_dict()
+    fits = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
+    if not any(v.is_floating_point() for v in fits.values()):  # BN's integer num_batches_tracked is no weight
+        raise ValueError(f"--pretrained-file {file} does not load into {name}: none of its {len(weights)} "
+                         f"tensors fits the model's by name and shape (file: {_few(list(weights))}; "
+                         f"model: {_few(list(own))})")
+    model.load_state_dict(fits, strict=False)
+    if announce:
+        print(f"pretrained: loaded {len(fits)} of {len(own)} tensors from {file}"
+              f"{_left_out(model, own, weights, fits)}")
+    return model
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _left_out(model: torch.nn.Module, own: dict, weights: dict, fits: dict) -> str:
+    """' (left out: NAMES (why); ...)' for the model's tensors that kept their initial values, or ''."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_prefixes = tuple(f"{n}." for n, m in model.named_modules() if m is head and n)
+    reasons: dict[str, list[str]] = {}
+    for key in own:
+        if key in fits:
+            continue
+        if key not in weights:
+            reason = "not in the file"
+        elif key.startswith(head_prefixes):
+            reason = "classifier of another class count"
+        else:
+            reason = "another shape in the file"
+        reasons.setdefault(reason, []).append(key)
+    unused = sum(1 for key in weights if key not in own)
+    parts = [f"{_few(keys)} ({reason})" for reason, keys in reasons.items()]
+    if unused:
+        parts.append(f"{unused} of the file's tensors are not in the model")
+    return f" (left out: {'; '.join(parts)})" if parts else ""
 
 
 def freeze_backbone(model: torch.nn.Module, name: str) -> None:
@@ -179,7 +251,7 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     device = device or torch.device(config.device)
     decode_device = str(device) if config.pipeline == "dali" and device.type == "cuda" else "cpu"
     common = {"pipeline": config.pipeline, "batch_size": config.batch, "workers": config.workers,
-              "seed": config.seed, "decode_device": decode_device}
+              "seed": config.seed, "decode_device": decode_device, "on_bad": config.on_bad}
     train_config = distributed.shard_feed(FeedConfig(spec=train_spec(config.size), **common), ctx, device)
     if config.balanced:
         labels = train.labels
@@ -187,13 +259,38 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     else:
         train_feeder = create_feeder(train, train_config)
     train_feed = DeviceFeeder(train_feeder, device)
-    if ctx.enabled:
-        val = val.subset(shard_indices(len(val), ctx.rank, ctx.world_size))
-    val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=eval_spec(config.size), shuffle=False,
-                                                          drop_last=False, **common)), device)
-    if len(train_feed) == 0:
-        raise FeedError(f"the training split has {len(train)} images: fewer than one batch of {config.batch}")
-    return train_feed, val_feed
+    try:  # a validation feed that cannot be built (or Ctrl-C now) must not leave the training workers behind
+        if ctx.enabled:
+            val = val.subset(shard_indices(len(val), ctx.rank, ctx.world_size))
+        val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=eval_spec(config.size), shuffle=False,
+                                                              drop_last=False, **common)), device)
+    except BaseException:
+        train_feeder.close()
+        raise
+    return train_feed, val_feed  # a batch beyond the training split was refused when its feeder was built
+
+
+def feed_warnings(train_feed, val_feed) -> list[str]:
+    """The feeders' notes (settings worth a warning), each once, saying which feed it is about."""
+    notes = [f"{side} feed: {note}" for side, feed in (("training", train_feed), ("validation", val_feed))
+             for note in getattr(feed.feeder, "notes", ())]
+    return list(dict.fromkeys(notes))
+
+
+def skipped_files(samples, *feeds) -> list:
+    """Every file or listing row left out (BadFile), each once: the listing's problems, then the feeds' skips."""
+    return list(dict.fromkeys([*samples.problems, *(record for feed in feeds for record in feed.skipped)]))
+
+
+def report_skipped(skipped: list, summary_path: Path) -> None:
+    """The skipped files on stderr: the first ``SHOWN_SKIPS``, and where the rest are."""
+    if not skipped:
+        return
+    print(f"warning: skipped {len(skipped)} file(s) or listing row(s) (--on-bad skip):", file=sys.stderr)
+    for record in skipped[:SHOWN_SKIPS]:
+        print(f"  skipped: {record.path}: {record.reason}", file=sys.stderr)
+    if len(skipped) > SHOWN_SKIPS:
+        print(f"  ... and {len(skipped) - SHOWN_SKIPS} more, all listed in {summary_path}", file=sys.stderr)
 
 
 def confusion_png(confusion: torch.Tensor, classes: tuple[str, ...], title: str) -> bytes:
@@ -253,55 +350,118 @@ def prediction_verdict(measured: list[float], predicted: float | None) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def fit_folds(config: FitConfig) -> dict:
-    """One run per person-grouped, class-stratified fold in OUT/fold{k}; OUT/summary.json has them all."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, and where it stood: ``run_dir`` (what --out resumes), ``checkpoint_dir``
+    (whose last.pt holds the progress: the run's, or a fold's), ``epoch`` (1-based; None: outside one)."""
+
+    def __init__(self, run_dir: Path, checkpoint_dir: Path, epoch: int | None = None, fold: str | None = None):
+        super().__init__(f"interrupted: {checkpoint_dir}")
+        self.run_dir, self.checkpoint_dir, self.epoch, self.fold = Path(run_dir), Path(checkpoint_dir), epoch, fold
+
+
+def load_samples(config: FitConfig):
+    """The data set, listing problems handled per ``on_bad``; a FeedError unless 2 classes have images."""
+    from bench.cli import resolve_data
+    from feeding.sources import discover
+
+    samples = discover(resolve_data(config.data), on_bad=config.on_bad)
+    present = [samples.classes[label] for label in np.unique(samples.labels)]
+    if len(present) < 2:
+        raise FeedError(f"need at least 2 classes to train a classifier; {samples.root} has {len(present)}: "
+                        f"{', '.join(present)}")
+    return samples
+
+
+def fit(config: FitConfig, split: tuple | None = None) -> dict:
+    """Train, evaluate every epoch, checkpoint, log; return the summary (also in OUT/summary.json).
+
+    The run directory is chosen first (``choose_run_dir``: a run on disk is never written over).
+    ``split``: (train, val) indices into the data set (a fold); default a person-level split.
+    A Ctrl-C raises ``RunInterrupted`` (a KeyboardInterrupt) once the feeders are closed.
+    """
     from dataclasses import replace
 
-    from bench.cli import resolve_data
-    from bench.io import write_json
-    from feeding.sources import discover, person_folds
+    from training import distributed
+    from training.checkpoint import choose_run_dir
 
-    samples = discover(resolve_data(config.data))
+    run_dir, which = choose_run_dir(config.out, DEFAULT_OUT, config.resume, bool(config.folds))
+    if distributed.context_from_env().is_main:
+        print(which, flush=True)
+    config = replace(config, out=str(run_dir))
+    try:
+        return fit_folds(config) if config.folds else fit_run(config, split)
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:  # outside an epoch (listing the data, starting the feeders, writing the summary)
+        raise RunInterrupted(run_dir, run_dir) from None
+
+
+def finished_fold(fold_out: Path, epochs: int) -> dict | None:
+    """The summary of a fold run that finished a plan of at least ``epochs`` epochs, else None."""
+    import json
+
+    try:
+        summary = json.loads((fold_out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("config", {}).get("epochs", 0) >= epochs else None
+
+
+def fit_folds(config: FitConfig) -> dict:
+    """One run per person-grouped, class-stratified fold in OUT/fold{k}; OUT/summary.json has them all.
+
+    Resumed, a fold that finished its plan is kept, one with a last.pt continues, the rest start afresh.
+    """
+    from dataclasses import replace
+
+    from bench.io import write_json
+    from feeding.sources import person_folds
+
+    samples = load_samples(config)
     runs = []
     for k, split in enumerate(person_folds(samples, config.folds, config.seed)):
         print(f"== fold {k + 1}/{config.folds}")
         fold_out = Path(config.out) / f"fold{k}"
-        resume = config.resume and (fold_out / "last.pt").exists()  # folds not started yet start afresh
+        finished = finished_fold(fold_out, config.epochs) if config.resume else None
+        if finished is not None:
+            print(f"fold {k + 1}: finished earlier ({fold_out / 'summary.json'}); kept")
+            runs.append(finished)
+            continue
+        resume = config.resume and (fold_out / LAST).exists()  # folds not started yet start afresh
         fold_config = replace(config, folds=None, out=str(fold_out), resume=resume)
-        runs.append(fit(fold_config, split=split))
+        try:
+            runs.append(fit_run(fold_config, split=split, samples=samples))
+        except KeyboardInterrupt as stop:
+            raise RunInterrupted(config.out, fold_out, getattr(stop, "epoch", None),
+                                 f"fold {k + 1}/{config.folds}") from None
     scores = [run["best_macro_f1"] for run in runs]
     last = [run["history"][-1]["macro_f1"] for run in runs]  # the best epoch is chosen on the fold's own val
+    skipped = list({(r["path"], r["reason"]): r for run in runs for r in run.get("skipped", ())}.values())
     summary = {"folds": config.folds, "fold_best_macro_f1": scores, "mean_best_macro_f1": statistics.mean(scores),
                "fold_last_macro_f1": last, "mean_last_macro_f1": statistics.mean(last),
-               "fold_dirs": [f"fold{k}" for k in range(config.folds)], "config": config.to_dict()}
+               "fold_dirs": [f"fold{k}" for k in range(config.folds)], "skipped": skipped,
+               "config": config.to_dict()}
     print(f"{config.folds}-fold: best val macro-F1 per fold {', '.join(f'{s:.4f}' for s in scores)}; "
           f"mean {summary['mean_best_macro_f1']:.4f} (last epoch: mean {summary['mean_last_macro_f1']:.4f})")
     write_json(Path(config.out) / "summary.json", summary)
     return summary
 
 
-def fit(config: FitConfig, split: tuple | None = None) -> dict:
-    """Train, evaluate every epoch, checkpoint, log; return the summary (also in OUT/summary.json).
-
-    ``split``: (train, val) indices into the data set (a fold); default a person-level split.
-    """
-    if config.folds:
-        return fit_folds(config)
+def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict:
+    """One run in ``config.out`` (already chosen by ``fit``); ``samples``: the data set, if already listed."""
     from timm.optim import create_optimizer_v2
     from torch.utils.tensorboard import SummaryWriter
 
-    from bench.cli import resolve_data
     from bench.consume import model_threads
     from bench.io import write_json
     from feeding.seeding import seed_globals
-    from feeding.sources import discover
     from training import distributed
     from training.config import load_recommendation, resolve_feed
     from training.engine import evaluate, train_one_epoch
     from training.losses import create_loss
     from training.schedule import create_schedule
 
-    samples = discover(resolve_data(config.data))
+    samples = load_samples(config) if samples is None else samples
     recommendation = load_recommendation(config, samples) if config.pipeline == "best" else None
     config = resolve_feed(config, recommendation)
     train, val = split_data(samples, config, split)
@@ -320,10 +480,14 @@ def fit(config: FitConfig, split: tuple | None = None) -> dict:
               f"feed {config.pipeline}{' balanced' if config.balanced else ''}, {config.workers} workers, "
               f"batch {config.batch}, {config.size[0]}x{config.size[1]}, device {device}{ranks}")
     train_feed, val_feed = create_feeders(config, train, val, ctx, device)
+    if main:
+        for warning in feed_warnings(train_feed, val_feed):
+            print(f"warning: {warning}", file=sys.stderr)
     writer = None
+    epoch = None  # the epoch in progress (0-based), for what a Ctrl-C reports
     try:
         seed_globals(config.seed)
-        model = create_model(config, num_classes).to(device)
+        model = create_model(config, num_classes, announce=main).to(device)
         optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
         updates_per_epoch = math.ceil(len(train_feed) / config.accum_steps)
         scheduler = create_schedule(config.scheduler, optimizer, config.epochs, updates_per_epoch,
@@ -332,7 +496,7 @@ def fit(config: FitConfig, split: tuple | None = None) -> dict:
                               config.focal_gamma).to(device)
         progress = Progress()
         if config.resume:
-            progress = restore(out, config, num_classes, model, optimizer, scheduler)
+            progress = restore(out, config, num_classes, model, optimizer, scheduler, announce=main)
             if main:
                 print(f"resumed from {out / LAST} after epoch {progress.epoch}")
         model = distributed.wrap(model, ctx, device)  # after loading: DDP broadcasts rank 0's weights
@@ -367,16 +531,20 @@ def fit(config: FitConfig, split: tuple | None = None) -> dict:
             if stop:
                 print(f"early stop: no better macro-F1 for {progress.stale} epochs")
                 break
+    except KeyboardInterrupt:
+        raise RunInterrupted(out, out, None if epoch is None else epoch + 1) from None
     finally:
         if writer is not None:
             writer.close()
         train_feed.feeder.close()
         val_feed.feeder.close()
     verdict = prediction_verdict([row["images_per_sec"] for row in progress.history], predicted)
+    skipped = skipped_files(samples, train_feed, val_feed)  # this rank's (rank 0's under DDP)
     summary = {"best_macro_f1": progress.best_f1, "epochs_run": len(progress.history), "train_images": len(train),
-               "val_images": len(val), "history": progress.history,
+               "val_images": len(val), "history": progress.history, "skipped": [r.to_dict() for r in skipped],
                "prediction": verdict, "config": config.to_dict(), "ranks": ctx.world_size}
     if main:
+        report_skipped(skipped, out / "summary.json")
         print(f"best val macro-F1 {progress.best_f1:.4f}; {verdict}")
         write_json(out / "summary.json", summary)
     del model, optimizer  # before leaving the process group: DDP's teardown under a live reducer aborts
@@ -398,30 +566,44 @@ class Progress:
     def after(self, epoch: int, stats, metrics, predicted: float | None) -> Progress:
         improved = metrics.macro_f1 > self.best_f1
         row = {"epoch": epoch + 1, "loss": stats.loss, "lr": stats.lr, "macro_f1": metrics.macro_f1,
-               "accuracy": metrics.accuracy, "data_wait_fraction": stats.data_wait_fraction,
+               "accuracy": metrics.accuracy, "val_images": int(metrics.confusion.sum()),  # every rank's, each once
+               "data_wait_fraction": stats.data_wait_fraction,
                "images_per_sec": stats.images_per_sec, "predicted_ips": predicted}
         return Progress(epoch + 1, self.updates + stats.updates, metrics.macro_f1 if improved else self.best_f1,
                         0 if improved else self.stale + 1, (*self.history, row), improved)
 
 
-def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, scheduler) -> Progress:
-    """Load OUT/last.pt into the model, optimizer, scheduler and the global RNGs; where it stood."""
+def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, scheduler,
+            announce: bool = True) -> Progress:
+    """Load OUT/last.pt into the model, optimizer, schedule and the global RNGs; where it stood.
+
+    The schedule was built for ``config.epochs``: a run resumed with more epochs than it planned
+    has its schedule stretched to them (``restore_schedule``), and ``announce`` says so.
+    """
     from training.checkpoint import CheckpointError, load_checkpoint, set_rng_states
+    from training.schedule import restore_schedule
 
     state = load_checkpoint(out / LAST, config.model, num_classes)
+    done, planned = state["epoch"] + 1, state["config"].get("epochs", config.epochs)
+    if config.epochs <= done:
+        raise CheckpointError(f"the run in {out} finished {done} epochs; pass --epochs > {done} to continue it")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore_schedule(scheduler, config.scheduler, state["scheduler"], state["updates"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint {out / LAST} does not fit this model, optimizer or schedule "
                               f"(--opt/--sched changed?): {str(err).splitlines()[0]}") from err
     changed = sorted(k for k, v in state["config"].items()
                      if k not in ("resume", "epochs", "out") and config.to_dict().get(k) != v)
-    if changed:
+    if changed and announce:
         print(f"warning: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    if config.epochs != planned and announce:
+        change = "extended" if config.epochs > planned else "shortened"
+        print(f"schedule {change} from {planned} to {config.epochs} epochs: lr {optimizer.param_groups[0]['lr']:.2e} "
+              f"at update {state['updates']}")
     set_rng_states(state["rng"])
-    return Progress(state["epoch"] + 1, state["updates"], state["best_macro_f1"], state["epochs_since_best"],
+    return Progress(done, state["updates"], state["best_macro_f1"], state["epochs_since_best"],
                     tuple(state["history"]))
 
 
@@ -473,12 +655,45 @@ def _reduced(stats, ctx, device):
                    data_wait_s=wait / ctx.world_size)
 
 
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    """The command line that continues this run: ``argv`` with ``--resume --out run_dir``."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg == "--out":
+            skip_value = True
+        elif arg != "--resume" and not arg.startswith("--out="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "training.fit", *kept, "--resume", "--out", str(run_dir)])
+
+
+def interrupted_message(stop: RunInterrupted, argv: list[str]) -> str:
+    """One line for a Ctrl-C: where the run was, what its last.pt holds, and how to resume it."""
+    from training.checkpoint import run_files, saved_epochs
+
+    where = ", ".join(part for part in (stop.fold, f"epoch {stop.epoch}" if stop.epoch else None) if part)
+    checkpoint = stop.checkpoint_dir / LAST
+    saved = saved_epochs(checkpoint)
+    held = f"{checkpoint} holds epoch {saved}" if saved else "no checkpoint yet"
+    resumable = any(Path(name).name == LAST for name in run_files(stop.run_dir))
+    how = f" (resume: {resume_command(argv, stop.run_dir)})" if resumable else ""
+    return f"training.fit: interrupted{' in ' + where if where else ''}; {held}{how}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
     from training.distributed import DistributedError
 
     try:
         fit(config_from_args(args))
+    except RunInterrupted as stop:  # the feeders are closed by now: no worker is left behind
+        print(interrupted_message(stop, argv), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before a run directory was chosen: nothing was written
+        print("training.fit: interrupted before the run started; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (FeedError, MissingDependencyError, ValueError, DistributedError) as error:
         print(f"training.fit: error: {error}", file=sys.stderr)
         return 2

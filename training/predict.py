@@ -1,23 +1,39 @@
-"""Predict a test set with one model or a K-fold ensemble: ``python -m training.predict``.
+"""Predict images with one model or a K-fold ensemble: python -m training.predict.
 
     python -m training.predict --checkpoints runs/fit            # OUT/best.pt, or OUT/fold*/best.pt
     python -m training.predict --checkpoints runs/fit --data eval/ --tta --vote soft --out submission.csv
+    python -m training.predict --checkpoints runs/fit --data photos/ --top-k 5 --out photos.csv
 
-``--data`` is the competition's eval layout (``images/*.jpg`` and ``info.csv`` with
-ImageID, ans) or a plain folder of images (default: the sample's eval split).
-The submission CSV (ImageID, ans) is written atomically. Where ``answers.csv``
-sits beside ``info.csv`` (the sample generator writes one), the submission is
-scored against it: macro-F1 and accuracy.
+--data is one of (default: the sample's eval split):
+  - the competition's eval layout: info.csv (ImageID, ans) and images/; an answers.csv beside
+    info.csv (the sample generator writes one) holds the true classes;
+  - an ImageFolder: one folder per class, the folder names are the true classes;
+  - a CSV manifest: path,label[,group], paths relative to the CSV; labels are class names,
+    or class indices where the label column holds integers;
+  - a plain folder of images (unlabelled).
+Class names are matched to the classes stored in the checkpoint; a name the model does not
+know is an error.
 
-TTA averages the softmax over the image, its mirror and small shifts. A K-fold
-ensemble votes softly (mean of the models' probabilities) or by majority
-(``--vote hard``; ties go to the higher mean probability).
+--format competition writes the submission (ImageID,ans with class indices); --format full
+writes path, pred_index, pred_class, top1_class, top1_prob ... topK_class, topK_prob and, where
+known, true_index, true_class. Default: competition for the eval layout, full otherwise. The
+output is written atomically; OUT.json beside it records the run, the skipped files and, where
+the true classes are known, the score: macro-F1, accuracy, a per-class report and the confusion
+matrix (also drawn in OUT-confusion.png).
+
+An unreadable image is reported and keeps its row with the prediction left empty (--on-bad
+skip), or stops the run with an error naming it (--on-bad fail).
+
+TTA averages the softmax over the image, its mirror and small shifts. A K-fold ensemble votes
+softly (mean of the models' probabilities) or by majority (--vote hard; ties go to the higher
+mean probability). The top-k columns are the mean probabilities, whichever the vote.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feeding.errors import FeedError
+from feeding.errors import BadFile, FeedError
 from training.checkpoint import BEST, CheckpointError, load_checkpoint
 
 VOTES = ("soft", "hard")
+FORMATS = ("competition", "full")
+ON_BAD = ("skip", "fail")
 TTA_SHIFT = 8  # pixels: small enough to keep a face in frame at the sizes trained here
+EVAL_LAYOUT = "eval"  # info.csv + images/: the competition's test set
 
 
 @dataclass(frozen=True)
@@ -38,7 +57,10 @@ class PredictConfig:
     data: str | None = None  # None: the sample's eval split
     tta: bool = False
     vote: str = "soft"
-    out: str = "submission.csv"
+    out: str | None = None  # None: submission.csv (competition format) or predictions.csv (full)
+    format: str | None = None  # None: competition for the eval layout, full otherwise
+    top_k: int = 3
+    on_bad: str = "skip"
     device: str = "cpu"
     batch: int = 64
     workers: int = 2
@@ -47,10 +69,25 @@ class PredictConfig:
     def __post_init__(self) -> None:
         if self.vote not in VOTES:
             raise ValueError(f"--vote must be one of {', '.join(VOTES)}, got {self.vote!r}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.on_bad not in ON_BAD:
+            raise ValueError(f"--on-bad must be one of {', '.join(ON_BAD)}, got {self.on_bad!r}")
         if self.pipeline not in ("pil", "albumentations"):
             raise ValueError("--pipeline must be pil or albumentations (DALI may reorder or drop files)")
-        if self.batch < 1 or self.workers < 0:
-            raise ValueError("--batch must be >= 1 and --workers >= 0")
+        if self.batch < 1 or self.workers < 0 or self.top_k < 1:
+            raise ValueError("--batch and --top-k must be >= 1, --workers >= 0")
+        if self.out is not None and Path(self.out).suffix.lower() == ".json":
+            raise ValueError(f"--out {self.out}: the run's JSON is written beside the output, so the output "
+                             "must not be a .json file")
+
+    def output_format(self, layout: str) -> str:
+        return self.format or ("competition" if layout == EVAL_LAYOUT else "full")
+
+    def output_path(self, layout: str) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        return Path("submission.csv" if self.output_format(layout) == "competition" else "predictions.csv")
 
 
 def find_checkpoints(where: str | Path) -> list[Path]:
@@ -66,48 +103,107 @@ def find_checkpoints(where: str | Path) -> list[Path]:
     return folds
 
 
+# ---------------------------------------------------------------- what to predict
+
+
 @dataclass(frozen=True)
 class TestSet:
-    paths: list[str]
-    image_ids: list[str]
-    answers: np.ndarray | None  # the true classes, where answers.csv exists
+    """The images to predict, in output order, and their true classes where known."""
+
+    paths: tuple[str, ...]  # what the feeder reads
+    names: tuple[str, ...]  # what the output calls them: info.csv's ImageID, or the path under the data root
+    root: str
+    layout: str  # EVAL_LAYOUT, "folder" (unlabelled), or a feeding.sources layout
+    labels: np.ndarray | None = None  # int64 per image: indices into label_names, or class indices
+    label_names: tuple[str, ...] | None = None  # None: the labels are the model's class indices
+    problems: tuple[BadFile, ...] = ()  # listing rows left out (on_bad="skip")
 
 
-def read_test_set(root: str | Path) -> TestSet:
-    """The eval layout (info.csv + images/) in info.csv's order, or a plain folder in name order."""
-    from feeding.sources import IMAGE_EXTENSIONS
+def read_test_set(root: str | Path, on_bad: str = "skip") -> TestSet:
+    """The eval layout in info.csv's order, a plain folder in name order, or what
+    ``feeding.sources.discover`` reads (ImageFolder, CSV manifest) in its order."""
+    from feeding.sources import competition_root, discover, is_image_file
 
     root = Path(root)
-    info = root / "info.csv"
-    if info.is_file():
-        with open(info, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if "ImageID" not in (reader.fieldnames or ()):
-                raise FeedError(f"{info} has no ImageID column (the eval layout's info.csv: ImageID, ans)")
-            ids = [row["ImageID"] for row in reader]
-        if not ids:
-            raise FeedError(f"{info} lists no images")
-        paths = [str(root / "images" / image_id) for image_id in ids]
-        missing = [p for p in paths if not Path(p).is_file()]
-        if missing:
-            raise FeedError(f"{len(missing)} image(s) listed in {info} are missing, first: {missing[0]}")
-        return TestSet(paths, ids, _answers(root / "answers.csv", ids))
-    if not root.is_dir():
+    if (root / "info.csv").is_file():
+        return _read_eval_layout(root)
+    if not root.exists():
         raise FeedError(f"test data {root} does not exist")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not files:
+    if root.is_file() or competition_root(root) is not None:
+        return _from_samples(discover(root, on_bad))
+    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    images = sorted(e.name for e in entries if e.is_file() and is_image_file(e.name))
+    has_folders = any(e.is_dir() for e in entries)
+    if images and has_folders:
+        raise FeedError(f"{root} holds both images and sub-folders: give a folder of images only, or the "
+                        "parent of one folder per class (ImageFolder)")
+    if has_folders:
+        return _from_samples(discover(root, on_bad))
+    if not images:
         raise FeedError(f"no images in {root} (and no info.csv)")
-    return TestSet([str(p) for p in files], [p.name for p in files], None)
+    return TestSet(tuple(str(root / name) for name in images), tuple(images), str(root), "folder")
+
+
+def _read_eval_layout(root: Path) -> TestSet:
+    info = root / "info.csv"
+    with open(info, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "ImageID" not in (reader.fieldnames or ()):
+            raise FeedError(f"{info} has no ImageID column (the eval layout's info.csv: ImageID, ans)")
+        ids = [row["ImageID"] for row in reader]
+    if not ids:
+        raise FeedError(f"{info} lists no images")
+    # A listed image that is missing is unreadable like any other: the feeder reports it.
+    paths = tuple(str(root / "images" / image_id) for image_id in ids)
+    return TestSet(paths, tuple(ids), str(root), EVAL_LAYOUT, labels=_answers(root / "answers.csv", ids))
 
 
 def _answers(path: Path, ids: list[str]) -> np.ndarray | None:
+    """answers.csv's class index (ans) per ImageID, in info.csv's order; None without the file."""
     if not path.is_file():
         return None
+    truth = {}
     with open(path, newline="", encoding="utf-8") as fh:
-        truth = {row["ImageID"]: int(row["ans"]) for row in csv.DictReader(fh)}
+        for line, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                truth[row["ImageID"]] = int(row["ans"])
+            except (KeyError, TypeError, ValueError):
+                raise FeedError(f"{path}:{line}: need an ImageID and an integer ans (a class index)") from None
     if set(truth) != set(ids):
         raise FeedError(f"{path} does not list the same images as info.csv")
     return np.array([truth[i] for i in ids], dtype=np.int64)
+
+
+def _from_samples(samples) -> TestSet:
+    """A discovered data set; a manifest whose label column holds integers gives class indices."""
+    base = Path(samples.root).parent if samples.layout == "csv" else Path(samples.root)
+    paths = samples.paths.tolist()
+    integer_labels = samples.layout == "csv" and samples.classes == tuple(map(str, range(len(samples.classes))))
+    return TestSet(tuple(paths), tuple(os.path.relpath(p, base) for p in paths), samples.root, samples.layout,
+                   labels=samples.labels, label_names=None if integer_labels else samples.classes,
+                   problems=samples.problems)
+
+
+def true_classes(test: TestSet, classes: tuple[str, ...]) -> np.ndarray | None:
+    """Each image's true class as an index into the model's ``classes``; None where unlabelled."""
+    if test.labels is None:
+        return None
+    if test.label_names is None:
+        beyond = test.labels[(test.labels < 0) | (test.labels >= len(classes))]
+        if beyond.size:
+            raise FeedError(f"{test.root}: label {beyond[0]} is not a class index of the model "
+                            f"(0..{len(classes) - 1}; integer labels are class indices)")
+        return test.labels
+    index = {name: i for i, name in enumerate(classes)}
+    used = [test.label_names[label] for label in np.unique(test.labels)]
+    unknown = [name for name in used if name not in index]
+    if unknown:
+        raise FeedError(f"{test.root}: class {unknown[0]!r} is not one the model knows "
+                        f"(its classes: {', '.join(classes)})")
+    return np.array([index.get(name, -1) for name in test.label_names], dtype=np.int64)[test.labels]
+
+
+# ---------------------------------------------------------------- the models
 
 
 def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -118,14 +214,16 @@ def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def model_probabilities(model: torch.nn.Module, feeder, tta: bool) -> torch.Tensor:
-    """(images, classes) softmax probabilities in the feeder's order, TTA views averaged."""
+def model_probabilities(model: torch.nn.Module, feeder, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, classes) softmax probabilities in the feeder's order, TTA views averaged, and the
+    label the feeder delivered with each image."""
     model.eval()
-    out = []
-    for images, _ in feeder:
+    probabilities, labels = [], []
+    for images, batch_labels in feeder:
         views = tta_views(images) if tta else [images]
-        out.append(torch.stack([model(view).float().softmax(dim=1) for view in views]).mean(dim=0).cpu())
-    return torch.cat(out)
+        probabilities.append(torch.stack([model(view).float().softmax(dim=1) for view in views]).mean(dim=0).cpu())
+        labels.append(batch_labels.cpu())
+    return torch.cat(probabilities), torch.cat(labels)
 
 
 def vote(probabilities: list[torch.Tensor], how: str) -> np.ndarray:
@@ -151,48 +249,177 @@ def _load_model(path: Path, device: torch.device):
     return model.to(device), state
 
 
-def predict(config: PredictConfig) -> dict:
-    from bench.io import write_atomic, write_json
+def checkpoint_classes(path: Path, state: dict) -> tuple[str, ...]:
+    classes = tuple(map(str, state.get("classes") or range(state["num_classes"])))
+    if len(classes) != state["num_classes"]:
+        raise CheckpointError(f"{path} lists {len(classes)} class names for {state['num_classes']} classes")
+    return classes
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """One model's pass over the test set."""
+
+    probabilities: torch.Tensor  # (delivered images, classes)
+    delivered: np.ndarray  # each row's position in the test set
+    skipped: tuple[BadFile, ...]
+    notes: tuple[str, ...]
+
+
+def run_model(model, size, test: TestSet, config: PredictConfig, device: torch.device) -> ModelPass:
+    """Feed the test set through ``model`` in file order; an unreadable file is left out (skip) or raises."""
     from feeding import FeedConfig, create_feeder, eval_spec
     from feeding.device import DeviceFeeder
     from feeding.sources import Samples
 
-    checkpoints = find_checkpoints(config.checkpoints)
-    test = read_test_set(config.data or _sample_eval())
-    device = torch.device(config.device)
-    probabilities, classes, names = [], None, []
+    n = len(test.paths)
+    # Each file is its own "class" here: the label the feeder delivers with an image is its position.
+    samples = Samples(paths=np.array(test.paths), labels=np.arange(n, dtype=np.int64),
+                      groups=np.arange(n, dtype=np.int64), classes=test.names, root=test.root, layout="test",
+                      problems=test.problems)
+    feed = FeedConfig(pipeline=config.pipeline, batch_size=config.batch, workers=config.workers,
+                      spec=eval_spec(size), shuffle=False, drop_last=False, on_bad=config.on_bad)
+    with create_feeder(samples, feed) as feeder:
+        probabilities, positions = model_probabilities(model, DeviceFeeder(feeder, device), config.tta)
+        skipped, notes = tuple(feeder.skipped), tuple(feeder.notes)
+    return ModelPass(probabilities, delivered_positions(test, skipped, positions.numpy()), skipped, notes)
+
+
+def delivered_positions(test: TestSet, skipped, positions: np.ndarray) -> np.ndarray:
+    """The test-set positions of the delivered images: every file the feeder did not skip, in
+    file order. The positions the feeder delivered must be exactly those."""
+    unreadable = {record.path for record in skipped}
+    expected = np.array([i for i, path in enumerate(test.paths) if path not in unreadable], dtype=np.int64)
+    if not np.array_equal(positions, expected):
+        raise FeedError(f"the feeder delivered {len(positions)} images where {len(test.paths)} files less "
+                        f"{len(test.paths) - len(expected)} skipped leave {len(expected)}, or not in file order: "
+                        "predictions cannot be matched to files")
+    return expected
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """What every model predicted, combined."""
+
+    checkpoints: tuple[str, ...]
+    classes: tuple[str, ...]
+    delivered: np.ndarray  # test-set positions of the predicted images
+    mean: torch.Tensor  # (delivered images, classes): the models' mean probabilities
+    predicted: np.ndarray  # the vote, per delivered image
+    skipped: tuple[BadFile, ...]
+    notes: tuple[str, ...]
+
+
+def load_models(checkpoints: list[Path], device: torch.device) -> tuple[list, tuple[str, ...]]:
+    """(path, model, input size) per checkpoint, and the classes they share."""
+    models, classes = [], None
     for path in checkpoints:
         model, state = _load_model(path, device)
         if classes is None:
-            classes = tuple(state.get("classes") or range(state["num_classes"]))
-        elif state["num_classes"] != len(classes):
-            raise CheckpointError(f"{path} has {state['num_classes']} classes, {checkpoints[0]} has {len(classes)}")
-        size = tuple(state["config"]["size"])
-        samples = Samples(paths=np.array(test.paths), labels=np.zeros(len(test.paths), dtype=np.int64),
-                          groups=np.arange(len(test.paths), dtype=np.int64), classes=tuple(map(str, classes)),
-                          root=str(Path(test.paths[0]).parent), layout="test")
-        feed = FeedConfig(pipeline=config.pipeline, batch_size=config.batch, workers=config.workers,
-                          spec=eval_spec(size), shuffle=False, drop_last=False, on_bad="fail")
-        with create_feeder(samples, feed) as feeder:
-            probs = model_probabilities(model, DeviceFeeder(feeder, device), config.tta)
-        if len(probs) != len(test.paths):
-            raise FeedError(f"{path}: {len(probs)} predictions for {len(test.paths)} images")
-        probabilities.append(probs)
-        names.append(str(path))
-    answers = vote(probabilities, config.vote)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["ImageID", "ans"])
-    writer.writerows(zip(test.image_ids, answers.tolist()))
-    write_atomic(Path(config.out), text.getvalue().encode())
-    result = {"checkpoints": names, "images": len(test.paths), "tta": config.tta, "vote": config.vote,
-              "submission": config.out}
-    if test.answers is not None:
-        from sklearn.metrics import accuracy_score, f1_score
+            classes = checkpoint_classes(path, state)
+        elif checkpoint_classes(path, state) != classes:
+            raise CheckpointError(f"{path} has other classes than {checkpoints[0]}: an ensemble needs the same ones")
+        models.append((path, model, tuple(state["config"]["size"])))
+    return models, classes
 
-        result["macro_f1"] = float(f1_score(test.answers, answers, average="macro"))
-        result["accuracy"] = float(accuracy_score(test.answers, answers))
-    write_json(Path(config.out).with_suffix(".json"), result)
+
+def run_ensemble(models: list, classes: tuple[str, ...], test: TestSet, config: PredictConfig) -> Ensemble:
+    device = torch.device(config.device)
+    passes = []
+    for path, model, size in models:
+        passes.append(run_model(model, size, test, config, device))
+        if not np.array_equal(passes[-1].delivered, passes[0].delivered):
+            raise FeedError(f"{path} was fed other files than {models[0][0]} (did a file change meanwhile?)")
+    probabilities = [p.probabilities for p in passes]
+    notes = tuple(dict.fromkeys(note for p in passes for note in p.notes))
+    return Ensemble(tuple(str(path) for path, _, _ in models), classes, passes[0].delivered,
+                    torch.stack(probabilities).mean(0), vote(probabilities, config.vote), passes[0].skipped, notes)
+
+
+# ---------------------------------------------------------------- output and score
+
+
+def output_rows(test: TestSet, ensemble: Ensemble, truth: np.ndarray | None, fmt: str, top_k: int) -> list[list]:
+    """Header and one row per test image; an image that was not predicted has empty prediction cells."""
+    predicted = dict(zip(ensemble.delivered.tolist(), ensemble.predicted.tolist()))
+    if fmt == "competition":
+        return [["ImageID", "ans"]] + [[name, predicted.get(i, "")] for i, name in enumerate(test.names)]
+    k = min(top_k, len(ensemble.classes))
+    top_probs, top_classes = ensemble.mean.topk(k, dim=1)
+    tops = {pos: (c, p) for pos, c, p in zip(ensemble.delivered.tolist(), top_classes.tolist(), top_probs.tolist())}
+    header = ["path", "pred_index", "pred_class"]
+    header += [f"top{rank}_{what}" for rank in range(1, k + 1) for what in ("class", "prob")]
+    header += ["true_index", "true_class"] if truth is not None else []
+    rows = [header]
+    for i, name in enumerate(test.names):
+        row = [name, "", ""] + [""] * (2 * k)
+        if i in predicted:
+            row[1:3] = [predicted[i], ensemble.classes[predicted[i]]]
+            classes, probs = tops[i]
+            row[3:] = [cell for c, p in zip(classes, probs) for cell in (ensemble.classes[c], f"{p:.6f}")]
+        if truth is not None:
+            row += [int(truth[i]), ensemble.classes[truth[i]]]
+        rows.append(row)
+    return rows
+
+
+def score(truth: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """macro-F1, accuracy and the per-class report over the classes that are true or predicted
+    (sklearn's default), and the confusion matrix (rows true, columns predicted) over all classes."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+    present = sorted(set(truth.tolist()) | set(predicted.tolist()))
+    report = classification_report(truth, predicted, labels=present, target_names=[classes[i] for i in present],
+                                   output_dict=True, zero_division=0)
+    return {
+        "scored_images": len(truth),
+        "macro_f1": float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "per_class": {name: {key: float(value) for key, value in row.items()} for name, row in report.items()
+                      if isinstance(row, dict)},
+        "confusion": confusion_matrix(truth, predicted, labels=range(len(classes))).tolist(),
+    }
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    from bench.io import write_atomic
+
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    write_atomic(path, text.getvalue().encode())
+
+
+def _write_confusion(out: Path, scores: dict, classes: tuple[str, ...]) -> Path:
+    from bench.io import write_atomic
+    from training.fit import confusion_png
+
+    path = out.with_name(f"{out.stem}-confusion.png")
+    title = f"{scores['scored_images']} images: macro-F1 {scores['macro_f1']:.3f}"
+    write_atomic(path, confusion_png(torch.tensor(scores["confusion"]), classes, title))
+    return path
+
+
+def predict(config: PredictConfig) -> dict:
+    from bench.io import write_json
+
+    checkpoints = find_checkpoints(config.checkpoints)
+    test = read_test_set(config.data or _sample_eval(), config.on_bad)
+    models, classes = load_models(checkpoints, torch.device(config.device))
+    truth = true_classes(test, classes)  # before predicting: a class the models do not know is an error now
+    ensemble = run_ensemble(models, classes, test, config)
+    fmt, out = config.output_format(test.layout), config.output_path(test.layout)
+    _write_csv(out, output_rows(test, ensemble, truth, fmt, config.top_k))
+    result = {"checkpoints": list(ensemble.checkpoints), "data": test.root, "layout": test.layout,
+              "images": len(test.paths), "predicted": len(ensemble.delivered),
+              "skipped": [record.to_dict() for record in ensemble.skipped], "notes": list(ensemble.notes),
+              "tta": config.tta, "vote": config.vote, "format": fmt, "output": str(out),
+              "classes": list(ensemble.classes)}
+    if fmt == "full" and config.top_k > len(ensemble.classes):
+        result["notes"].append(f"--top-k {config.top_k}: the model has only {len(ensemble.classes)} classes")
+    if truth is not None:
+        result.update(score(truth[ensemble.delivered], ensemble.predicted, ensemble.classes))
+        result["confusion_png"] = str(_write_confusion(out, result, ensemble.classes))
+    write_json(out.with_suffix(".json"), result)
     return result
 
 
@@ -203,18 +430,50 @@ def _sample_eval() -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from bench.args import HelpFormatter, non_negative_int, positive_int
+
     d = PredictConfig(checkpoints="")
-    p = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoints", required=True, help="a .pt file, a run directory, or a K-fold run directory")
-    p.add_argument("--data", help="eval layout (info.csv + images/) or a folder of images (default: sample eval)")
+    p = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__, formatter_class=HelpFormatter)
+    unset = argparse.SUPPRESS  # no "(default: None)": PredictConfig's default applies, and the help says it
+    p.add_argument("--checkpoints", required=True, default=unset,
+                   help="a .pt file, a run directory, or a K-fold run directory")
+    p.add_argument("--data", default=unset,
+                   help="eval layout (info.csv + images/), ImageFolder, CSV manifest, or a folder of images "
+                        "(default: the sample's eval split)")
     p.add_argument("--tta", action="store_true", help="average over the mirror and small shifts")
     p.add_argument("--vote", default=d.vote, choices=VOTES, help="how a K-fold ensemble decides")
-    p.add_argument("--out", default=d.out, help="submission CSV (a .json with the score goes beside it)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--pipeline", default=d.pipeline, choices=("pil", "albumentations"))
+    p.add_argument("--out", default=unset,
+                   help="output CSV; its .json (and -confusion.png) go beside it (default: submission.csv for the "
+                        "competition format, predictions.csv for the full one)")
+    p.add_argument("--format", choices=FORMATS, default=unset,
+                   help="competition: ImageID,ans; full: path, predicted class, top-k classes and probabilities, "
+                        "true class (default: competition for the eval layout, full otherwise)")
+    p.add_argument("--top-k", type=positive_int, default=d.top_k, help="classes listed per image (full format)")
+    p.add_argument("--on-bad", default=d.on_bad, choices=ON_BAD,
+                   help="an unreadable image: reported, with an empty prediction (skip), or an error (fail)")
+    p.add_argument("--device", default=d.device, help="where the models run: cpu, cuda, cuda:N")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help="images per batch")
+    p.add_argument("--workers", type=non_negative_int, default=d.workers, help="data-loading workers (0: in process)")
+    p.add_argument("--pipeline", default=d.pipeline, choices=("pil", "albumentations"),
+                   help="host pipeline that decodes and resizes (both keep the file order)")
     return p
+
+
+def report_lines(result: dict) -> list[str]:
+    """What the console shows: notes, skipped files, what was written and the score."""
+    lines = [f"note: {note}" for note in result["notes"]]
+    lines += [f"skipped: {record['path']}: {record['reason']}" for record in result["skipped"]]
+    models = len(result["checkpoints"])
+    line = (f"wrote {result['output']} ({result['format']} format): {result['predicted']} of {result['images']} "
+            f"images predicted, {models} model(s), {'TTA, ' if result['tta'] else ''}{result['vote']} vote")
+    if result["skipped"]:
+        line += f"; {len(result['skipped'])} skipped (listed in the .json)"
+    lines.append(line)
+    if "macro_f1" in result:
+        lines.append(f"against the true classes ({result['scored_images']} images): macro-F1 "
+                     f"{result['macro_f1']:.4f}, accuracy {result['accuracy']:.4f}; confusion matrix: "
+                     f"{result['confusion_png']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,12 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FeedError, CheckpointError, ValueError) as error:
         print(f"training.predict: error: {error}", file=sys.stderr)
         return 2
-    models = len(result["checkpoints"])
-    line = (f"wrote {result['submission']}: {result['images']} images, {models} model(s), "
-            f"{'TTA, ' if result['tta'] else ''}{result['vote']} vote")
-    if "macro_f1" in result:
-        line += f"; against the answers: macro-F1 {result['macro_f1']:.4f}, accuracy {result['accuracy']:.4f}"
-    print(line)
+    print("\n".join(report_lines(result)))
     return 0
 
 

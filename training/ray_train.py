@@ -196,7 +196,8 @@ def run(config: RayTrainConfig) -> dict:
     from feeding.backends.ray_cluster import RayConfig, address_from_env, data_cpu_limit
     from feeding.sources import discover, person_split
 
-    train, val = person_split(discover(resolve_data(config.data)), config.val_fraction, config.seed)
+    # on_bad="fail": this entry point has no report of skipped listing rows, so one is an error naming it.
+    train, val = person_split(discover(resolve_data(config.data), on_bad="fail"), config.val_fraction, config.seed)
     steps = steps_per_epoch(len(train), config.batch, config.workers)  # before anything starts
     ray = _import_ray_train()
     from feeding.backends.ray import build_dataset, cluster_cpus, connect
@@ -256,22 +257,26 @@ def _history(result) -> list[dict]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from bench.args import HelpFormatter, plain_text
+
     d = RayTrainConfig()
-    p = argparse.ArgumentParser(prog="python -m training.ray_train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="data set directory (default: the embedded sample)")
+    p = argparse.ArgumentParser(prog="python -m training.ray_train",
+                                description=plain_text(__doc__.split("\n\n")[0]), formatter_class=HelpFormatter)
+    p.add_argument("--data", help="data set directory or CSV manifest (without it: the embedded sample)")
     p.add_argument("--model", default=d.model, help="timm model name or package.module:factory")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train")
     p.add_argument("--batch", type=int, default=d.batch, help="images per worker and step")
     p.add_argument("--size", default="x".join(map(str, d.size)), help="N or HxW pixels")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     p.add_argument("--workers", type=int, default=d.workers, help="TorchTrainer workers")
-    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker,
+                   help="CPUs reserved for each trainer worker (Ray Data gets the rest)")
     p.add_argument("--gpu", action="store_true", help="one GPU per trainer worker")
     p.add_argument("--actors", type=int, default=d.actors, help="Ray Data actors that decode and augment")
     p.add_argument("--address", help="Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default RAY_ADDRESS, "
                    "else a local Ray")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of people held out")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the feed and the model")
     p.add_argument("--out", default=d.out, help="run directory (Ray Train's storage, summary.json)")
     return p
 

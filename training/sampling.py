@@ -50,7 +50,9 @@ class ResampledFeeder(Feeder):
             index = self._draw(epoch)
             if len(index) != len(self.samples):
                 raise ValueError(f"a resampled epoch must keep {len(self.samples)} images, got {len(index)}")
-            self._inner = (epoch, create_feeder(self.samples.subset(index), self.config))
+            inner = create_feeder(self.samples.subset(index), self.config)
+            self.notes.extend(note for note in inner.notes if note not in self.notes)
+            self._inner = (epoch, inner)
         return self._inner[1]
 
     def __len__(self) -> int:

@@ -70,3 +70,18 @@ def create_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int, up
         step_on_epochs=False, updates_per_epoch=updates_per_epoch,
     )
     return scheduler
+
+
+def restore_schedule(scheduler, name: str, state: dict, updates: int) -> None:
+    """Bring a resumed run's schedule (built for this run's epochs) to where the run stands.
+
+    timm's cosine and step schedules are functions of the update count and of the horizon their
+    state carries (``t_initial``): loading that state would bring the old horizon back, and a run
+    resumed with more epochs would train on at the old end's lr (0 for cosine). So they are not
+    loaded but stepped to ``updates``, as timm's train.py resumes. The plateau schedule's state
+    (validations waited, decays made) is not a function of the update count: it is loaded.
+    ``updates``: optimizer updates done.
+    """
+    if name == "plateau":
+        scheduler.load_state_dict(state)
+    scheduler.step_update(updates)

@@ -7,13 +7,15 @@ that touches it waits forever.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from feeding import affine, decode
 from feeding.backends.host import HostTransform
 from feeding.errors import MissingDependencyError
 from feeding.plan import Plan
-from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, RandomResizedCrop, Resize, Rotate
+from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, RandomResizedCrop, Resize, Rotate, Shape
 
 
 def _import():
@@ -28,12 +30,32 @@ def _import():
     return albumentations, cv2
 
 
-def compile_albumentations(plan: Plan):
-    """An ``A.Compose`` that runs the plan's steps, in the plan's order."""
+def resize_to(image: np.ndarray, shape: Shape) -> np.ndarray:
+    """Resize to (height, width) pixels as ``A.Resize(area_for_downscale="image")`` does: area when shrinking."""
+    _, cv2 = _import()
+    if shape == image.shape[:2]:
+        return image
+    shrinks = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
+
+
+def _resize_shorter_side(image: np.ndarray, op: Resize, **_params) -> np.ndarray:
+    return resize_to(image, op.out_shape(image.shape[:2]))
+
+
+def _leads_with_shorter_side(plan: Plan) -> bool:
+    return not plan.fused_steps and isinstance(plan.steps[0], Resize) and plan.steps[0].keeps_aspect
+
+
+def compile_albumentations(plan: Plan, start: int | None = None):
+    """An ``A.Compose`` that runs the plan's steps from ``start`` (default: after the fused prefix), in order."""
     A, cv2 = _import()
     transforms = []
-    for op in plan.steps[plan.fused_steps:]:  # the fused prefix runs as one warp (AlbumentationsTransform)
-        if isinstance(op, Resize):
+    for op in plan.steps[plan.fused_steps if start is None else start:]:
+        if isinstance(op, Resize) and op.keeps_aspect:
+            # albumentations' SmallestMaxSize rounds the longer side to nearest, torchvision truncates.
+            transforms.append(A.Lambda(image=functools.partial(_resize_shorter_side, op=op), p=1.0))
+        elif isinstance(op, Resize):
             transforms.append(A.Resize(*op.size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image"))
         elif isinstance(op, RandomResizedCrop):
             transforms.append(A.RandomResizedCrop(size=op.size, scale=op.scale, ratio=op.ratio,
@@ -62,7 +84,10 @@ def compile_albumentations(plan: Plan):
 class AlbumentationsTransform(HostTransform):
     def __init__(self, plan: Plan, max_pixels: int) -> None:
         super().__init__(plan, max_pixels)
-        self.compose = compile_albumentations(plan)
+        # The steps run here before albumentations: the fused warp, or a leading shorter-side resize,
+        # which must be sized from the source and not from a reduced decode.
+        self.head = plan.fused_steps or int(_leads_with_shorter_side(plan))
+        self.compose = compile_albumentations(plan, self.head)
         # Every step is in the one warp: decode, warpAffine, and nothing for albumentations.
         self.fully_fused = plan.fused_steps > 0 and not self.compose.transforms
         self._scratch = decode.Scratch()  # the fully fused path decodes and warps into reused memory
@@ -88,7 +113,7 @@ class AlbumentationsTransform(HostTransform):
 
     def clone(self) -> "AlbumentationsTransform":
         twin = super().clone()
-        twin.compose = compile_albumentations(self.plan)  # its seeded generators are per thread
+        twin.compose = compile_albumentations(self.plan, self.head)  # its seeded generators are per thread
         twin._scratch, twin._warped = decode.Scratch(), None  # so is the memory decoded and warped into
         return twin
 
@@ -110,7 +135,7 @@ class AlbumentationsTransform(HostTransform):
         reduction = 1
         if isinstance(self.plan.steps[0], Resize):  # a random crop's box is drawn inside albumentations
             reduction = self.plan.decode_reduction(found.size)
-        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found), None, None
+        return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found), found.size, None
 
     def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:
         image, source, box = decoded
@@ -118,9 +143,11 @@ class AlbumentationsTransform(HostTransform):
         if fused:
             _, cv2 = _import()
             matrix = affine.warp_matrix(self.plan.steps[:fused], source, box, image.shape[:2], rng)
-            height, width = self.plan.steps[0].size
+            height, width = affine.fused_shape(self.plan.steps[:fused], source)
             image = cv2.warpAffine(image, matrix[:2], (width, height), dst=self._warp_target(image, height, width),
                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        elif self.head:
+            image = resize_to(image, self.plan.steps[0].out_shape(source))
         return self.compose(image=image)["image"] if self.compose.transforms else image
 
     def _warp_target(self, source: np.ndarray, height: int, width: int) -> np.ndarray | None:

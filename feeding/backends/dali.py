@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -52,14 +53,18 @@ from PIL import ExifTags, Image
 
 from feeding import decode
 from feeding.cache import cache_dir
-from feeding.errors import BadFile, FeedError, MissingDependencyError
+from feeding.errors import BadFile, BadImageError, FeedError, MissingDependencyError
 from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
+from feeding.resources import check_dali_memory, free_memory_for
 from feeding.scan import scan
 from feeding.sources import Samples
 from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, Op, RandomResizedCrop, Resize, Rotate
 
 try:
     from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dali_math
+    from nvidia.dali.backend import ReleaseUnusedMemory
+    from nvidia.dali.pipeline import Pipeline
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 except ImportError as error:
     raise MissingDependencyError(
@@ -74,6 +79,7 @@ OUTPUTS = ("images", "labels")
 TRANSCODE_VERSION = 1  # bump when the transcoding rule changes: it is part of every cache key
 # Distinct first words keep the seed streams apart (as in feeding.seeding).
 _SHUFFLE_STREAM, _PIPELINE_STREAM = 10, 11
+PROBED_FILES = 256  # headers read, spread over the file list, to size the decoded batches
 
 # ---------------------------------------------------------------- which files DALI reads as PIL does
 
@@ -166,7 +172,7 @@ def _uniform_factor(amount: float):
 def _apply(images, op: Op, device: str):
     """One plan step as DALI ops on ``device``."""
     if isinstance(op, Resize):
-        height, width = op.size
+        height, width = _shorter_side_shape(images, op.size) if op.keeps_aspect else op.size
         return fn.resize(images, device=device, resize_x=width, resize_y=height,
                          interp_type=types.INTERP_LINEAR, antialias=True)
     if isinstance(op, RandomResizedCrop):
@@ -201,6 +207,19 @@ def _apply(images, op: Op, device: str):
             images = fn.saturation(images, device=device, saturation=_uniform_factor(op.saturation))
         return images
     raise TypeError(f"the DALI backend has no implementation of {op!r}")
+
+
+def _shorter_side_shape(images, shorter: int):
+    """Per-sample (height, width) of ``feeding.spec.shorter_side_shape``, as float DALI nodes on the CPU.
+
+    Not ``fn.resize(resize_shorter=...)``: it rounds the longer side to the
+    nearest pixel, where torchvision (and the host backends) truncate.
+    """
+    shape = images.shape()  # HWC, int64, on the CPU (named arguments must live there)
+    height, width = shape[0], shape[1]
+    short = dali_math.min(height, width)
+    return (fn.cast(shorter * height // short, dtype=types.FLOAT),
+            fn.cast(shorter * width // short, dtype=types.FLOAT))
 
 
 def _flip_draw(op: HorizontalFlip):
@@ -270,20 +289,32 @@ class DaliFeeder(Feeder):
     """A Feeder backed by one DALI pipeline; images on the GPU when ``decode_device`` is CUDA."""
 
     def __init__(self, samples: Samples, config: FeedConfig) -> None:
+        check_decode_device(config)  # before the scan: a GPU that is not there is not worth scanning for
         good, skipped = _validated(samples, config)
         super().__init__(good, config)
         self._record_skips(skipped)
         self._check_settings(config.workers)  # more shards than images, or a batch beyond them: say so now
+        self._check_memory()
         root = Path(config.cache_dir) if config.cache_dir else None
         self._files = dali_paths(good.paths, config.max_pixels, root)
+        self._pipe: Pipeline | None = None
         self._iterator: DALIGenericIterator | None = None
         self._pipeline_epoch = 0  # the epoch the pipeline delivers next
         self._mid_epoch = False  # the pipeline's current epoch has been started but not finished
         self._build()
 
+    def _check_memory(self) -> None:
+        """Refuse a batch whose decoded images would not fit, before DALI allocates any (a std::bad_alloc
+        inside DALI's threads leaves them allocating until the kernel's OOM killer ends the process)."""
+        cfg = self.config
+        where, free = free_memory_for(cfg.gpu_id)
+        check_dali_memory(cfg.batch_size, cfg.prefetch_factor, largest_source(self.samples.paths, cfg.max_pixels),
+                          cfg.plan.output_size, free, where)
+
     # -- the pipeline
 
     def _build(self) -> None:
+        self._release()  # at most one pipeline alive: a rebuild frees the old one's threads and buffers first
         cfg = self.config
         pipe = feed_pipeline(
             batch_size=cfg.batch_size,
@@ -301,14 +332,19 @@ class DaliFeeder(Feeder):
             shuffle=cfg.shuffle,
             shuffle_seed=_derived_seed(_SHUFFLE_STREAM, cfg.seed),  # the same on every shard
         )
-        self._iterator = DALIGenericIterator(
-            pipe,
-            list(OUTPUTS),
-            reader_name=READER,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-            auto_reset=True,
-            prepare_first_batch=False,
-        )
+        self._pipe = pipe
+        try:
+            self._iterator = DALIGenericIterator(
+                pipe,
+                list(OUTPUTS),
+                reader_name=READER,
+                last_batch_policy=LastBatchPolicy.PARTIAL,
+                auto_reset=True,
+                prepare_first_batch=False,
+            )
+        except Exception as error:  # the iterator builds the pipeline: DALI refusing the graph or the device
+            self._release()
+            raise FeedError(f"DALI could not build its pipeline: {one_line(error)}") from error.with_traceback(None)
         self._pipeline_epoch = 0
         self._mid_epoch = False
 
@@ -321,17 +357,40 @@ class DaliFeeder(Feeder):
                 outputs = next(self._iterator)
             except StopIteration:
                 break
-            except RuntimeError as error:
-                self._iterator = None  # a pipeline that raised cannot run again; rebuild on next use
-                raise FeedError(
-                    f"DALI failed in epoch {self._pipeline_epoch}: {str(error).strip()[:2000]}"
-                ) from error
+            except Exception as error:  # noqa: BLE001 - RuntimeError from an operator, MemoryError (std::bad_alloc)
+                # A pipeline that raised cannot run again (it is rebuilt on next use). Stop it now:
+                # dropping the iterator is not enough, since the error's traceback holds the iterator
+                # and the pipeline, and their executor and worker threads live (and allocate) as long.
+                self._release()
+                raise self._explained(error) from error.with_traceback(None)
             out = outputs[0]
             # exec_dynamic hands out tensors that own their memory (DLPack), not
             # views of a buffer DALI reuses, so no copy is needed.
             yield out["images"], out["labels"].reshape(-1).to(torch.int64)
         self._mid_epoch = False
         self._pipeline_epoch += 1
+
+    def _explained(self, error: Exception) -> FeedError:
+        """A DALI error in one line: what ran out or failed, and which files no longer decode, if any."""
+        epoch = self._pipeline_epoch
+        if isinstance(error, MemoryError):  # pybind11's translation of a std::bad_alloc
+            return FeedError(f"DALI ran out of memory in epoch {epoch} ({one_line(error) or 'MemoryError'}): "
+                             "lower --batch")
+        changed = self._no_longer_decode()
+        files = (f"; {len(changed)} file(s) no longer decode (changed since the validation scan): "
+                 f"{_describe(changed)}") if changed else ""
+        return FeedError(f"DALI failed in epoch {epoch}: {one_line(error)}{files}")
+
+    def _no_longer_decode(self) -> list[BadFile]:
+        """The scanned files that fail now. A rescan decodes only files changed since the scan (the
+        verdicts are cached by size and mtime), so it is cheap when nothing changed."""
+        cfg = self.config
+        try:
+            result = scan(self.samples, cfg.max_pixels, Path(cfg.cache_dir) if cfg.cache_dir else None,
+                          workers=cfg.workers)
+        except Exception:  # noqa: BLE001 - the rescan only adds detail to the error being raised
+            return []
+        return [record for record in result.bad if record not in self.samples.problems]
 
     def _discard_epoch(self) -> None:
         for _ in self._pipeline_batches():
@@ -379,8 +438,65 @@ class DaliFeeder(Feeder):
     def pipeline_depth(self) -> int:
         return self.config.prefetch_factor  # DALI's prefetch_queue_depth
 
+    def _release(self) -> None:
+        """Stop the pipeline's threads and free its buffers now, whoever still holds a reference to it."""
+        pipe, self._pipe, self._iterator = self._pipe, None, None
+        if pipe is not None:
+            # DALI's own teardown (what Pipeline.__del__ and its atexit hook run; DALI 2.4 has no public
+            # name for it): shuts the executor down and frees the backend, so its threads end here.
+            pipe._shutdown()
+            ReleaseUnusedMemory()  # and hand the emptied pool blocks back (pinned host, device)
+
     def close(self) -> None:
-        self._iterator = None  # the pipeline's threads and buffers go with the last reference
+        self._release()
+
+
+def check_decode_device(config: FeedConfig) -> None:
+    """Refuse a GPU decode on a machine without that GPU, in one line (DALI itself asserts deep in its backend)."""
+    index = config.gpu_id
+    if index is None:
+        return
+    if not torch.cuda.is_available():
+        raise FeedError(f"decode_device {config.decode_device!r} asked for, but CUDA is not available here "
+                        f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, no GPU "
+                        "visible); use --decode-device cpu")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise FeedError(f"decode_device {config.decode_device!r}: only {count} CUDA device(s) visible "
+                        f"(cuda:0 to cuda:{count - 1})")
+
+
+def largest_source(paths: np.ndarray, max_pixels: int, limit: int = PROBED_FILES) -> tuple[int, int]:
+    """(height, width) in pixels of the largest image among up to ``limit`` files spread over ``paths``.
+
+    Headers only (``feeding.decode.probe``). A file that no longer opens is left out of the
+    estimate: the pipeline reports it when it reaches it.
+    """
+    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(len(paths), limit)).round().astype(np.int64))
+    sizes = []
+    for path in dict.fromkeys(paths[picks].tolist()):  # duplicates listed twice are read once
+        try:
+            sizes.append(decode.probe(path, max_pixels))
+        except BadImageError:
+            continue
+    return max(sizes, key=lambda size: size[0] * size[1], default=(0, 0))
+
+
+_OPERATOR = re.compile(r"Error in (\w+) operator `([^`]+)`")
+
+
+def one_line(error: BaseException, limit: int = 500) -> str:
+    """DALI's error text in one line: the operator and what it encountered, without the graph's
+    traceback and the repeated "pipeline is no longer valid" lines."""
+    text = str(error)
+    head, found, encountered = text.partition("encountered:")
+    if not found:
+        return " ".join(text.split())[:limit]
+    reason = " ".join(line.strip() for line in encountered.splitlines()
+                      if line.strip() and "no longer valid" not in line)
+    operator = _OPERATOR.search(head)
+    where = f"{operator.group(1)} operator {operator.group(2)}: " if operator else ""
+    return f"{where}{reason}"[:limit]
 
 
 def _validated(samples: Samples, config: FeedConfig) -> tuple[Samples, list[BadFile]]:

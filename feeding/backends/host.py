@@ -277,10 +277,7 @@ class HostFeeder(Feeder):
 
     def __init__(self, samples: Samples, config: FeedConfig, transform: HostTransform) -> None:
         super().__init__(samples, config)
-        if config.on_bad == "fail" and samples.problems:
-            first = samples.problems[0]
-            raise FeedError(f"{len(samples.problems)} problem(s) while listing the data, first: {first.path}: {first.reason}")
-        self._record_skips(list(samples.problems))
+        self._take_listing_problems()
         self.dataset = BatchDataset(samples, transform, config)
         self.executor = choose_executor(config.executor, transform, config.workers)
         height, width = config.plan.output_size

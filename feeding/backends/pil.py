@@ -1,8 +1,8 @@
 """The PIL backend (pillow-simd when installed): plan steps as PIL operations.
 
 Crop and resize run as one resampling pass (``Image.resize(box=...)``); when
-rotates and flips follow, the planner fuses them all into one affine warp
-(``Image.transform``). A resize to at most half the size decodes at a reduced
+a centre crop, rotates or flips follow, the planner fuses them all into one
+affine warp (``Image.transform``). A resize to at most half the size decodes at a reduced
 JPEG scale (``draft``).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class PilTransform(HostTransform):
         box: Box = affine.first_box(self.plan, source, rng)
         draft_to = None
         if self.plan.first_resamples and self.plan.decode_reduction(source, box[2:]) > 1:
-            draft_to = _draft_target(source, box, first.size)
+            draft_to = _draft_target(source, box, first.out_shape(source))
         return decode.load_pil(path, self.max_pixels, draft_to=draft_to, data=data), source, box
 
     def augment(self, decoded: tuple[Image.Image, Shape, Box], rng: np.random.Generator) -> np.ndarray:
@@ -41,14 +41,15 @@ class PilTransform(HostTransform):
         fused = self.plan.fused_steps
         if fused:
             matrix = affine.warp_matrix(self.plan.steps[:fused], source, box, (image.height, image.width), rng)
-            height, width = self.plan.steps[0].size
+            height, width = affine.fused_shape(self.plan.steps[:fused], source)
             image = image.transform((width, height), Image.AFFINE, affine.pil_affine_data(matrix),
                                     resample=Image.BILINEAR, fillcolor=(0, 0, 0))
         for i, op in enumerate(self.plan.steps):
             if i < fused:
                 continue
             if i == 0 and isinstance(op, (Resize, RandomResizedCrop)):
-                image = _resize_box(image, source, box, op.size)  # crop and resize in one pass
+                # Crop and resize in one pass; a shorter-side resize is sized from the full source, not the draft.
+                image = _resize_box(image, source, box, op.out_shape(source))
             else:
                 image = _apply(image, op, rng)
         return np.asarray(image)
@@ -64,7 +65,8 @@ def _resize_box(image: Image.Image, source: Shape, box: Box, size: Shape) -> Ima
 
 def _apply(image: Image.Image, op, rng: np.random.Generator) -> Image.Image:
     if isinstance(op, Resize):
-        return image.resize((op.size[1], op.size[0]), Image.BILINEAR)
+        height, width = op.out_shape((image.height, image.width))
+        return image.resize((width, height), Image.BILINEAR)
     if isinstance(op, RandomResizedCrop):
         box = draw_crop_box((image.height, image.width), op.scale, op.ratio, rng)
         return _resize_box(image, (image.height, image.width), box, op.size)
