@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from bench.args import HelpFormatter, non_negative_int, positive_int
-from bench.args import size as size_arg
+from feeding.options import HelpFormatter, non_negative_int, positive_int
+from feeding.options import size as size_arg
+from feeding.backends import BACKENDS
 from feeding.errors import FeedError, MissingDependencyError
-from feeding.feeder import EXECUTORS, ON_BAD, PIPELINES, FeedConfig
+from feeding.backends import PIPELINES
+from feeding.feeder import EXECUTORS, ON_BAD, FeedConfig
 from feeding.spec import train_spec
 
 
@@ -126,19 +127,12 @@ def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
                        stages=args.stages, isolate=args.isolate)
 
 
-def resolve_data(data: str | None) -> Path:
-    if data is not None:
-        return Path(data)
-    from feeding.sample import ensure_sample
-
-    print("feedbench: no --data given; using the sample data set (generated once into the cache)", file=sys.stderr)
-    return ensure_sample()
-
-
 def run_bench(config: BenchConfig) -> dict:
     """Build the feeder, measure it, and return the result record."""
     from bench.measure import measure_feeder
-    from bench.provenance import display_path, provenance
+    from bench.provenance import provenance
+    from feeding.io import display_path
+    from feeding.sample import resolve_data
     from feeding.factory import create_feeder
     from feeding.sources import discover
 
@@ -146,12 +140,11 @@ def run_bench(config: BenchConfig) -> dict:
     samples = discover(root, on_bad=config.feed.on_bad)  # a manifest typo: an error naming the row, or a skip
     feeder = create_feeder(samples, config.feed)
     if config.show_plan:
-        print(feeder.plan.describe((512, 384)))
-        print(describe_workers(feeder))
+        print(describe_plan(feeder))
     sync = _cuda_sync if config.feed.decode_device != "cpu" else (lambda: None)
     breakdown = None
     with feeder:
-        if config.stages and config.feed.pipeline in ("pil", "albumentations"):  # the stage timers' owners
+        if config.stages and feeder.capabilities.stage_timers:
             from bench.stages import measure_stages
 
             measured, breakdown = measure_stages(feeder, config.batches, config.repeats, config.warmup)
@@ -175,15 +168,17 @@ def run_bench(config: BenchConfig) -> dict:
         "first_batch_s": measured.first_batch_s.to_dict(),
         "windows_images_per_sec": list(measured.windows),
         "plan": [type(op).__name__ for op in feeder.plan.steps],
-        "executor": getattr(feeder, "executor", None),
-        "jpeg_decoder": _jpeg_decoder(config.feed.pipeline),
+        "executor": feeder.executor,
+        "workers_description": feeder.describe_workers(),
+        "jpeg_decoder": feeder.capabilities.describe_decoder(),
         "literal_order": config.feed.literal_order,
         "decode_device": config.feed.decode_device,
         "on_bad": config.feed.on_bad,
         "skipped": [record.to_dict() for record in feeder.skipped],
         # The feeder's (worker counts that cannot pay) and the measurement's (a window lengthened).
         "notes": list(feeder.notes) + list(measured.notes)
-        + (["stage timers exist for the host pipelines only (pil, albumentations)"]
+        + ([f"the {config.feed.pipeline} pipeline has no stage timers (--stages: "
+            f"{', '.join(name for name, b in BACKENDS.items() if b.stage_timers)})"]
            if config.stages and breakdown is None else []),
         "stages": breakdown.to_dict() if breakdown else None,
         "pil_build": info["machine"]["pil"],
@@ -191,37 +186,25 @@ def run_bench(config: BenchConfig) -> dict:
     }
 
 
-def _jpeg_decoder(pipeline: str) -> str:
-    from feeding import decode
+def describe_plan(feeder, files: int = 64) -> str:
+    """The plan for the data's own image sizes (the most common among ``files`` headers spread over
+    the data set), and who runs it."""
+    from collections import Counter
 
-    if pipeline in ("albumentations", "ray"):  # the ray actors run the albumentations transform by default
-        return decode.jpeg_decoder()
-    if pipeline == "pil":
-        return decode.pil_build_line()
-    return pipeline  # DALI decodes with its own libjpeg-turbo (CPU) or nvJPEG (GPU)
+    from feeding.decode import sampled_sizes
 
-
-EXECUTOR_NOUNS = {"thread": "threads", "process": "processes"}
-
-
-def _plural_executor(executor: str) -> str:
-    return EXECUTOR_NOUNS.get(executor, f"{executor}s")
+    sizes = Counter(sampled_sizes(feeder.samples.paths, feeder.config.max_pixels, files))
+    if not sizes:
+        return feeder.plan.describe() + "\n" + describe_workers(feeder)
+    (source, seen), *others = sizes.most_common()
+    where = (f"the most common size of {sum(sizes.values())} files read ({seen} of them); "
+             f"{len(others)} other size(s)" if others else f"all {seen} files read")
+    return f"{feeder.plan.describe(source)}\n  (source {source[0]}x{source[1]}: {where})\n{describe_workers(feeder)}"
 
 
 def describe_workers(feeder) -> str:
     """Who makes the batches, and which library decodes the JPEGs (what the planner chose)."""
-    executor = getattr(feeder, "executor", None)
-    pipeline = feeder.config.pipeline
-    if executor is None:
-        who = f"{feeder.config.workers} DALI threads"
-    elif executor == "ray":
-        who = f"{feeder.workers} Ray Data actor(s) running the {feeder.ray_config.transform} transform"
-    elif executor == "main":
-        who = "the main process (0 workers)"
-    else:
-        why = "decode and warp release the GIL" if executor == "thread" else "Python holds the GIL"
-        who = f"{feeder.workers} worker {_plural_executor(executor)} ({why})"
-    return f"workers: {who}\nJPEG decoder: {_jpeg_decoder(pipeline)}"
+    return f"workers: {feeder.describe_workers()}\nJPEG decoder: {feeder.capabilities.describe_decoder()}"
 
 
 def _cuda_sync() -> None:
@@ -239,8 +222,7 @@ def format_result(result: dict) -> str:
         f"PIL: {pil.get('distribution')} {pil.get('version')}"
         + (" (SIMD build)" if pil.get("simd") else " (not the SIMD build)"),
         f"plan: {' -> '.join(result['plan'])}" + (" (literal order)" if result["literal_order"] else "")
-        + (f"; workers are {_plural_executor(result['executor'])}" if result.get("executor") in EXECUTOR_NOUNS
-           else ""),
+        + (f"; workers: {result['workers_description']}" if result.get("workers_description") else ""),
         "",
         f"{'pipeline':<15}{'workers':>8}{'batch':>7}{'size HxW':>10}{'img/s median':>14}{'min':>9}{'max':>9}"
         f"{'IQR':>8}{'1st batch s':>13}{'skipped':>9}",
@@ -275,7 +257,7 @@ def run_main(argv: list[str]) -> int:
         print(f"warning: {note}", file=sys.stderr)
     print(format_result(result))
     if config.json_path:
-        from bench.io import write_json
+        from feeding.io import write_json
 
         print(f"wrote {write_json(config.json_path, result)}")
     return 0

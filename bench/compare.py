@@ -51,8 +51,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from bench.args import FlattenList, HelpFormatter, listed, whole_number
-from bench.args import size as size_arg
+from feeding.options import FlattenList, HelpFormatter, listed, whole_number
+from feeding.options import size as size_arg
 from bench.measure import EpochIterable, FeedMeasurement, measure_feeder
 from bench.stats import Summary, summarize
 from feeding import decode
@@ -600,7 +600,7 @@ def all_skipped(rows: list[Row]) -> tuple[BadFile, ...]:
 
 
 def _named(files: tuple[BadFile, ...], root: Path, shown: int) -> str:
-    from bench.provenance import display_path
+    from feeding.io import display_path
 
     base = root if root.is_dir() else root.parent  # a manifest's paths are relative to its folder
 
@@ -734,7 +734,7 @@ def output_stem(data_name: str, config: CompareConfig) -> str:
 
 
 def write_outputs(report: dict, config: CompareConfig) -> list[Path]:
-    from bench.io import write_atomic, write_json
+    from feeding.io import write_atomic, write_json
 
     stem = Path(config.out) / output_stem(report["data_name"], config)
     written = [write_json(stem.with_suffix(".json"), report)]
@@ -805,8 +805,8 @@ def _data_name(data: str | None, root: Path) -> str:
 
 def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
     """Measure every row; return the report and whether the run was interrupted."""
-    from bench.cli import resolve_data
-    from bench.provenance import display_path
+    from feeding.sample import resolve_data
+    from feeding.io import display_path
     from feeding.sources import discover
 
     root = resolve_data(config.data)

@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import difflib
 import gc
-import importlib
-import inspect
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
@@ -39,35 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.stats import Summary, summarize
-from feeding.spec import Shape
+from feeding import checks
+from feeding.checks import Shape
+from feeding.device import synchronizer
+from training.models import build_model
 
-_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
 _MIB = 2**20
 MOMENTUM = 0.9
 LEARNING_RATE = 0.01
-
-
-def _check_positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-
-
-def _check_device(device: str) -> None:
-    match = _DEVICE.fullmatch(device) if isinstance(device, str) else None
-    if match is None:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device == "cpu":
-        return
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} asked for, but CUDA is not available here (torch {torch.__version__}, "
-            f"built for CUDA {torch.version.cuda or 'none'}, no GPU visible); use device='cpu'"
-        )
-    index = int(match.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 @dataclass(frozen=True)
@@ -94,16 +69,12 @@ class ConsumeConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must be a timm model name or 'package.module:factory', got an empty name")
-        _check_device(self.device)
+        checks.available_device("device", self.device)
         for name in ("batch_size", "num_classes", "steps"):
-            _check_positive(name, getattr(self, name))
-        _check_positive("threads", self.threads, allow_none=True)
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a whole number >= 0, got {self.warmup!r}")
-        if not isinstance(self.size, tuple) or len(self.size) != 2:
-            raise ValueError(f"size must be a (height, width) pair, got {self.size!r}")
-        for side in self.size:
-            _check_positive("size", side)
+            checks.count(name, getattr(self, name))
+        checks.count("threads", self.threads, allow_none=True)
+        checks.count("warmup", self.warmup, minimum=0)
+        object.__setattr__(self, "size", checks.size("size", self.size))
         for name in ("channels_last", "amp"):
             if getattr(self, name) not in (None, True, False):
                 value = getattr(self, name)
@@ -139,58 +110,6 @@ class ConsumeMeasurement:
         return asdict(self)
 
 
-def build_model(name: str, num_classes: int) -> torch.nn.Module:
-    """An untrained model: a timm name, or ``"package.module:factory"`` called with ``num_classes``.
-
-    A factory is given ``num_classes=`` when its signature accepts it. Nothing is downloaded:
-    timm models are created with ``pretrained=False``, and hub names (``hf-hub:...``) are refused.
-    """
-    if ":" in name:
-        return _from_factory(name, num_classes)
-    import timm
-
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown timm model {name!r}{hint} (or give 'package.module:factory')")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
-
-
-def _from_factory(name: str, num_classes: int) -> torch.nn.Module:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except (ImportError, ValueError) as err:
-        raise ValueError(f"model {name!r}: cannot import module {module_name!r} ({err})") from err
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"model {name!r}: {module_name} has no callable {attr!r}")
-    model = factory(num_classes=num_classes) if _accepts_num_classes(factory) else factory()
-    if not isinstance(model, torch.nn.Module):
-        kind = type(model).__name__
-        raise ValueError(f"model {name!r}: the factory returned {kind}, not a torch.nn.Module")
-    return model
-
-
-def _accepts_num_classes(factory: Callable) -> bool:
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # no introspectable signature: assume the timm convention
-        return True
-    return any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def model_threads(cores: int, workers: int) -> int:
-    """Intra-op threads for the model when ``workers`` loader processes share ``cores`` CPU cores.
-
-    Each worker keeps a core busy, so the model gets the cores they leave free, and at least one.
-    """
-    _check_positive("cores", cores)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
-    return max(1, cores - workers)
-
-
 # --- one training step -------------------------------------------------------------------------
 
 
@@ -219,13 +138,6 @@ def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, amp
         loss = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
-
-
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    """Waits for queued device work, so a timer read after it sees finished steps."""
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
 
 
 class _PeakMemory:

@@ -35,9 +35,10 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no display, n
 from PIL import Image
 from tqdm import tqdm
 
-from bench.args import HelpFormatter, non_negative_int, positive_int
-from bench.io import write_atomic, write_json
-from bench.provenance import display_path, provenance
+from feeding.options import HelpFormatter, non_negative_int, positive_int
+from feeding.io import write_atomic, write_json
+from bench.provenance import provenance
+from feeding.io import display_path
 from feeding.decode import IMAGE_OPEN_FORMATS, load_pil, probe
 from feeding.errors import BadImageError, FeedError
 from feeding.feeder import DEFAULT_MAX_PIXELS

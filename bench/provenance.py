@@ -3,60 +3,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import subprocess
 from pathlib import Path
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        return None
-
-
-def _dali_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110"):
-        try:
-            return f"{dist} {version(dist)}"
-        except PackageNotFoundError:
-            continue
-    return None
-
-
-def machine_info() -> dict:
-    import torch
-
-    from feeding.decode import pil_build
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "ram_gib": _ram_gib(),
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "dali": _dali_version(),
-        "pil": pil_build(),
-    }
+from feeding.io import display_path
+from feeding.machine import machine_info
 
 
 def commit_info(repo: Path | None = None) -> dict:
-    """The commit and whether the tree had uncommitted changes (None outside git)."""
+    """The commit and whether the code had uncommitted changes, results/ aside (None outside git)."""
     cwd = repo or Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str | None:
@@ -67,22 +22,9 @@ def commit_info(repo: Path | None = None) -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # The code's state, not the results': a run that rewrites results/ must not call its own commit dirty.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"id": commit, "dirty": bool(status) if status is not None else None}
-
-
-def display_path(path: str | os.PathLike) -> str:
-    """A path for results: the cache root as ``<cache>``, the home directory as ``~``.
-
-    Results are committed; they should not carry one machine's directories.
-    """
-    from feeding.cache import cache_root
-
-    text = str(Path(path).resolve()) if str(path) else str(path)
-    for prefix, shown in ((str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")):
-        if text == prefix or text.startswith(prefix + os.sep):
-            return shown + text[len(prefix):]
-    return text
 
 
 PATH_FLAGS = ("--data", "--out", "--json", "--recommendation")

@@ -91,8 +91,7 @@ def measure_stages(
     ram_budget_bytes: int = 2 * 2**30,
 ) -> tuple[FeedMeasurement, StageBreakdown]:
     """Measure a host feeder with its stage timers (and, optionally, again from RAM)."""
-    transform = getattr(getattr(feeder, "dataset", None), "transform", None)
-    if transform is None or not hasattr(feeder, "reset_stage_times"):
+    if not feeder.capabilities.stage_timers:
         raise ValueError(f"the {feeder.config.pipeline} pipeline has no stage timers (host pipelines only)")
     parallelism = max(1, min(feeder.workers, os.cpu_count() or 1))
     feeder.reset_stage_times()
@@ -105,13 +104,11 @@ def measure_stages(
     if differential:
         cache = preload_bytes(feeder.samples.paths.tolist(), ram_budget_bytes)
         if cache is not None:
-            feeder.close()  # workers are forked again below and inherit the cache
-            transform.byte_cache = cache
+            feeder.use_bytes(cache)  # its workers start again below, and inherit the bytes
             try:
                 ram_ips = measure_feeder(feeder, batches, repeats, warmup).images_per_sec.median
             finally:
-                feeder.close()
-                transform.byte_cache = None
+                feeder.use_bytes(None)
             share = max(0.0, 1 - disk.images_per_sec.median / ram_ips)
     breakdown = StageBreakdown(
         ms_per_image={k: round(v, 4) for k, v in stages.items()},

@@ -19,7 +19,6 @@ feed, then to fewer workers.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import math
 import os
@@ -29,9 +28,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.consume import model_threads
+from training.models import model_threads
 from feeding.errors import BadFile, FeedError, MissingDependencyError
-from feeding.feeder import PIPELINES, FeedConfig
+from feeding.backends import PIPELINES
+from feeding.feeder import FeedConfig
 from feeding.spec import Shape, train_spec
 
 WAIT_TOLERANCE = 0.05  # a model that waits less than 5% of the time is not held back by its input
@@ -571,28 +571,18 @@ def _prediction_from_row(row: dict) -> Prediction:
 # ---------------------------------------------------------------- the run: search, check, report
 
 
-def dataset_fingerprint(samples) -> dict:
-    """Enough to tell whether a recommendation was made on this data set."""
-    base = Path(samples.root)
-    base = base.parent if base.is_file() else base
-    relative = sorted(os.path.relpath(p, base) for p in samples.paths.tolist())  # the same on any machine
-    digest = hashlib.sha256("\n".join(relative).encode()).hexdigest()[:16]
-    from bench.provenance import display_path
-
-    return {"root": display_path(samples.root), "images": len(samples), "layout": samples.layout,
-            "paths_sha256": digest}
-
-
 def tune(config: TuneConfig) -> dict:
     """Search, check the pick end to end, and return the recommendation record."""
     from tqdm import tqdm
 
-    from bench.cli import resolve_data
-    from bench.provenance import display_path, provenance
+    from feeding.sample import resolve_data
+    from feeding.sources import dataset_fingerprint
+    from bench.provenance import provenance
+    from feeding.io import display_path
     from feeding.sources import discover
 
     samples = discover(resolve_data(config.data), on_bad=config.on_bad)
-    from bench.consume import build_model
+    from training.models import build_model
 
     build_model(config.model, len(samples.classes))  # an unknown model fails now, not after the feed sweep
     started = time.perf_counter()
@@ -729,7 +719,9 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> tuple[dic
     """
     import torch
 
-    from bench.consume import ConsumeConfig, build_model, prepare_model, synchronizer
+    from bench.consume import ConsumeConfig, prepare_model
+    from feeding.device import synchronizer
+    from training.models import build_model
     from feeding.device import DeviceFeeder
     from feeding.factory import create_feeder
 
@@ -827,7 +819,7 @@ def plot(record: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.io import write_atomic
+    from feeding.io import write_atomic
 
     feed = [m for m in record["search"]["measurements"] if m["side"] == "feed"]
     ref_size, ref_batch = feed[0]["size"], feed[0]["batch"]
@@ -972,7 +964,7 @@ def next_command(recommendation: Path) -> str:
 
 
 def write_reports(record: dict, out: Path, command: str) -> list[Path]:
-    from bench.io import write_atomic, write_json
+    from feeding.io import write_atomic, write_json
 
     tag = run_tag(record)
     recommendation = recommendation_path(record, out)
@@ -989,7 +981,7 @@ def write_reports(record: dict, out: Path, command: str) -> list[Path]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from bench.args import FlattenList, HelpFormatter, listed, plain_text, positive_int, size
+    from feeding.options import FlattenList, HelpFormatter, listed, plain_text, positive_int, size
 
     d = TuneConfig
     parser = argparse.ArgumentParser(prog="feedbench tune", description=plain_text(__doc__.split("\n\n")[0]),

@@ -10,7 +10,8 @@ branch that needs it.
 """
 from feeding.errors import BadFile, BadImageError, FeedError, MissingDependencyError
 from feeding.factory import create_feeder
-from feeding.feeder import PIPELINES, FeedConfig, Feeder
+from feeding.backends import PIPELINES, Capabilities, capabilities
+from feeding.feeder import FeedConfig, Feeder
 from feeding.plan import Plan, make_plan
 from feeding.sources import Samples, discover, person_folds, person_split
 from feeding.spec import (
@@ -27,8 +28,8 @@ from feeding.spec import (
 )
 
 __all__ = [
-    "PIPELINES", "AugSpec", "BadFile", "BadImageError", "CenterCrop", "ColorJitter", "FeedConfig",
+    "PIPELINES", "AugSpec", "BadFile", "BadImageError", "Capabilities", "CenterCrop", "ColorJitter", "FeedConfig",
     "FeedError", "Feeder", "HorizontalFlip", "MissingDependencyError", "Normalize", "Plan",
-    "RandomResizedCrop", "Resize", "Rotate", "Samples", "create_feeder", "discover", "eval_spec",
+    "RandomResizedCrop", "Resize", "Rotate", "Samples", "capabilities", "create_feeder", "discover", "eval_spec",
     "make_plan", "person_folds", "person_split", "train_spec",
 ]

@@ -240,6 +240,20 @@ def probe(path: str, max_pixels: int, data: bytes | None = None) -> tuple[int, i
     return header(path, max_pixels, data).size
 
 
+def sampled_sizes(paths, max_pixels: int, limit: int = 256) -> list[tuple[int, int]]:
+    """(height, width) in pixels of up to ``limit`` files spread evenly over ``paths``, from their
+    headers; files listed twice are read once, files that do not open are left out."""
+    paths = np.asarray(paths)
+    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(len(paths), limit)).round().astype(np.int64))
+    sizes = []
+    for path in dict.fromkeys(paths[picks].tolist()):
+        try:
+            sizes.append(probe(path, max_pixels))
+        except BadImageError:
+            continue
+    return sizes
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """A new 8-bit RGB image from a loaded one (never ``image`` itself, so it can be closed)."""
     if image.mode in _SIXTEEN_BIT_MODES:

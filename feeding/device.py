@@ -6,7 +6,7 @@ side stream while the current one is being used, as timm's PrefetchLoader does.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -19,6 +19,13 @@ def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
     scale = 1.0 / (255.0 * std)
     shift = mean / std
     return images.to(dtype).mul_(scale.to(dtype)).sub_(shift.to(dtype))
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for queued device work, so a timer read after it sees finished steps."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 class DeviceFeeder:

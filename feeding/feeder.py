@@ -16,12 +16,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from feeding import checks
+from feeding.backends import BACKENDS, Capabilities, capabilities
 from feeding.errors import BadFile, FeedError
 from feeding.plan import Plan, make_plan
 from feeding.sources import Samples
 from feeding.spec import AugSpec, train_spec
 
-PIPELINES = ("pil", "albumentations", "dali", "ray")  # ray: the optional feedbench[ray] extra
 ON_BAD = ("skip", "fail")
 # Who makes the CPU pipelines' batches: worker processes (a DataLoader), threads, or
 # "auto": threads where the transform's hot path releases the GIL, processes elsewhere.
@@ -55,28 +56,26 @@ class FeedConfig:
     cache_dir: str | None = None  # where validation scans are cached (default: feeding.cache)
 
     def __post_init__(self) -> None:
-        if self.pipeline not in PIPELINES:
-            raise ValueError(f"unknown pipeline {self.pipeline!r}; choose one of {', '.join(PIPELINES)}")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if self.on_bad not in ON_BAD:
-            raise ValueError(f"on_bad must be one of {ON_BAD}, got {self.on_bad!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"workers must be an int >= 0, got {self.workers!r}")
-        if self.prefetch_factor < 1:
-            raise ValueError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
-        if not (0 <= self.shard_id < self.num_shards):
+        backend = capabilities(self.pipeline)
+        checks.choice("executor", self.executor, EXECUTORS)
+        checks.choice("on_bad", self.on_bad, ON_BAD)
+        checks.count("batch_size", self.batch_size)
+        checks.count("workers", self.workers, minimum=0)
+        checks.count("prefetch_factor", self.prefetch_factor)
+        checks.count("num_shards", self.num_shards)
+        if not (0 <= checks.count("shard_id", self.shard_id, minimum=0) < self.num_shards):
             raise ValueError(f"need 0 <= shard_id < num_shards, got {self.shard_id} of {self.num_shards}")
-        if self.max_pixels < 1:
-            raise ValueError("max_pixels must be positive")
-        if self.worker_timeout_s <= 0:
+        checks.count("max_pixels", self.max_pixels)
+        if checks.number("worker_timeout_s", self.worker_timeout_s, minimum=0) == 0:
             raise ValueError("worker_timeout_s must be positive")
-        if not (self.decode_device == "cpu" or self.decode_device.startswith("cuda")):
-            raise ValueError(f"decode_device must be 'cpu' or 'cuda[:N]', got {self.decode_device!r}")
-        if self.decode_device != "cpu" and self.pipeline != "dali":
-            raise ValueError("only the dali pipeline decodes on the GPU; use decode_device='cpu'")
+        checks.device("decode_device", self.decode_device)
+        if self.decode_device != "cpu" and not backend.gpu_decode:
+            gpu = " or ".join(name for name, b in BACKENDS.items() if b.gpu_decode)
+            raise ValueError(f"only the {gpu} pipeline decodes on the GPU; use decode_device='cpu'")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.pipeline)
 
     @property
     def plan(self) -> Plan:
@@ -85,10 +84,7 @@ class FeedConfig:
     @property
     def gpu_id(self) -> int | None:
         """The CUDA device index for GPU decode, or None for CPU decode."""
-        if self.decode_device == "cpu":
-            return None
-        _, _, index = self.decode_device.partition(":")
-        return int(index or 0)
+        return checks.device_index(self.decode_device)
 
 
 def worker_notes(workers: int, cores: int, batches: int) -> list[str]:
@@ -123,6 +119,8 @@ def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 
 class Feeder(ABC):
     """Base of every backend. Subclasses implement ``_epoch_batches``."""
+
+    executor: str | None = None  # who makes the batches where the backend chooses ("process", "thread", "main")
 
     def __init__(self, samples: Samples, config: FeedConfig) -> None:
         self.config = config
@@ -180,6 +178,14 @@ class Feeder(ABC):
     def pipeline_depth(self) -> int:
         """Batches the workers make ahead of the consumer (what a benchmark must drain first)."""
         return 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.config.capabilities
+
+    def describe_workers(self) -> str:
+        """Who makes the batches, in a few words (``--show-plan``, reports)."""
+        return f"{self.config.workers} {self.capabilities.workers}"
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (and so the shuffle) that the next ``iter()`` delivers."""

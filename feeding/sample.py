@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import tempfile
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -471,6 +472,14 @@ def default_sample_dir(people: int = 60, seed: int = 0) -> Path:
 def ensure_sample(people: int = 60, seed: int = 0) -> Path:
     """The default sample, written on first use (used when the user passes no --data)."""
     return write_sample(default_sample_dir(people, seed), people=people, seed=seed)
+
+
+def resolve_data(data: str | None) -> Path:
+    """The data a command was given, or the embedded sample (generated once into the cache), said on stderr."""
+    if data is not None:
+        return Path(data)
+    print("no --data given; using the sample data set (generated once into the cache)", file=sys.stderr)
+    return ensure_sample()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,13 @@
 """Seeds derived from one base seed: per epoch, per batch, per worker.
 
 Augmentation draws come from a generator keyed by (seed, epoch, batch number),
-not by worker: the stream is the same whatever the number of workers, and no
-two batches in any epoch share a stream. Each worker also seeds Python's,
-NumPy's and torch's global generators from (seed, epoch, worker id), for user
-code that draws from them.
+not by worker: the stream is the same whatever the number of workers or the
+executor, and no two batches in any epoch share a stream. Each worker
+*process* also seeds Python's, NumPy's and torch's global generators from
+(seed, epoch, worker id), for user code that draws from them. Worker threads
+cannot: those generators belong to the process, which its threads share, so
+user code in a thread pool that draws from them gets no per-worker stream
+(feedbench's own transforms never draw from them).
 """
 from __future__ import annotations
 

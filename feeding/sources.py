@@ -8,6 +8,7 @@ hold them into each worker (the "copy-on-read" memory growth of DataLoader).
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import warnings
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from feeding.errors import BadFile, FeedError
+from feeding.io import display_path
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: anything else is not an image.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -319,3 +321,13 @@ def person_split(samples: Samples, val_fraction: float = 0.2, seed: int = 0) -> 
         raise ValueError(f"val_fraction must be within (0, 1), got {val_fraction}")
     train_idx, val_idx = person_folds(samples, max(2, round(1 / val_fraction)), seed)[0]
     return samples.subset(train_idx), samples.subset(val_idx)
+
+
+def dataset_fingerprint(samples) -> dict:
+    """Enough to tell whether a recommendation was made on this data set."""
+    base = Path(samples.root)
+    base = base.parent if base.is_file() else base
+    relative = sorted(os.path.relpath(p, base) for p in samples.paths.tolist())  # the same on any machine
+    digest = hashlib.sha256("\n".join(relative).encode()).hexdigest()[:16]
+    return {"root": display_path(samples.root), "images": len(samples), "layout": samples.layout,
+            "paths_sha256": digest}

@@ -1,6 +1,8 @@
 """Device probe: feed-only vs end-to-end (resnet18 bf16 on CUDA) per executor and worker count."""
 import sys, time, torch
-from bench.consume import ConsumeConfig, build_model, prepare_model, train_step, synchronizer
+from bench.consume import ConsumeConfig, prepare_model, train_step
+from feeding.device import synchronizer
+from training.models import build_model
 from bench.measure import measure_feeder
 from feeding import FeedConfig, create_feeder, discover
 from feeding.device import DeviceFeeder

@@ -135,7 +135,7 @@ def test_notes_are_warnings_on_stderr_and_kept_in_the_json(sample_dir, tmp_path)
     assert f"warning: {note}" in result.stderr.splitlines()
     assert note not in result.stdout
     assert note in json.loads(out.read_text())["notes"]
-    assert "workers are processes" in result.stdout
+    assert "workers: 2 worker processes" in result.stdout and "processs" not in result.stdout
 
 
 def test_data_sample_writes_the_competition_layout(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bench import consume
-from bench.consume import ConsumeConfig, build_model, largest_batch, measure_consumption, model_threads
+from bench.consume import ConsumeConfig, largest_batch, measure_consumption
+from training.models import build_model, model_threads
 
 
 def tiny_net(num_classes: int = 10) -> torch.nn.Module:

@@ -21,7 +21,8 @@ import torch
 from tests.test_training_fit import REPO, SLOW_TINY, TINY, _args
 from training.checkpoint import RunDirectoryError, choose_run_dir, run_files
 from training.config import FitConfig
-from training.fit import create_model, get_args_parser, main
+from training.fit import get_args_parser, main
+from training.models import create_model
 
 CONSTANT = "tests.test_training_fit:constant_net"
 

@@ -159,7 +159,7 @@ def _state_dict_file(tmp_path, name: str, seed: int):
 
 
 def test_pretrained_file_loads_the_local_weights_and_a_new_head(tmp_path):
-    from training.fit import create_model
+    from training.models import create_model
 
     weights, path = _state_dict_file(tmp_path, "test_efficientnet", seed=123)
     model = create_model(FitConfig(model="test_efficientnet", pretrained_file=str(path)), num_classes=18)
@@ -170,7 +170,7 @@ def test_pretrained_file_loads_the_local_weights_and_a_new_head(tmp_path):
 
 
 def test_pretrained_file_for_another_model_is_a_clear_error(tmp_path):
-    from training.fit import create_model
+    from training.models import create_model
 
     _, path = _state_dict_file(tmp_path, "test_resnet", seed=0)
     with pytest.raises(ValueError, match="does not load into test_efficientnet"):
@@ -182,7 +182,7 @@ def test_pretrained_file_for_another_model_is_a_clear_error(tmp_path):
 
 
 def test_freeze_backbone_trains_the_classifier_only():
-    from training.fit import create_model
+    from training.models import create_model
 
     torch.manual_seed(0)
     model = create_model(FitConfig(model="test_efficientnet", freeze_backbone=True), num_classes=4)

@@ -234,8 +234,8 @@ def test_best_without_a_recommendation_exits_2_with_the_tune_command(data, tmp_p
 
 
 def _recommendation(data: Path, **changes) -> dict:
-    from bench.provenance import machine_info
-    from bench.tune import dataset_fingerprint
+    from feeding.machine import machine_info
+    from feeding.sources import dataset_fingerprint
     from feeding.sources import discover
 
     record = {"pipeline": "pil", "workers": 0, "batch": 8, "size": [32, 32], "predicted_ips": 1000.0,

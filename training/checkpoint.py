@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.io import write_atomic
+from feeding.io import write_atomic
 from feeding.errors import FeedError
 
 LAST, BEST = "last.pt", "best.pt"

@@ -11,11 +11,13 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from feeding import checks
 from feeding.errors import FeedError
-from feeding.feeder import PIPELINES
+from feeding.backends import PIPELINES
 from feeding.spec import Shape
 
-FIT_PIPELINES = (*PIPELINES, "best")
+BEST = "best"  # --pipeline best: what feedbench tune recommended
+FIT_PIPELINES = (*PIPELINES, BEST)
 OPTIMIZERS = ("adamw", "sgd", "adamp")
 SCHEDULERS = ("cosine", "step", "plateau")
 LOSSES = ("ce", "focal", "weighted_ce")
@@ -29,16 +31,6 @@ ON_BAD = ("skip", "fail")
 
 class RecommendationError(FeedError):
     """``--pipeline best`` cannot use the recommendation on file (missing, or made elsewhere)."""
-
-
-def _non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-
-
-def _choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -76,41 +68,29 @@ class FitConfig:
     on_bad: str = "skip"  # a file or listing row that cannot be used: left out and reported, or an error
 
     def __post_init__(self) -> None:
-        from bench.consume import _check_device, _check_positive
-
-        _choice("pipeline", self.pipeline, FIT_PIPELINES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("scheduler", self.scheduler, SCHEDULERS)
-        _choice("loss", self.loss, LOSSES)
-        _choice("on_bad", self.on_bad, ON_BAD)
+        for name, choices in (("pipeline", FIT_PIPELINES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
+                              ("loss", LOSSES), ("on_bad", ON_BAD)):
+            checks.choice(name, getattr(self, name), choices)
         if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
             raise ValueError(f"out must be a directory path or None, got {self.out!r}")
-        if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(self.folds, int)
-                                       or self.folds < 2):
-            raise ValueError(f"folds must be an int >= 2, got {self.folds!r}")
+        checks.count("folds", self.folds, minimum=2, allow_none=True)
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must be a timm model name or 'package.module:factory'")
-        _check_device(self.device)
+        checks.available_device("device", self.device)
         for name in ("epochs", "accum_steps"):
-            _check_positive(name, getattr(self, name))
+            checks.count(name, getattr(self, name))
         for name in ("batch", "early_stop_patience"):
-            _check_positive(name, getattr(self, name), allow_none=True)
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
-                                         or self.workers < 0):
-            raise ValueError(f"workers must be a whole number >= 0, got {self.workers!r}")
+            checks.count(name, getattr(self, name), allow_none=True)
+        checks.count("workers", self.workers, minimum=0, allow_none=True)
         if self.size is not None:
-            if not isinstance(self.size, tuple) or len(self.size) != 2:
-                raise ValueError(f"size must be a (height, width) pair, got {self.size!r}")
-            for side in self.size:
-                _check_positive("size", side)
-        for name in ("lr", "weight_decay", "warmup_epochs", "focal_gamma", "label_smoothing"):
-            _non_negative(name, getattr(self, name))
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.label_smoothing >= 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be within (0, 1), got {self.val_fraction}")
+            object.__setattr__(self, "size", checks.size("size", self.size))
+        for name in ("weight_decay", "warmup_epochs", "focal_gamma"):
+            checks.number(name, getattr(self, name), minimum=0)
+        checks.number("label_smoothing", self.label_smoothing, minimum=0, maximum=1, open_maximum=True)
+        if checks.number("lr", self.lr, minimum=0) == 0:
+            raise ValueError("lr must be > 0, got 0")
+        if checks.number("val_fraction", self.val_fraction, minimum=0, maximum=1, open_maximum=True) == 0:
+            raise ValueError("val_fraction must be within (0, 1), got 0")
         if self.amp and self.device == "cpu":
             raise ValueError("amp (bfloat16 autocast) is for CUDA only; drop --amp on the CPU")
         if self.pretrained_file is not None:
@@ -120,8 +100,13 @@ class FitConfig:
                 raise ValueError(f"pretrained file {self.pretrained_file} does not exist")
 
     @property
+    def follows_recommendation(self) -> bool:
+        """``--pipeline best``: the feed comes from the tuner's recommendation."""
+        return self.pipeline == BEST
+
+    @property
     def is_resolved(self) -> bool:
-        return self.pipeline != "best" and None not in (self.batch, self.workers, self.size)
+        return not self.follows_recommendation and None not in (self.batch, self.workers, self.size)
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -132,10 +117,10 @@ class FitConfig:
 def resolve_feed(config: FitConfig, recommendation: dict | None) -> FitConfig:
     """``config`` with pipeline, batch, workers and size filled in: explicit values, else the
     recommendation (for ``best``, already checked by ``load_recommendation``), else the defaults."""
-    source = recommendation if config.pipeline == "best" else {}
+    source = recommendation if config.follows_recommendation else {}
     return replace(
         config,
-        pipeline=source["pipeline"] if config.pipeline == "best" else config.pipeline,
+        pipeline=source["pipeline"] if config.follows_recommendation else config.pipeline,
         batch=config.batch if config.batch is not None else source.get("batch", DEFAULT_BATCH),
         workers=config.workers if config.workers is not None else source.get("workers", DEFAULT_WORKERS),
         size=config.size if config.size is not None else tuple(source.get("size", DEFAULT_SIZE)),
@@ -149,8 +134,8 @@ def tune_command(config: FitConfig) -> str:
 
 def recommendation_mismatches(record: dict, samples, config: FitConfig) -> list[str]:
     """What differs between where the recommendation was made and this run (empty: it applies)."""
-    from bench.provenance import machine_info
-    from bench.tune import dataset_fingerprint
+    from feeding.machine import machine_info
+    from feeding.sources import dataset_fingerprint
 
     differences = []
     here, there = machine_info(), record.get("machine", {})

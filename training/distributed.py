@@ -92,8 +92,8 @@ def shard_feed(feed, ctx: DistContext, device: torch.device):
     if not ctx.enabled:
         return feed
     changes = {"shard_id": ctx.rank, "num_shards": ctx.world_size}
-    if feed.pipeline == "dali" and device.type == "cuda":
-        changes["decode_device"] = f"cuda:{device.index if device.index is not None else ctx.local_rank}"
+    rank_gpu = f"cuda:{device.index if device.index is not None else ctx.local_rank}" if device.type == "cuda" else "cpu"
+    changes["decode_device"] = feed.capabilities.decode_device(rank_gpu)  # a GPU decoder takes this rank's GPU
     return replace(feed, **changes)
 
 

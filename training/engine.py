@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.consume import synchronizer
+from feeding.device import synchronizer
 
 
 @dataclass(frozen=True)

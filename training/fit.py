@@ -34,7 +34,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from bench.args import HelpFormatter
+    from feeding.options import HelpFormatter
 
     d = FitConfig()
     p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__, formatter_class=HelpFormatter)
@@ -106,110 +106,6 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
 # ---------------------------------------------------------------- building blocks
 
 
-def create_model(config: FitConfig, num_classes: int, announce: bool = True) -> torch.nn.Module:
-    """The model to train; ``announce``: print what a pretrained file contributed."""
-    from bench.consume import build_model
-
-    if config.pretrained_file is None:
-        model = build_model(config.model, num_classes)
-    else:
-        model = pretrained_model(config.model, num_classes, config.pretrained_file, announce)
-    if config.freeze_backbone:
-        freeze_backbone(model, config.model)
-    return model
-
-
-def read_weights(file: str) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file, read by timm's loader: .safetensors, or .pt/.pth through torch's
-    safe unpickler, unwrapped from 'state_dict'/'model' (EMA weights first) and DDP's 'module.' prefix."""
-    from timm.models import load_state_dict
-
-    try:
-        weights = load_state_dict(file)
-    except Exception as err:  # torch and safetensors raise many kinds for a file that is not theirs
-        if "Unsupported global" in str(err):  # a real PyTorch file, but with pickled Python objects in it
-            raise ValueError(f"{file} holds pickled Python objects, not only weights (torch's safe loader "
-                             "refuses them); save the model's state_dict() instead") from None
-        raise ValueError(f"{file} is not a PyTorch weights file (.pt/.pth or .safetensors)") from None
-    tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)} if isinstance(weights, dict) else {}
-    if not tensors:
-        raise ValueError(f"{file} is not a PyTorch weights file (.pt/.pth or .safetensors): it holds no tensors")
-    return tensors
-
-
-def pretrained_model(name: str, num_classes: int, file: str, announce: bool = True) -> torch.nn.Module:
-    """A timm model with the tensors of a local file that fit it by name and shape.
-
-    What does not fit (typically a classifier of another class count) is left out, and said; a
-    file of which no weight fits is refused, since the run would silently train from scratch.
-    """
-    from bench.consume import build_model
-
-    model = build_model(name, num_classes)  # an unknown name raises, naming close matches
-    try:
-        weights = read_weights(file)
-    except ValueError as err:
-        raise ValueError(f"--pretrained-file does not load into {name}: {err}") from None
-    own = model.state_dict()
-    fits = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
-    if not any(v.is_floating_point() for v in fits.values()):  # BN's integer num_batches_tracked is no weight
-        raise ValueError(f"--pretrained-file {file} does not load into {name}: none of its {len(weights)} "
-                         f"tensors fits the model's by name and shape (file: {_few(list(weights))}; "
-                         f"model: {_few(list(own))})")
-    model.load_state_dict(fits, strict=False)
-    if announce:
-        print(f"pretrained: loaded {len(fits)} of {len(own)} tensors from {file}"
-              f"{_left_out(model, own, weights, fits)}")
-    return model
-
-
-def _few(names: list[str], shown: int = 4) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
-def _left_out(model: torch.nn.Module, own: dict, weights: dict, fits: dict) -> str:
-    """' (left out: NAMES (why); ...)' for the model's tensors that kept their initial values, or ''."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    head_prefixes = tuple(f"{n}." for n, m in model.named_modules() if m is head and n)
-    reasons: dict[str, list[str]] = {}
-    for key in own:
-        if key in fits:
-            continue
-        if key not in weights:
-            reason = "not in the file"
-        elif key.startswith(head_prefixes):
-            reason = "classifier of another class count"
-        else:
-            reason = "another shape in the file"
-        reasons.setdefault(reason, []).append(key)
-    unused = sum(1 for key in weights if key not in own)
-    parts = [f"{_few(keys)} ({reason})" for reason, keys in reasons.items()]
-    if unused:
-        parts.append(f"{unused} of the file's tensors are not in the model")
-    return f" (left out: {'; '.join(parts)})" if parts else ""
-
-
-def freeze_backbone(model: torch.nn.Module, name: str) -> None:
-    """Only the classifier trains: the backbone gets no gradients, and its norm layers keep their
-    running statistics (in train mode they would drift towards this data's batches, changing the
-    features the head is fitted to)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, torch.nn.Module) or not any(True for _ in head.parameters()):
-        raise ValueError(f"--freeze-backbone: model {name!r} has no classifier head (get_classifier())")
-    model.requires_grad_(False)
-    head.requires_grad_(True)
-    in_head = set(head.modules())
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m not in in_head]
-
-    def norms_in_eval(module, inputs):  # runs before every forward, after any model.train()
-        for norm in norms:
-            norm.eval()
-
-    model.register_forward_pre_hook(norms_in_eval)
-
-
 def split_data(samples, config: FitConfig, split: tuple | None):
     """(train, val) Samples: ``split``'s indices (a fold), else a person-level split; a clear
     FeedError where a side would be empty, a warning for each class a side lacks."""
@@ -242,6 +138,7 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     """Training feed (this rank's shard) and validation feed (this rank's exact slice: no padding,
     so that the metrics reduced over ranks count every validation image once)."""
     from feeding import FeedConfig, create_feeder, eval_spec, train_spec
+    from feeding.backends import capabilities
     from feeding.device import DeviceFeeder
     from feeding.feeder import shard_indices
     from training import distributed
@@ -249,7 +146,7 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
 
     ctx = ctx or distributed.DistContext()
     device = device or torch.device(config.device)
-    decode_device = str(device) if config.pipeline == "dali" and device.type == "cuda" else "cpu"
+    decode_device = capabilities(config.pipeline).decode_device(str(device))
     common = {"pipeline": config.pipeline, "batch_size": config.batch, "workers": config.workers,
               "seed": config.seed, "decode_device": decode_device, "on_bad": config.on_bad}
     train_config = distributed.shard_feed(FeedConfig(spec=train_spec(config.size), **common), ctx, device)
@@ -331,8 +228,8 @@ def applicable_prediction(config: FitConfig, recommendation: dict | None) -> flo
     """The recommendation's predicted img/s, if this run uses exactly the recommended feed."""
     if recommendation is None:
         return None
-    same = (config.pipeline == recommendation["pipeline"] and config.workers == recommendation["workers"]
-            and config.batch == recommendation["batch"] and list(config.size) == list(recommendation["size"]))
+    feed = {"pipeline": config.pipeline, "workers": config.workers, "batch": config.batch, "size": list(config.size)}
+    same = all(recommendation.get(key) == value for key, value in feed.items())
     return recommendation.get("predicted_ips") if same else None
 
 
@@ -361,7 +258,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 def load_samples(config: FitConfig):
     """The data set, listing problems handled per ``on_bad``; a FeedError unless 2 classes have images."""
-    from bench.cli import resolve_data
+    from feeding.sample import resolve_data
     from feeding.sources import discover
 
     samples = discover(resolve_data(config.data), on_bad=config.on_bad)
@@ -414,7 +311,7 @@ def fit_folds(config: FitConfig) -> dict:
     """
     from dataclasses import replace
 
-    from bench.io import write_json
+    from feeding.io import write_json
     from feeding.sources import person_folds
 
     samples = load_samples(config)
@@ -452,8 +349,8 @@ def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict
     from timm.optim import create_optimizer_v2
     from torch.utils.tensorboard import SummaryWriter
 
-    from bench.consume import model_threads
-    from bench.io import write_json
+    from training.models import create_model, model_threads
+    from feeding.io import write_json
     from feeding.seeding import seed_globals
     from training import distributed
     from training.config import load_recommendation, resolve_feed
@@ -462,7 +359,7 @@ def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict
     from training.schedule import create_schedule
 
     samples = load_samples(config) if samples is None else samples
-    recommendation = load_recommendation(config, samples) if config.pipeline == "best" else None
+    recommendation = load_recommendation(config, samples) if config.follows_recommendation else None
     config = resolve_feed(config, recommendation)
     train, val = split_data(samples, config, split)
     num_classes = len(samples.classes)
@@ -623,7 +520,7 @@ def log_epoch(writer, stats, metrics, progress: Progress) -> None:
 def save_epoch(out: Path, config: FitConfig, classes, model, optimizer, scheduler, progress: Progress,
                metrics) -> None:
     """Confusion PNGs and checkpoints: best (when improved) before last, each written atomically."""
-    from bench.io import write_atomic
+    from feeding.io import write_atomic
     from training.checkpoint import rng_states, save_checkpoint
 
     png = confusion_png(metrics.confusion, classes, f"epoch {progress.epoch}: macro-F1 {metrics.macro_f1:.3f}")

@@ -237,7 +237,7 @@ def vote(probabilities: list[torch.Tensor], how: str) -> np.ndarray:
 
 
 def _load_model(path: Path, device: torch.device):
-    from bench.consume import build_model
+    from training.models import build_model
 
     state = load_checkpoint(path)
     try:
@@ -382,7 +382,7 @@ def score(truth: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) ->
 
 
 def _write_csv(path: Path, rows: list[list]) -> None:
-    from bench.io import write_atomic
+    from feeding.io import write_atomic
 
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
@@ -390,7 +390,7 @@ def _write_csv(path: Path, rows: list[list]) -> None:
 
 
 def _write_confusion(out: Path, scores: dict, classes: tuple[str, ...]) -> Path:
-    from bench.io import write_atomic
+    from feeding.io import write_atomic
     from training.fit import confusion_png
 
     path = out.with_name(f"{out.stem}-confusion.png")
@@ -400,7 +400,7 @@ def _write_confusion(out: Path, scores: dict, classes: tuple[str, ...]) -> Path:
 
 
 def predict(config: PredictConfig) -> dict:
-    from bench.io import write_json
+    from feeding.io import write_json
 
     checkpoints = find_checkpoints(config.checkpoints)
     test = read_test_set(config.data or _sample_eval(), config.on_bad)
@@ -430,7 +430,7 @@ def _sample_eval() -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from bench.args import HelpFormatter, non_negative_int, positive_int
+    from feeding.options import HelpFormatter, non_negative_int, positive_int
 
     d = PredictConfig(checkpoints="")
     p = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__, formatter_class=HelpFormatter)

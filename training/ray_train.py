@@ -124,7 +124,7 @@ def train_loop(loop: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from bench.consume import build_model
+    from training.models import build_model
     from feeding.backends.ray import torch_batches
     from feeding.device import DeviceFeeder
     from training.distributed import unwrap
@@ -191,7 +191,7 @@ def _import_ray_train():
 
 def run(config: RayTrainConfig) -> dict:
     """Split the data, start (or join) Ray, train, and return rank 0's metrics per epoch."""
-    from bench.cli import resolve_data
+    from feeding.sample import resolve_data
     from feeding.backends.host import EpochBatchSampler
     from feeding.backends.ray_cluster import RayConfig, address_from_env, data_cpu_limit
     from feeding.sources import discover, person_split
@@ -257,7 +257,7 @@ def _history(result) -> list[dict]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from bench.args import HelpFormatter, plain_text
+    from feeding.options import HelpFormatter, plain_text
 
     d = RayTrainConfig()
     p = argparse.ArgumentParser(prog="python -m training.ray_train",
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FeedError, MissingDependencyError, ValueError) as error:
         print(f"ray_train: error: {error}", file=sys.stderr)
         return 2
-    from bench.io import write_json
+    from feeding.io import write_json
 
     for epoch in summary["epochs"]:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in epoch.items()

@@ -53,7 +53,7 @@ from PIL import ExifTags, Image
 
 from feeding import decode
 from feeding.cache import cache_dir
-from feeding.errors import BadFile, BadImageError, FeedError, MissingDependencyError
+from feeding.errors import BadFile, FeedError, MissingDependencyError
 from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
 from feeding.resources import check_dali_memory, free_memory_for
 from feeding.scan import scan
@@ -467,19 +467,9 @@ def check_decode_device(config: FeedConfig) -> None:
 
 
 def largest_source(paths: np.ndarray, max_pixels: int, limit: int = PROBED_FILES) -> tuple[int, int]:
-    """(height, width) in pixels of the largest image among up to ``limit`` files spread over ``paths``.
-
-    Headers only (``feeding.decode.probe``). A file that no longer opens is left out of the
-    estimate: the pipeline reports it when it reaches it.
-    """
-    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(len(paths), limit)).round().astype(np.int64))
-    sizes = []
-    for path in dict.fromkeys(paths[picks].tolist()):  # duplicates listed twice are read once
-        try:
-            sizes.append(decode.probe(path, max_pixels))
-        except BadImageError:
-            continue
-    return max(sizes, key=lambda size: size[0] * size[1], default=(0, 0))
+    """(height, width) in pixels of the largest image among up to ``limit`` files spread over ``paths``
+    (headers only; a file that no longer opens is left out: the pipeline reports it when it reaches it)."""
+    return max(decode.sampled_sizes(paths, max_pixels, limit), key=lambda size: size[0] * size[1], default=(0, 0))
 
 
 _OPERATOR = re.compile(r"Error in (\w+) operator `([^`]+)`")

@@ -297,6 +297,19 @@ class HostFeeder(Feeder):
     def pipeline_depth(self) -> int:
         return self.workers * self.prefetch_factor
 
+    def describe_workers(self) -> str:
+        if self.executor == "main":
+            return "the main process (0 workers)"
+        why = "decode and warp release the GIL" if self.executor == "thread" else "Python holds the GIL"
+        noun = {"thread": "threads", "process": "processes"}[self.executor]
+        return f"{self.workers} worker {noun} ({why})"
+
+    def use_bytes(self, cache: dict[str, bytes] | None) -> None:
+        """Read files from ``cache`` (path -> bytes) instead of storage, or from storage again (None): what the
+        stage breakdown's differential run prices storage with. Restarts the workers, which inherit it."""
+        self.close()
+        self.dataset.transform.byte_cache = cache
+
     @property
     def num_samples(self) -> int:
         return self._sampler.shard_size  # DistributedSampler's padded share

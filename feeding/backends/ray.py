@@ -297,6 +297,9 @@ class RayFeeder(Feeder):
     def pipeline_depth(self) -> int:
         return batches_ahead(self.config, self.ray_config)
 
+    def describe_workers(self) -> str:
+        return f"{self.workers} Ray Data actor(s) running the {self.ray_config.transform} transform"
+
     def epoch_keys(self, epoch: int) -> list[BatchKey]:
         self._sampler.epoch = epoch
         return list(self._sampler)

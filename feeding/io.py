@@ -1,4 +1,5 @@
-"""Atomic writes: a result is either wholly there or not at all."""
+"""Atomic writes (a result or checkpoint is either wholly there or not at all), and how paths are shown
+in what is written."""
 from __future__ import annotations
 
 import json
@@ -32,3 +33,17 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_json(path: str | os.PathLike, obj) -> Path:
     return write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path for results: the cache root as ``<cache>``, the home directory as ``~``.
+
+    Results are committed; they should not carry one machine's directories.
+    """
+    from feeding.cache import cache_root
+
+    text = str(Path(path).resolve()) if str(path) else str(path)
+    for prefix, shown in ((str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")):
+        if text == prefix or text.startswith(prefix + os.sep):
+            return shown + text[len(prefix):]
+    return text
