@@ -257,7 +257,7 @@ def measure_consumption(config: ConsumeConfig, model: torch.nn.Module | None = N
 # --- largest batch -----------------------------------------------------------------------------
 
 
-def _run_step(model, optimizer, config: ConsumeConfig, batch_size: int) -> int | None:
+def probe_step(model, optimizer, config: ConsumeConfig, batch_size: int) -> int | None:
     """One training step on a fresh synthetic batch of ``batch_size``; its peak memory in bytes.
 
     On CUDA the peak is what the caching allocator held (reserved), since that is what other users
@@ -318,7 +318,7 @@ class _Prober:
 
     def _run(self, batch: int) -> tuple[bool, str]:
         try:
-            peak = _run_step(self.model, self.optimizer, self.config, batch)
+            peak = probe_step(self.model, self.optimizer, self.config, batch)
         except (RuntimeError, MemoryError) as err:
             if not _is_out_of_memory(err):
                 raise

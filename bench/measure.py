@@ -29,6 +29,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from bench.stats import Summary, summarize
+from feeding import checks
+from feeding.device import synchronizer
 
 
 @dataclass(frozen=True)
@@ -196,11 +198,9 @@ def device_sync(device: str | torch.device | None) -> Callable[[], None]:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
-    if device.type != "cuda":
-        return lambda: None
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
-    return lambda: torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        checks.available_device("device", str(device))
+    return synchronizer(device)
 
 
 def _delivery_device(feeder) -> str | None:

@@ -14,13 +14,14 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from feeding.backends import capabilities
 from feeding.backends.ray_cluster import address_from_env, cluster_reachable
 
 DEFAULT_HEADROOM = 1.1  # feed 10% above consumption: a feed that only just keeps up stalls on every hiccup
 
 
 @dataclass(frozen=True)
-class NodesVerdict:
+class NodeEstimate:
     """``nodes`` CPU nodes deliver ``feed_img_s`` (img/s) against ``consume_img_s``; validated when built."""
 
     nodes: int
@@ -54,16 +55,19 @@ def nodes_needed(feed_per_node: float, consume: float, headroom: float = DEFAULT
     return max(1, math.ceil(headroom * consume / feed_per_node - 1e-9))
 
 
-def verdict(feed_per_node: float, consume: float, headroom: float = DEFAULT_HEADROOM) -> NodesVerdict:
-    return NodesVerdict(nodes_needed(feed_per_node, consume, headroom), feed_per_node, consume, headroom)
+def estimate_nodes(feed_per_node: float, consume: float, headroom: float = DEFAULT_HEADROOM) -> NodeEstimate:
+    """The fewest nodes that feed ``headroom`` x ``consume`` img/s, each feeding ``feed_per_node`` img/s."""
+    return NodeEstimate(nodes_needed(feed_per_node, consume, headroom), feed_per_node, consume, headroom)
 
 
 def ray_candidate(pipelines: tuple[str, ...], environ: dict[str, str] | None = None,
                   timeout_s: float = 2.0) -> tuple[str, ...]:
-    """``pipelines`` without "ray" unless RAY_ADDRESS names a cluster that answers (what tune measures)."""
-    if "ray" not in pipelines or cluster_reachable(address_from_env(environ), timeout_s):
+    """``pipelines`` without those that need a cluster (ray) unless RAY_ADDRESS names one that answers
+    (what tune measures)."""
+    local = tuple(name for name in pipelines if not capabilities(name).needs_cluster)
+    if local == pipelines or cluster_reachable(address_from_env(environ), timeout_s):
         return pipelines
-    return tuple(p for p in pipelines if p != "ray")
+    return local
 
 
 def cpu_node_size(nodes: list[dict]) -> float:
@@ -93,7 +97,7 @@ def scale_report(ray_feeds: dict[int, float], consume_img_s: float, node_cpus: f
         raise ValueError("no ray pipeline measurement to scale from")
     actors = max(ray_feeds)
     per_node = per_node_feed(ray_feeds[actors], actors, node_cpus)
-    found = verdict(per_node, consume_img_s, headroom)
+    found = estimate_nodes(per_node, consume_img_s, headroom)
     return {"actors_measured": actors, "feed_img_s": ray_feeds[actors], "node_cpus": node_cpus,
             "feed_per_node_img_s": per_node, "consume_img_s": consume_img_s, "headroom": headroom,
             "nodes": found.nodes, "sentence": found.describe()}

@@ -36,6 +36,14 @@ def number(name: str, value, minimum: float | None = None, maximum: float | None
     return value
 
 
+def positive(name: str, value, maximum: float | None = None, open_maximum: bool = False) -> float:
+    """``value`` as a real number > 0 (and within ``maximum``)."""
+    number(name, value, minimum=0, maximum=maximum, open_maximum=open_maximum)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
 def choice(name: str, value, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

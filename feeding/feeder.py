@@ -66,8 +66,7 @@ class FeedConfig:
         if not (0 <= checks.count("shard_id", self.shard_id, minimum=0) < self.num_shards):
             raise ValueError(f"need 0 <= shard_id < num_shards, got {self.shard_id} of {self.num_shards}")
         checks.count("max_pixels", self.max_pixels)
-        if checks.number("worker_timeout_s", self.worker_timeout_s, minimum=0) == 0:
-            raise ValueError("worker_timeout_s must be positive")
+        checks.positive("worker_timeout_s", self.worker_timeout_s)
         checks.device("decode_device", self.decode_device)
         if self.decode_device != "cpu" and not backend.gpu_decode:
             gpu = " or ".join(name for name, b in BACKENDS.items() if b.gpu_decode)

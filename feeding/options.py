@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from feeding.spec import Shape, parse_size
+from feeding.checks import Shape, parse_size
 
 
 def whole_number(text: str) -> int:

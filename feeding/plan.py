@@ -15,28 +15,19 @@ import functools
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
-from feeding.spec import (
-    AugSpec,
-    ColorJitter,
-    HorizontalFlip,
-    Op,
-    RandomResizedCrop,
-    Resize,
-    Rotate,
-    Shape,
-)
+from feeding.affine import fusable_prefix
+from feeding.ops import Op, Shape
+from feeding.spec import AugSpec
 
 # Decode-time reduction factors that libjpeg (PIL draft, OpenCV IMREAD_REDUCED_*) offers.
 DECODE_REDUCTIONS = (8, 4, 2)
 
 
 def _rank(op: Op) -> int:
-    """Shrinkers first, then geometry at the small size, then per-pixel colour."""
+    """Shrinkers first, then geometry (what a warp can do: rotate, flip) at the small size, then per-pixel colour."""
     if op.reduces:
         return 0
-    if isinstance(op, (Rotate, HorizontalFlip)):
+    if op.warp_role is not None:
         return 1
     return 2
 
@@ -57,7 +48,7 @@ class Plan:
     @property
     def first_resamples(self) -> bool:
         """True when the first step resamples the whole image (decode reduction helps)."""
-        return bool(self.steps) and isinstance(self.steps[0], (Resize, RandomResizedCrop))
+        return bool(self.steps) and self.steps[0].resamples
 
     def costs(self, source: Shape) -> list[tuple[str, Shape, float]]:
         """(op name, output shape, cost in megapixel-units) for each step."""
@@ -95,9 +86,7 @@ class Plan:
     @functools.cached_property  # asked several times per image; the plan is frozen
     def fused_steps(self) -> int:
         """How many leading steps run as one affine warp (0: none; a lone resize stays a resize)."""
-        from feeding.affine import fusable_prefix
-
-        count = fusable_prefix(self) if self.fuse else 0
+        count = fusable_prefix(self.steps) if self.fuse else 0
         return count if count >= 2 else 0
 
     def decode_reduction(self, source: Shape, region: Shape | None = None) -> int:
@@ -132,64 +121,4 @@ def reduction_factor(region: Shape, target: Shape) -> int:
     return 1
 
 
-# ---- parameter draws, shared by the host backends so they mean the same thing ----
-
-
-def draw_crop_box(
-    source: Shape, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box: (top, left, height, width) in source pixels."""
-    height, width = source
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    # Fallback: central crop with the aspect clamped into range.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def center_box(source: Shape, size: Shape) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the central ``size`` window; may be negative if larger."""
-    return (source[0] - size[0]) // 2, (source[1] - size[1]) // 2, size[0], size[1]
-
-
-def draw_angle(op: Rotate, rng: np.random.Generator) -> float:
-    return float(rng.uniform(-op.degrees, op.degrees)) if op.degrees else 0.0
-
-
-def draw_flip(op: HorizontalFlip, rng: np.random.Generator) -> bool:
-    return bool(rng.random() < op.p)
-
-
-def draw_jitter(op: ColorJitter, rng: np.random.Generator) -> tuple[float, float, float]:
-    """(brightness, contrast, saturation) factors, each within [1-x, 1+x]."""
-    return tuple(  # type: ignore[return-value]
-        float(rng.uniform(1 - x, 1 + x)) if x else 1.0
-        for x in (op.brightness, op.contrast, op.saturation)
-    )
-
-
-__all__ = [
-    "Plan",
-    "center_box",
-    "draw_angle",
-    "draw_crop_box",
-    "draw_flip",
-    "draw_jitter",
-    "make_plan",
-    "reduction_factor",
-]
+__all__ = ["DECODE_REDUCTIONS", "Plan", "make_plan", "reduction_factor"]

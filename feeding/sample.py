@@ -483,7 +483,9 @@ def resolve_data(data: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feeding.sample", description=__doc__.splitlines()[0].replace("``", ""))
+    from feeding.options import plain_text
+
+    parser = argparse.ArgumentParser(prog="python -m feeding.sample", description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("out_dir", type=Path, help="directory to write (created; must be empty or an earlier sample)")
     parser.add_argument("--people", type=int, default=60, help="training people, 7 images each (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

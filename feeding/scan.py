@@ -15,7 +15,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import PIL
 from feeding.cache import cache_dir as default_cache_dir
 from feeding.decode import load_pil
 from feeding.errors import BadFile, BadImageError
+from feeding.io import write_atomic
 from feeding.sources import Samples
 
 CACHE_VERSION = 1
@@ -94,17 +94,9 @@ def _write_cache(path: Path, max_pixels: int, verdicts: dict[str, list]) -> None
     its result: warn and go on.
     """
     payload = json.dumps({"header": _cache_header(max_pixels), "verdicts": verdicts}, ensure_ascii=False)
-    temp = None
     try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
-        ) as fh:
-            temp = fh.name
-            fh.write(payload)
-        os.replace(temp, path)
+        write_atomic(path, payload.encode("utf-8"))
     except OSError as error:
-        if temp is not None and os.path.exists(temp):
-            os.unlink(temp)
         warnings.warn(f"scan verdicts not cached in {path}: {error}", RuntimeWarning, stacklevel=3)
 
 

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from feeding.io import write_atomic
+
 RUNS = {
     "ray (Ray Data, 2 actors)": ["--pipeline", "ray", "--workers", "2"],
     "DataLoader (2 worker processes)": ["--pipeline", "albumentations", "--executor", "process", "--workers", "2"],
@@ -27,6 +29,7 @@ COMMON = ["--batch", "64", "--batches", "20", "--repeats", "3"]
 
 
 def run(args: list[str], scratch: Path) -> float:
+    """One ``feedbench`` run with ``args``; its timed images over its timed seconds (img/s)."""
     out = scratch / "run.json"
     feedbench = Path(sys.executable).with_name("feedbench")
     subprocess.run([str(feedbench), *args, *COMMON, "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
@@ -34,6 +37,7 @@ def run(args: list[str], scratch: Path) -> float:
 
 
 def main(rounds: int, out_dir: Path) -> Path:
+    """``rounds`` alternating rounds of both runs; the Markdown table written under ``out_dir``."""
     rates: dict[str, list[float]] = {name: [] for name in RUNS}
     with tempfile.TemporaryDirectory() as scratch:
         for number in range(rounds):
@@ -48,11 +52,8 @@ def main(rounds: int, out_dir: Path) -> Path:
     for name, values in rates.items():
         lines.append(f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} | "
                      + ", ".join(f"{v:.0f}" for v in values) + " |")
-    path = out_dir / f"ray-vs-dataloader-{os.cpu_count()}c.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)  # atomic: a run cut short leaves the previous file
-    return path
+    # Atomic: a run cut short leaves the previous file.
+    return write_atomic(out_dir / f"ray-vs-dataloader-{os.cpu_count()}c.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench import compare
-from bench.compare import NaiveTorchvisionDataset, compare_main, config_from_args, make_parser
+from bench.compare import NaiveTorchvisionDataset, compare_main, config_from_args, make_parser, measuring
 from bench.measure import FeedMeasurement
 from bench.stats import summarize
 from feeding.sources import discover
@@ -214,7 +214,7 @@ def _interrupted_run(tiny_data, out, monkeypatch, interrupt_at: int) -> tuple[in
         rate = summarize([100.0 * len(calls)])
         return FeedMeasurement(rate, summarize([0.1]), images=8, batches=2, epochs=1, windows=(rate.median,))
 
-    monkeypatch.setattr(compare, "measure_feeder", fake_measure)
+    monkeypatch.setattr(measuring, "measure_feeder", fake_measure)
     code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(out),
                          "--pipelines", "naive", "pil", "decode-only"])
     return code, json.loads(next(out.glob("*.json")).read_text())

@@ -152,7 +152,7 @@ def _oom_above(threshold: int, error: BaseException):
 )
 def test_largest_batch_recovers_from_oom_and_keeps_a_margin(monkeypatch, error):
     step, calls = _oom_above(48, error)
-    monkeypatch.setattr(consume, "_run_step", step)
+    monkeypatch.setattr(consume, "probe_step", step)
     config = ConsumeConfig(model=TINY, size=(32, 32))
 
     batch, log = largest_batch(config, start=16, limit=4096, margin=0.9, predict=False)
@@ -168,14 +168,14 @@ def test_largest_batch_reraises_errors_that_are_not_oom(monkeypatch):
     def step(model, optimizer, config, batch_size):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(consume, "_run_step", step)
+    monkeypatch.setattr(consume, "probe_step", step)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         largest_batch(ConsumeConfig(model=TINY), predict=False)
 
 
 def test_largest_batch_respects_the_ram_budget_and_reserve(monkeypatch):
     # 1 MiB per image; budget 200 MiB less a 100 MiB reserve leaves room for 100 images
-    monkeypatch.setattr(consume, "_run_step", lambda model, optimizer, config, batch_size: batch_size * 2**20)
+    monkeypatch.setattr(consume, "probe_step", lambda model, optimizer, config, batch_size: batch_size * 2**20)
     config = ConsumeConfig(model=TINY)
 
     budget = {"margin": 1.0, "ram_budget_bytes": 200 * 2**20, "reserve_bytes": 100 * 2**20}
@@ -191,11 +191,11 @@ def test_largest_batch_respects_the_ram_budget_and_reserve(monkeypatch):
 
 
 def test_largest_batch_at_the_limit_and_when_nothing_fits(monkeypatch):
-    monkeypatch.setattr(consume, "_run_step", lambda model, optimizer, config, batch_size: 0)
+    monkeypatch.setattr(consume, "probe_step", lambda model, optimizer, config, batch_size: 0)
     assert largest_batch(ConsumeConfig(model=TINY), start=16, limit=100, margin=0.5)[0] == 50
 
     step, _ = _oom_above(0, MemoryError())
-    monkeypatch.setattr(consume, "_run_step", step)
+    monkeypatch.setattr(consume, "probe_step", step)
     with pytest.raises(RuntimeError, match="not even a batch of 1 fits"):
         largest_batch(ConsumeConfig(model=TINY), start=4)
 

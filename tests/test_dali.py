@@ -14,7 +14,9 @@ from PIL import Image
 pytest.importorskip("nvidia.dali")
 
 from feeding import decode  # noqa: E402
-from feeding.backends.dali import DaliFeeder, dali_reads_as_pil, process_images, transcode_for_dali  # noqa: E402
+from feeding.backends.dali import DaliFeeder  # noqa: E402
+from feeding.backends.dali_files import dali_reads_as_pil, transcode_for_dali  # noqa: E402
+from feeding.backends.dali_graph import process_images  # noqa: E402
 from feeding.errors import FeedError  # noqa: E402
 from feeding.factory import create_feeder  # noqa: E402
 from feeding.feeder import FeedConfig  # noqa: E402
@@ -32,6 +34,7 @@ from feeding.spec import (  # noqa: E402
 )
 
 from tests.conftest import dominant_channel, write_image_folder  # noqa: E402
+from tests.imaging import psnr  # noqa: E402
 from tests.odd_images import write_bad_files, write_odd_images  # noqa: E402
 
 RESIZE_ONLY = AugSpec((Resize((224, 224)),))
@@ -60,11 +63,6 @@ def config(**overrides) -> FeedConfig:
 
 def epoch_labels(feeder) -> list[list[int]]:
     return [labels.tolist() for _, labels in feeder]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 # ---------------------------------------------------------------- the contract
@@ -313,10 +311,10 @@ def test_bad_files_fail_names_the_file(folder_with_bad_files):
 
 
 def test_a_file_dali_cannot_decode_is_a_feed_error(tmp_path, monkeypatch):
-    import feeding.backends.dali as dali_backend
+    import feeding.backends.dali_files as dali_files
 
     gif = str(_misread_by_dali(tmp_path / "misread")["gif_named_jpg"])
-    monkeypatch.setattr(dali_backend, "dali_reads_as_pil", lambda path: True)  # hand DALI the GIF itself
+    monkeypatch.setattr(dali_files, "dali_reads_as_pil", lambda path: True)  # hand DALI the GIF itself
     samples = Samples(paths=np.array([gif]), labels=np.zeros(1, dtype=np.int64), groups=np.zeros(1, dtype=np.int64),
                       classes=("only",), root=str(tmp_path), layout="csv")
     feeder = DaliFeeder(samples, config(batch_size=1))
@@ -411,7 +409,7 @@ def test_gpu_decode_without_that_gpu_is_a_one_line_feed_error(numbered, monkeypa
     import feeding.backends.dali as dali_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(dali_backend, "_validated", lambda *args: pytest.fail("checked before the scan"))
+    monkeypatch.setattr(dali_backend, "validated_samples", lambda *args: pytest.fail("checked before the scan"))
     with pytest.raises(FeedError, match="'cuda' asked for, but CUDA is not available here") as raised:
         DaliFeeder(numbered, config(decode_device="cuda"))
     assert "\n" not in str(raised.value) and "--decode-device cpu" in str(raised.value)

@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 from feeding import decode
 from feeding.decode import load_cv2, load_pil, pil_build, pil_build_line, probe
 from feeding.errors import BadImageError
+from tests.imaging import psnr
 from tests.odd_images import (
     ORIENTED_SIZE,
     delivered_quadrant_image,
@@ -47,11 +48,6 @@ def odd(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory) -> dict[str, Path]:
     return write_bad_files(tmp_path_factory.mktemp("bad"))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def as_array(image: Image.Image) -> np.ndarray:

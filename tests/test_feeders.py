@@ -13,6 +13,7 @@ from feeding import FeedConfig, create_feeder, discover
 from feeding.errors import FeedError
 from feeding.spec import AugSpec, ColorJitter, HorizontalFlip, Resize, Rotate, train_spec
 from tests.conftest import dominant_channel
+from tests.imaging import psnr
 
 PIPELINES = [
     "pil",
@@ -121,7 +122,8 @@ def test_auto_executor_leaves_threads_to_small_machines(cores, workers, expected
     feeder = create_feeder(discover(image_folder), _config("albumentations", spec=train_spec((32, 32)), workers=0))
     assert feeder.dataset.transform.releases_gil
     assert choose_executor("auto", feeder.dataset.transform, workers, cores) == expected
-    assert choose_executor("process", feeder.dataset.transform, workers, cores) == ("main" if not workers else "process")
+    assert choose_executor("process", feeder.dataset.transform, workers, cores) == (
+        "main" if not workers else "process")
 
 
 def test_close_stops_the_worker_threads(image_folder):
@@ -132,6 +134,35 @@ def test_close_stops_the_worker_threads(image_folder):
     threads = list(feeder._threads._threads)
     feeder.close()
     assert threads and not any(thread.is_alive() for thread in threads)
+
+
+def test_closing_gives_the_main_process_its_opencv_thread_count_back(image_folder, monkeypatch):
+    """OpenCV is single-threaded while an albumentations transform is open (worker threads share the
+    main process's setting), and the count it found comes back when the last open one closes."""
+    import cv2
+
+    from feeding.backends import albu
+
+    monkeypatch.setattr(albu, "MAIN_PROCESS_OPENCV", albu.SingleThreadedOpenCV())  # apart from other tests' feeders
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        config = _config("albumentations", spec=train_spec((32, 32)), executor="thread")
+        with create_feeder(discover(image_folder), config) as feeder:
+            epoch = iter(feeder)
+            next(epoch)  # the worker threads ran (and the epoch is still open: abandoning it closes the feeder)
+            assert cv2.getNumThreads() == 1
+            other = albu.AlbumentationsTransform(config.plan, config.max_pixels)
+            transform, clone = feeder.dataset.transform, feeder.dataset.transform.clone()
+            epoch.close()
+        # Closing the feeder closed its transform; a second close releases nothing more.
+        transform.close()
+        clone.close()  # a thread's clone holds nothing
+        assert cv2.getNumThreads() == 1  # the other transform is still open
+        other.close()
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_an_abandoned_thread_feeder_lets_python_exit_cleanly(image_folder):
@@ -172,11 +203,6 @@ def test_no_augmentation_draw_repeats_across_workers_and_epochs(pipeline, tmp_pa
     assert len(set(outputs)) == 36
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 @pytest.mark.parametrize("pipeline", PIPELINES)
 @pytest.mark.parametrize("size", [(224, 224), (96, 80)])  # 96x80: decode-time downscale on the fast paths
 def test_parity_with_the_pil_reference(pipeline, size, image_folder):
@@ -189,7 +215,7 @@ def test_parity_with_the_pil_reference(pipeline, size, image_folder):
     for path, image in zip(samples.paths, delivered):
         with Image.open(path) as img:
             reference = np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
-        assert _psnr(image.transpose(1, 2, 0), reference) >= 30.0, path
+        assert psnr(image.transpose(1, 2, 0), reference) >= 30.0, path
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -316,7 +342,7 @@ def test_fused_warp_agrees_with_the_step_by_step_reference(pipeline, size, image
         pairs = list(zip(torch.cat([x for x, _ in fused]).numpy(), torch.cat([x for x, _ in reference]).numpy()))
     assert len(pairs) == len(samples)
     for got, expected in pairs:
-        assert _psnr(got, expected) >= 30.0
+        assert psnr(got, expected) >= 30.0
 
 
 def _with_a_corrupt_file(tmp_path, image_folder, position: int = 4) -> list[str]:

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training_fit import REPO, SLOW_TINY, TINY, _args
-from training.checkpoint import RunDirectoryError, choose_run_dir, run_files
+from tests.test_training_fit import REPO, SLOW_TINY, TINY, fit_args
 from training.config import FitConfig
 from training.fit import get_args_parser, main
 from training.models import create_model
+from training.runs import RunDirectoryError, choose_run_dir, run_files
 
 CONSTANT = "tests.test_training_fit:constant_net"
 
@@ -67,7 +67,7 @@ def test_an_explicit_out_that_holds_a_run_is_refused_without_resume(data, tmp_pa
     (out / "fold1").mkdir(parents=True)
     (out / "fold1" / "best.pt").write_bytes(b"a fold's checkpoint")
     for extra in ((), ("--folds", "2")):
-        assert main(_args(data, out, *extra)) == 2
+        assert main(fit_args(data, out, *extra)) == 2
         (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert f"{out} already holds a run (fold1/best.pt); pass --resume to continue it, or another --out" in line
     assert (out / "fold1" / "best.pt").read_bytes() == b"a fold's checkpoint"
@@ -95,14 +95,14 @@ def test_choose_run_dir_skips_runs_and_resumes_the_newest_last_checkpoint(tmp_pa
 @pytest.fixture(scope="module")
 def two_epoch_run(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("planned") / "run"
-    assert main(_args(data, out)) == 0
+    assert main(fit_args(data, out)) == 0
     return out
 
 
 def test_resume_with_more_epochs_stretches_the_cosine_schedule(data, two_epoch_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(two_epoch_run, out)
-    assert main(_args(data, out, "--resume", epochs=4)) == 0
+    assert main(fit_args(data, out, "--resume", epochs=4)) == 0
     printed = capsys.readouterr().out
     summary = _summary(out)
     per_epoch = summary["train_images"] // 8  # updates per epoch: batch 8, drop_last
@@ -120,15 +120,15 @@ def test_resume_with_more_epochs_stretches_the_cosine_schedule(data, two_epoch_r
 def test_resume_with_no_epoch_left_is_refused(data, two_epoch_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(two_epoch_run, out)
-    assert main(_args(data, out, "--resume", epochs=2)) == 2
+    assert main(fit_args(data, out, "--resume", epochs=2)) == 2
     assert f"the run in {out} finished 2 epochs; pass --epochs > 2 to continue it" in capsys.readouterr().err
 
 
 def test_plateau_schedule_keeps_its_counters_when_extended(data, tmp_path):
     out = tmp_path / "run"
     plateau = ("--sched", "plateau")
-    assert main(_args(data, out, *plateau, model=CONSTANT, epochs=2)) == 0  # epoch 2 did not improve: 1 waited
-    assert main(_args(data, out, *plateau, "--resume", model=CONSTANT, epochs=3)) == 0
+    assert main(fit_args(data, out, *plateau, model=CONSTANT, epochs=2)) == 0  # epoch 2 did not improve: 1 waited
+    assert main(fit_args(data, out, *plateau, "--resume", model=CONSTANT, epochs=3)) == 0
     state = torch.load(out / "last.pt", weights_only=True)["scheduler"]["plateau"]
     assert state["num_bad_epochs"] == 2  # started afresh, it would have counted 0
 
@@ -184,7 +184,7 @@ def _renamed(tmp_path: Path) -> tuple[Path, str]:
 @pytest.mark.parametrize("make", [_another_model, _renamed])
 def test_pretrained_file_that_fits_nothing_is_refused(data, tmp_path, capsys, make):
     path, file_key = make(tmp_path)
-    assert main(_args(data, tmp_path / "out", "--pretrained-file", str(path), model="test_efficientnet",
+    assert main(fit_args(data, tmp_path / "out", "--pretrained-file", str(path), model="test_efficientnet",
                       epochs=1)) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert f"--pretrained-file {path} does not load into test_efficientnet: none of its" in line
@@ -242,7 +242,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
 def test_ctrl_c_mid_epoch_is_a_clean_stop_and_the_printed_resume_works(data, tmp_path):
     out = tmp_path / "run"
-    args = _args(data, out, model=SLOW_TINY, epochs=3)
+    args = fit_args(data, out, model=SLOW_TINY, epochs=3)
     args[args.index("--workers") + 1] = "2"  # worker processes (pil holds the GIL): none may be left behind
     process = subprocess.Popen([sys.executable, "-m", "training.fit", *args], cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -280,7 +280,7 @@ def test_a_data_set_of_one_class_is_refused_up_front(tmp_path, capsys):
     (root / "cats").mkdir(parents=True)
     for i in range(6):
         Image.new("RGB", (32, 32), (10 * i, 40, 40)).save(root / "cats" / f"{i}.jpg")
-    assert main(_args(root, tmp_path / "out")) == 2
+    assert main(fit_args(root, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert f"training.fit: error: need at least 2 classes to train a classifier; {root} has 1: cats" in err
 
@@ -299,7 +299,7 @@ def test_skipped_files_and_listing_problems_are_reported_and_in_the_summary(data
     corrupt = {str((person / "mask1.jpg").resolve()) for person in people}  # one per person: some in validation
     for path in corrupt:
         Path(path).write_bytes(b"not a JPEG")
-    args = _args(root, tmp_path / "out", epochs=1)
+    args = fit_args(root, tmp_path / "out", epochs=1)
     args[args.index("--workers") + 1] = "4"  # more workers than either feed has batches: noted
     assert main(args) == 0
     err = capsys.readouterr().err
@@ -313,7 +313,7 @@ def test_skipped_files_and_listing_problems_are_reported_and_in_the_summary(data
     assert len(re.findall(r"^warning: validation feed: 4 workers for \d batches per epoch", err, re.MULTILINE)) == 1
     assert len(re.findall(r"^warning: training feed: 4 workers for \d batches per epoch", err, re.MULTILINE)) == 1
 
-    assert main(_args(root, tmp_path / "strict", "--on-bad", "fail", epochs=1)) == 2
+    assert main(fit_args(root, tmp_path / "strict", "--on-bad", "fail", epochs=1)) == 2
     assert f"first: {stray}: file name 'selfie'" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from bench.ray_scale import cpu_node_size, nodes_needed, per_node_feed, ray_candidate, scale_report, verdict
+from bench.ray_scale import cpu_node_size, estimate_nodes, nodes_needed, per_node_feed, ray_candidate, scale_report
 from feeding.backends.ray_cluster import (
     RayConfig,
     check_reachable,
@@ -101,7 +101,7 @@ def test_data_cpus_are_what_the_trainers_leave():
 ])
 def test_nodes_needed(feed, consume, headroom, nodes):
     assert nodes_needed(feed, consume, headroom) == nodes
-    assert verdict(feed, consume, headroom).feed_img_s >= headroom * consume
+    assert estimate_nodes(feed, consume, headroom).feed_img_s >= headroom * consume
 
 
 @pytest.mark.parametrize(("feed", "consume", "headroom"), [(0.0, 10.0, 1.1), (10.0, -1.0, 1.1), (10.0, 5.0, 0.9)])
@@ -137,7 +137,7 @@ def test_tune_scales_the_feed_with_the_most_actors_to_whole_nodes():
 def test_tune_reports_the_node_count_where_ray_was_measured(monkeypatch):
     from bench import ray_scale, tune
 
-    pick = tune.Prediction(tune.Candidate("albumentations", 2, 64, (224, 224)), feed_ips=900.0, consume_ips=3000.0,
+    pick = tune.Prediction(tune.Setup("albumentations", 2, 64, (224, 224)), feed_ips=900.0, consume_ips=3000.0,
                            predicted_ips=900.0, model_threads=None)
     feeds = {("albumentations", 2, (224, 224), 64): 900.0, ("ray", 1, (224, 224), 64): 200.0,
              ("ray", 2, (224, 224), 64): 380.0, ("ray", 4, (160, 160), 64): 1200.0}
@@ -146,7 +146,7 @@ def test_tune_reports_the_node_count_where_ray_was_measured(monkeypatch):
     # 2 actors at 380 img/s -> 190 per actor -> 760 per 4-CPU node; 2 ranks x 3000 x 1.1 = 6600 asked.
     assert (report["actors_measured"], report["node_cpus"], report["nodes"]) == (2, 4.0, 9)
     assert report["consume_img_s"] == pytest.approx(6000.0) and report["batch"] == 64
-    lines = "\n".join(tune._ray_scale_lines(report))
+    lines = "\n".join(tune.ray_scale_lines(report))
     assert "**9 CPU node(s)**" in lines and "760.0 img/s" in lines
     assert tune.ray_nodes({("pil", 2, (224, 224), 64): 500.0}, pick, ranks=1) is None  # ray not measured
 
@@ -154,7 +154,7 @@ def test_tune_reports_the_node_count_where_ray_was_measured(monkeypatch):
         raise FeedError("no Ray cluster answers at 10.0.0.1:6379")
 
     monkeypatch.setattr(ray_scale, "cluster_nodes", gone)
-    assert "could not be read" in "\n".join(tune._ray_scale_lines(tune.ray_nodes(feeds, pick, ranks=1)))
+    assert "could not be read" in "\n".join(tune.ray_scale_lines(tune.ray_nodes(feeds, pick, ranks=1)))
 
 
 def test_tune_considers_ray_only_with_a_reachable_cluster():

@@ -15,6 +15,7 @@ from feeding.spec import (
     AugSpec, CenterCrop, HorizontalFlip, Normalize, RandomResizedCrop, Resize, Rotate, shorter_side_shape,
 )
 from tests.conftest import textured_image
+from tests.imaging import psnr
 
 # ---------------------------------------------------------------- the spec
 
@@ -127,11 +128,6 @@ def oriented_folder(request, tmp_path_factory):
     return root, (256, 224) if request.param == 1 else (96, 80)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def _assert_matches_torchvision(config: FeedConfig, root, reference) -> None:
     samples = discover(root)
     with create_feeder(samples, config) as feeder:
@@ -142,7 +138,7 @@ def _assert_matches_torchvision(config: FeedConfig, root, reference) -> None:
             expected = np.asarray(reference(source.convert("RGB")))
         got = image.transpose(1, 2, 0)
         assert got.shape == expected.shape == (*config.plan.output_size, 3)
-        assert _psnr(got, expected) >= 30.0, path
+        assert psnr(got, expected) >= 30.0, path
 
 
 @pytest.mark.parametrize("pipeline,fast_paths", [("pil", True), ("pil", False), ("albumentations", True),
@@ -189,7 +185,7 @@ def test_the_gpu_graph_sizes_a_shorter_side_resize_on_the_cpu():
     from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
 
-    from feeding.backends.dali import process_images
+    from feeding.backends.dali_graph import process_images
 
     pipe = Pipeline(batch_size=2, num_threads=1, device_id=0, exec_dynamic=True)  # nothing touches CUDA yet
     with pipe:

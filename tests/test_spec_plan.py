@@ -1,6 +1,7 @@
 import pytest
 
-from feeding.plan import draw_crop_box, make_plan, reduction_factor
+from feeding.ops import draw_crop_box
+from feeding.plan import make_plan, reduction_factor
 from feeding.spec import (
     AugSpec, CenterCrop, ColorJitter, HorizontalFlip, Normalize, RandomResizedCrop, Resize, Rotate, parse_size,
     train_spec,

@@ -198,7 +198,8 @@ def test_freeze_backbone_trains_the_classifier_only():
 def test_resampled_feeder_draws_a_balanced_set_each_epoch(tmp_path):
     from feeding import FeedConfig, Samples, eval_spec
     from tests.conftest import CLASS_TINTS, textured_image
-    from training.sampling import ResampledFeeder, balanced_indices
+    from feeding.resampled import ResampledFeeder
+    from training.sampling import balanced_indices
 
     rng = np.random.default_rng(0)
     labels = np.array([0] * 12 + [1] * 3 + [2] * 1, dtype=np.int64)

@@ -63,7 +63,7 @@ def data(tmp_path_factory) -> Path:
     return write_sample(tmp_path_factory.mktemp("fit") / "sample", people=6, eval_people=0)
 
 
-def _args(data: Path, out: Path, *extra: str, model: str = TINY, epochs: int = 2) -> list[str]:
+def fit_args(data: Path, out: Path, *extra: str, model: str = TINY, epochs: int = 2) -> list[str]:
     return ["--pipeline", "pil", "--data", str(data), "--model", model, "--epochs", str(epochs), "--size", "32",
             "--batch", "8", "--workers", "0", "--out", str(out), *extra]
 
@@ -86,7 +86,7 @@ def _assert_same_weights(out: Path, expected_out: Path) -> None:
 def straight_run(data, tmp_path_factory) -> tuple[Path, str]:
     """Two uninterrupted epochs; the output directory and what was printed."""
     out = tmp_path_factory.mktemp("straight")
-    result = subprocess.run([sys.executable, "-m", "training.fit", *_args(data, out, model=SLOW_TINY)],
+    result = subprocess.run([sys.executable, "-m", "training.fit", *fit_args(data, out, model=SLOW_TINY)],
                             check=False, cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
@@ -134,9 +134,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(data, straight_r
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
-    assert main(_args(data, out)) == 130  # a Ctrl-C: a clean stop
+    assert main(fit_args(data, out)) == 130  # a Ctrl-C: a clean stop
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
-    assert main(_args(data, out, "--resume")) == 0
+    assert main(fit_args(data, out, "--resume")) == 0
     straight_out, _ = straight_run
     assert _metrics(out) == _metrics(straight_out)
     _assert_same_weights(out, straight_out)
@@ -144,7 +144,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(data, straight_r
 
 def test_sigkill_mid_training_then_resume_gives_the_same_metrics(data, straight_run, tmp_path):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "training.fit", *_args(data, out, model=SLOW_TINY)]
+    command = [sys.executable, "-m", "training.fit", *fit_args(data, out, model=SLOW_TINY)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
@@ -165,7 +165,7 @@ def test_sigkill_mid_training_then_resume_gives_the_same_metrics(data, straight_
 
 def test_early_stopping_on_validation_macro_f1(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_args(data, out, "--early-stop-patience", "2", model="tests.test_training_fit:constant_net",
+    assert main(fit_args(data, out, "--early-stop-patience", "2", model="tests.test_training_fit:constant_net",
                       epochs=6)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 3  # epoch 1 sets the best; 2 and 3 do not beat it
@@ -178,7 +178,7 @@ RECIPE = ("--balanced", "--sched", "plateau", "--warmup-epochs", "1", "--accum-s
 
 def test_balanced_plateau_warmup_accumulation_resume_exactly(data, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
-    assert main(_args(data, straight, *RECIPE)) == 0
+    assert main(fit_args(data, straight, *RECIPE)) == 0
     history = json.loads((straight / "summary.json").read_text())["history"]
     assert history[0]["lr"] < history[1]["lr"] == pytest.approx(1e-3)  # warming up, per update, in epoch 1
     out = tmp_path / "interrupted"
@@ -190,9 +190,9 @@ def test_balanced_plateau_warmup_accumulation_resume_exactly(data, tmp_path, mon
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
-    assert main(_args(data, out, *RECIPE)) == 130
+    assert main(fit_args(data, out, *RECIPE)) == 130
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
-    assert main(_args(data, out, *RECIPE, "--resume")) == 0
+    assert main(fit_args(data, out, *RECIPE, "--resume")) == 0
     assert _metrics(out) == _metrics(straight)
     _assert_same_weights(out, straight)
 
@@ -204,7 +204,7 @@ def test_pretrained_file_and_frozen_backbone_end_to_end(data, tmp_path):
     weights = timm.create_model("test_efficientnet").state_dict()
     torch.save(weights, tmp_path / "weights.pth")
     out = tmp_path / "run"
-    assert main(_args(data, out, "--pretrained-file", str(tmp_path / "weights.pth"), "--freeze-backbone",
+    assert main(fit_args(data, out, "--pretrained-file", str(tmp_path / "weights.pth"), "--freeze-backbone",
                       model="test_efficientnet", epochs=1)) == 0
     trained = torch.load(out / "last.pt", weights_only=True)["model"]
     backbone = [k for k in weights if not k.startswith("classifier.")]
@@ -214,7 +214,7 @@ def test_pretrained_file_and_frozen_backbone_end_to_end(data, tmp_path):
 @pytest.mark.gpu
 def test_bf16_amp_on_cuda(data, tmp_path):
     out = tmp_path / "run"
-    assert main(_args(data, out, "--device", "cuda", "--amp", model="test_efficientnet", epochs=1)) == 0
+    assert main(fit_args(data, out, "--device", "cuda", "--amp", model="test_efficientnet", epochs=1)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["amp"] and len(summary["history"]) == 1
     assert all(t.dtype == torch.float32 for t in torch.load(out / "last.pt", weights_only=True)["model"].values()
@@ -268,11 +268,11 @@ def test_best_uses_a_matching_recommendation_and_reports_the_prediction(data, tm
 
 def test_resume_without_checkpoint_or_with_a_corrupt_one_is_a_clear_error(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_args(data, out, "--resume")) == 2
+    assert main(fit_args(data, out, "--resume")) == 2
     assert "no checkpoint at" in capsys.readouterr().err
     out.mkdir()
     (out / "last.pt").write_bytes(b"not a checkpoint at all")
-    assert main(_args(data, out, "--resume")) == 2
+    assert main(fit_args(data, out, "--resume")) == 2
     assert "is corrupt or not a checkpoint" in capsys.readouterr().err
 
 
@@ -281,10 +281,10 @@ def test_resume_with_another_model_or_class_count_is_a_clear_error(data, straigh
     out = tmp_path / "run"
     out.mkdir()
     checkpoint_module.save_checkpoint(out / "last.pt", {**state, "num_classes": 3})
-    assert main(_args(data, out, "--resume", model=SLOW_TINY)) == 2
+    assert main(fit_args(data, out, "--resume", model=SLOW_TINY)) == 2
     assert "has 3 classes, but the data has 18" in capsys.readouterr().err
     checkpoint_module.save_checkpoint(out / "last.pt", state)
-    assert main(_args(data, out, "--resume", model=TINY)) == 2
+    assert main(fit_args(data, out, "--resume", model=TINY)) == 2
     assert f"is for model {SLOW_TINY!r}, not {TINY!r}" in capsys.readouterr().err
 
 
@@ -294,7 +294,7 @@ def test_an_empty_split_is_a_clear_error(data, tmp_path):
     from feeding.errors import FeedError
     from training.fit import config_from_args, fit, get_args_parser
 
-    config = config_from_args(get_args_parser().parse_args(_args(data, tmp_path / "out")))
+    config = config_from_args(get_args_parser().parse_args(fit_args(data, tmp_path / "out")))
     with pytest.raises(FeedError, match="the validation split of .* is empty"):
         fit(config, split=(np.arange(42), np.array([], dtype=np.int64)))
 
@@ -308,7 +308,7 @@ def test_an_empty_split_is_a_clear_error(data, tmp_path):
     (["--model", "no_such_model_xyz"], "unknown timm model"),
 ])
 def test_bad_input_exits_2_with_a_message(data, tmp_path, capsys, args, message):
-    assert main(_args(data, tmp_path / "out", *args)) == 2
+    assert main(fit_args(data, tmp_path / "out", *args)) == 2
     assert message in capsys.readouterr().err
 
 

@@ -165,13 +165,20 @@ def folder_with_a_corrupt_jpeg(image_folder, tmp_path) -> tuple[Path, Path]:
     return root, bad
 
 
-def test_an_imagefolder_with_a_corrupt_jpeg_is_predicted_around_it(folder_with_a_corrupt_jpeg, tmp_path, capsys):
-    root, bad = folder_with_a_corrupt_jpeg
+def predict_three_classes(root: Path, tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    """training.predict's exit status with CHANNEL_NET on class0..class2 over ``root``, and its output CSV."""
     checkpoint = channel_checkpoint(tmp_path / "model.pt", ("class0", "class1", "class2"))
     out = tmp_path / "predictions.csv"
+    status = predict_main(["--checkpoints", str(checkpoint), "--data", str(root), "--out", str(out),
+                           "--workers", "0", *extra])
+    return status, out
+
+
+def test_an_imagefolder_with_a_corrupt_jpeg_is_predicted_around_it(folder_with_a_corrupt_jpeg, tmp_path, capsys):
+    root, bad = folder_with_a_corrupt_jpeg
     # batch 5: the bad file sits inside a batch, and batches straddle the class folders
-    assert predict_main(["--checkpoints", str(checkpoint), "--data", str(root), "--out", str(out),
-                         "--workers", "0", "--batch", "5"]) == 0
+    status, out = predict_three_classes(root, tmp_path, "--batch", "5")
+    assert status == 0
     rows = read_rows(out)
     expected = [f"class{c}/img{i:03d}.jpg" for c in range(3) for i in range(8)]
     assert [row["path"] for row in rows] == expected  # every input image, in file order
@@ -195,10 +202,8 @@ def test_an_imagefolder_with_a_corrupt_jpeg_is_predicted_around_it(folder_with_a
 
 def test_on_bad_fail_stops_with_one_line_naming_the_file(folder_with_a_corrupt_jpeg, tmp_path, capsys):
     root, bad = folder_with_a_corrupt_jpeg
-    checkpoint = channel_checkpoint(tmp_path / "model.pt", ("class0", "class1", "class2"))
-    out = tmp_path / "predictions.csv"
-    assert predict_main(["--checkpoints", str(checkpoint), "--data", str(root), "--out", str(out),
-                         "--workers", "0", "--on-bad", "fail"]) == 2
+    status, out = predict_three_classes(root, tmp_path, "--on-bad", "fail")
+    assert status == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("training.predict: error: ") and str(bad) in error and "\n" not in error
     assert not out.exists()

@@ -1,58 +1,61 @@
 import json
+import os
 import random
 import shutil
 
 import pytest
 
 from bench.tune import (
-    Candidate, Prediction, SearchLog, TuneConfig, dropped_pipelines, grid_check, make_parser, model_threads,
-    predict, rank, verdict, worker_ladder,
+    Prediction, SearchLog, Setup, TuneConfig, dropped_pipelines, explain_bottleneck, forecast, grid_check,
+    make_parser, rank,
 )
+from feeding.backends import capabilities
+from training.models import model_threads
 
 
 def prediction(pipeline, workers, feed, consume, predicted, size=224, batch=32):
-    return Prediction(Candidate(pipeline, workers, batch, (size, size)), feed, consume, predicted, None)
+    return Prediction(Setup(pipeline, workers, batch, (size, size)), feed, consume, predicted, None)
 
 
 def test_worker_ladder():
-    assert worker_ladder(8, on_cpu=True) == [0, 1, 2, 4, 8]
-    assert worker_ladder(6, on_cpu=False) == [1, 2, 4, 6]
+    assert capabilities("pil").worker_ladder(8, on_cpu=True) == [0, 1, 2, 4, 8]
+    assert capabilities("pil").worker_ladder(6, on_cpu=False) == [1, 2, 4, 6]
 
 
 def test_prediction_on_a_gpu_is_min_of_feed_and_consume():
-    assert predict(500.0, {0: 800.0}, 4, 16, on_cpu=False) == (500.0, 800.0, None)
-    assert predict(900.0, {0: 800.0}, 4, 16, on_cpu=False)[0] == 800.0
+    assert forecast(500.0, {0: 800.0}, 4, 16, on_cpu=False) == (500.0, 800.0, None)
+    assert forecast(900.0, {0: 800.0}, 4, 16, on_cpu=False)[0] == 800.0
 
 
 def test_cpu_model_gets_the_cores_the_workers_leave():
     assert model_threads(2, 1) == 1 and model_threads(2, 4) == 1 and model_threads(16, 4) == 12
     # One worker and one model thread on two cores: each side runs at its own rate.
-    assert predict(400.0, {1: 20.0}, 1, 2, on_cpu=True) == (20.0, 20.0, 1)
+    assert forecast(400.0, {1: 20.0}, 1, 2, on_cpu=True) == (20.0, 20.0, 1)
     # Four workers on two cores beside a model thread: the loader keeps only one core's worth.
-    predicted, _, threads = predict(400.0, {1: 1000.0}, 4, 2, on_cpu=True)
+    predicted, _, threads = forecast(400.0, {1: 1000.0}, 4, 2, on_cpu=True)
     assert threads == 1 and predicted == pytest.approx(200.0)
     # No workers: loading and training take turns, so their times add.
-    predicted, consume, threads = predict(100.0, {2: 100.0}, 0, 2, on_cpu=True)
+    predicted, consume, threads = forecast(100.0, {2: 100.0}, 0, 2, on_cpu=True)
     assert (predicted, consume, threads) == (pytest.approx(50.0), 100.0, 2)
 
 
 def test_verdicts_say_what_bounds_and_cite_only_what_was_measured():
     starved = prediction("pil", 4, 620, 1000, 620)
-    bound, text = verdict(starved, [starved])
+    bound, text = explain_bottleneck(starved, [starved])
     assert bound == "input" and "waits 38%" in text and "620 of the 1000 img/s" in text
     assert "DALI" not in text and "more workers" not in text  # nothing else was measured: no advice
     fed_smaller = prediction("pil", 4, 1300, 1200, 1200, size=160)
-    bound, text = verdict(starved, [starved, fed_smaller])
+    bound, text = explain_bottleneck(starved, [starved, fed_smaller])
     assert "at 160x160 the feed keeps up: predicted 1200 img/s" in text
 
     spare = prediction("pil", 4, 2100, 1000, 1000)
-    bound, text = verdict(spare, [spare])
+    bound, text = explain_bottleneck(spare, [spare])
     assert bound == "model" and "2.1x feed headroom" in text
     assert "larger batch" not in text and "bigger model" not in text  # no other batch or model was tried
     smaller = prediction("pil", 4, 2600, 1400, 1400, size=192)
     bigger_batch = prediction("pil", 4, 2100, 1100, 1100, batch=128)
     other_pipeline = prediction("albumentations", 4, 3000, 1400, 1400, size=192)
-    _, text = verdict(spare, [spare, smaller, bigger_batch, other_pipeline])
+    _, text = explain_bottleneck(spare, [spare, smaller, bigger_batch, other_pipeline])
     assert "at 192x192 the feed also keeps up: predicted 1400 img/s" in text
     assert "batch 128 measured: the feed also keeps up, predicted 1100 img/s" in text
     assert "albumentations" not in text and text.count("predicted") == 2
@@ -60,13 +63,13 @@ def test_verdicts_say_what_bounds_and_cite_only_what_was_measured():
 
 def test_rank_prefers_the_largest_shape_the_feed_keeps_up_with():
     def p(size, feed, consume):
-        return Prediction(Candidate("pil", 1, 32, (size, size)), feed, consume, min(feed, consume), None)
+        return Prediction(Setup("pil", 1, 32, (size, size)), feed, consume, min(feed, consume), None)
 
     ranked = rank([p(128, 300, 200), p(224, 300, 100), p(160, 100, 150)])
-    assert ranked[0].candidate.size == (224, 224)  # model-bound at the largest shape
+    assert ranked[0].setup.size == (224, 224)  # model-bound at the largest shape
     assert ranked[-1].bottleneck == "input"
     # No shape keeps the model fed: the shape of the best predicted rate.
-    assert rank([p(224, 50, 100), p(160, 90, 150)])[0].candidate.size == (160, 160)
+    assert rank([p(224, 50, 100), p(160, 90, 150)])[0].setup.size == (160, 160)
 
 
 def test_rank_picks_the_faster_setup_whatever_bounds_it():
@@ -102,7 +105,7 @@ def test_rank_does_not_depend_on_the_input_order():
         assert rank(shuffled) == expected
     # 160x160 keeps the model fed; there every worker count ties (199-200 img/s), 2 and 4 have the fastest
     # feeds (201, 203: within 1%): the fewer workers of those, and of two identical pipelines the first by name.
-    assert expected[0].candidate == Candidate("albumentations", 2, 32, (160, 160))
+    assert expected[0].setup == Setup("albumentations", 2, 32, (160, 160))
 
 
 def test_each_pipeline_that_lost_says_why():
@@ -148,12 +151,12 @@ def test_bad_tune_settings_are_clear_errors(kwargs, message):
 
 def test_ranks_share_the_hosts_cores(monkeypatch):
     """torchrun --nproc-per-node N: each rank's workers and model threads come out of cores / N."""
-    monkeypatch.setattr("bench.tune.os.cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     one, four = TuneConfig(), TuneConfig(ranks=4, workers_max=32)
     assert (one.cores, one.workers_max) == (16, 32)
     assert (four.cores, four.workers_max) == (4, 8)
     # On the CPU, a rank with 2 workers leaves its model 2 of its 4 cores, not 14 of 16.
-    _, _, threads = predict(400.0, {2: 10.0}, workers=2, cores=four.cores, on_cpu=True)
+    _, _, threads = forecast(400.0, {2: 10.0}, workers=2, cores=four.cores, on_cpu=True)
     assert threads == 2
     with pytest.raises(ValueError, match="more than this host"):
         TuneConfig(ranks=17)
@@ -224,7 +227,7 @@ def test_a_spent_budget_keeps_what_was_measured(sample_dir, tmp_path, monkeypatc
     from bench import tune as tune_module
 
     calls = {"n": 0}
-    real = tune_module.Measurer._check_budget
+    real = tune_module.Measurer.check_budget
 
     def stop_after_ten(self):
         calls["n"] += 1
@@ -232,7 +235,7 @@ def test_a_spent_budget_keeps_what_was_measured(sample_dir, tmp_path, monkeypatc
             raise tune_module.BudgetExceeded("the budget is spent (test)")
         real(self)
 
-    monkeypatch.setattr(tune_module.Measurer, "_check_budget", stop_after_ten)
+    monkeypatch.setattr(tune_module.Measurer, "check_budget", stop_after_ten)
     out = tmp_path / "results"
     assert tune_module.tune_main([*TINY, "--data", str(sample_dir), "--out", str(out)]) == 0
     record = json.loads((out / "recommendation.json").read_text())
@@ -280,17 +283,17 @@ def test_list_options_take_commas_or_spaces_and_every_option_says_what_it_does()
 def made_up_rates(monkeypatch):
     """Replace every measurement by a table: feed img/s by (pipeline, workers), the model 300 img/s,
     16 cores; the end-to-end check and stage timers report fixed values."""
-    from bench import tune as tune_module
+    from bench.tune import measure as tune_measure
 
     feeds = {}
-    monkeypatch.setattr(tune_module.os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(tune_module, "feed_point", lambda samples, config, batches: (
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(tune_measure, "feed_point", lambda samples, config, batches: (
         feeds[config.pipeline, config.workers], ()))
-    monkeypatch.setattr(tune_module, "consume_point", lambda config: 300.0)
+    monkeypatch.setattr(tune_measure, "consume_point", lambda config: 300.0)
     end_to_end = {"measured_ips": 250.0, "data_wait_fraction": 0.1, "batches": 3, "wait_s": 0.1, "train_s": 0.9,
                   "model_threads": 1, "decode_device": "cpu", "notes": []}
-    monkeypatch.setattr(tune_module, "check_end_to_end", lambda config, samples, best: (end_to_end, []))
-    monkeypatch.setattr(tune_module, "loader_stage", lambda config, samples, best: "decode")
+    monkeypatch.setattr(tune_measure, "check_end_to_end", lambda config, samples, best: (end_to_end, []))
+    monkeypatch.setattr(tune_measure, "loader_stage", lambda config, samples, best: "decode")
     return feeds
 
 

@@ -5,16 +5,18 @@ validation metric so far, the early-stopping count, the RNG states (Python, NumP
 the run's config, the model name and num_classes. Killed at any moment, a run loses at most the
 epoch in progress: the file on disk is the previous one or the new one, never half of either.
 
-Run directories: a directory that holds a run (``RUN_FILES``, in it or in a ``fold*/``) is never
-written over by a new run. Without ``--out`` a run takes the first free directory of the default
-series (``runs/fit``, ``runs/fit-2``, ...), and ``--resume`` the newest run of it.
+``Progress`` is where a run stands after an epoch: ``save_epoch`` writes it with the states,
+``restore`` brings a resumed run back to it (its schedule stretched to a longer plan). Which
+directory a run writes to is ``training.runs``.
 """
 from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,74 +24,14 @@ import torch
 from feeding.io import write_atomic
 from feeding.errors import FeedError
 
+if TYPE_CHECKING:
+    from training.config import FitConfig
+
 LAST, BEST = "last.pt", "best.pt"
-RUN_FILES = (LAST, BEST, "summary.json")  # any of them: the directory holds a run
 
 
 class CheckpointError(FeedError):
     """A checkpoint that is missing, unreadable, or made for another model."""
-
-
-class RunDirectoryError(FeedError):
-    """A run directory that would be written over, or no run to resume."""
-
-
-def run_files(directory: Path) -> list[str]:
-    """What marks ``directory`` as holding a run: ``RUN_FILES`` in it or in its ``fold*/``, as relative paths."""
-    folds = sorted(d for d in directory.glob("fold*") if d.is_dir()) if directory.is_dir() else []
-    return [str(place.relative_to(directory) / name) for place in (directory, *folds) for name in RUN_FILES
-            if (place / name).is_file()]
-
-
-def _series(base: Path) -> Iterator[Path]:
-    """``base``, ``base-2``, ``base-3``, ... (endless)."""
-    yield base
-    number = 2
-    while True:
-        yield base.with_name(f"{base.name}-{number}")
-        number += 1
-
-
-def _existing_series(base: Path) -> list[Path]:
-    """The directories of ``base``'s series on disk (``base`` itself and ``base-N``, N >= 2)."""
-    numbered = [d for d in base.parent.glob(f"{base.name}-*") if d.name[len(base.name) + 1:].isdigit()]
-    return [d for d in (base, *numbered) if d.is_dir()]
-
-
-def _resume_mtime(directory: Path, folds: bool) -> float | None:
-    """When the run in ``directory`` last saved ``last.pt`` (a folds run: any fold's), or None."""
-    checkpoints = list(directory.glob(f"fold*/{LAST}")) if folds else [directory / LAST]
-    times = [c.stat().st_mtime for c in checkpoints if c.is_file()]
-    return max(times) if times else None
-
-
-def choose_run_dir(out: str | None, base: str, resume: bool, folds: bool) -> tuple[Path, str]:
-    """The run directory and a sentence saying which one it is (and why, when it was chosen).
-
-    ``out`` None: a new run takes the first directory of ``base``'s series that holds no run; a
-    resumed one the run of the series with the newest ``last.pt``. An explicit ``out`` that holds
-    a run is refused unless ``resume``.
-    """
-    if out is not None:
-        directory = Path(out)
-        found = run_files(directory)
-        if found and not resume:
-            raise RunDirectoryError(f"{directory} already holds a run ({', '.join(found[:3])}); pass --resume "
-                                    "to continue it, or another --out for a new run")
-        return directory, f"run directory: {directory}"
-    base_dir = Path(base)
-    if resume:
-        candidates = [(mtime, d) for d in _existing_series(base_dir)
-                      if (mtime := _resume_mtime(d, folds)) is not None]
-        if not candidates:
-            kind = f"fold*/{LAST}" if folds else LAST
-            raise RunDirectoryError(f"--resume: no run with a {kind} in {base_dir} or {base_dir}-N to continue; "
-                                    "pass --out DIR to name the run")
-        directory = max(candidates)[1]
-        return directory, f"run directory: {directory} (resuming the newest run of {base_dir}*)"
-    directory = next(d for d in _series(base_dir) if not run_files(d))
-    why = "" if directory == base_dir else f" ({base_dir} holds an earlier run; --out names another)"
-    return directory, f"run directory: {directory}{why}"
 
 
 def saved_epochs(path: Path) -> int | None:
@@ -148,3 +90,74 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, num_classes
         raise CheckpointError(f"checkpoint {path} has {state['num_classes']} classes, "
                               f"but the data has {num_classes}")
     return state
+
+
+# ---------------------------------------------------------------- where a run stands
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands after ``epoch`` finished epochs: what a checkpoint resumes from."""
+
+    epoch: int = 0  # epochs finished (the next epoch's index)
+    updates: int = 0  # optimizer updates so far (the schedule's clock)
+    best_f1: float = -1.0
+    stale: int = 0  # epochs since the best macro-F1
+    history: tuple[dict, ...] = ()
+    improved: bool = False  # the last epoch set a new best
+
+    def after(self, epoch: int, stats, metrics, predicted: float | None) -> Progress:
+        """The progress once 0-based ``epoch`` trained (``stats``) and validated (``metrics``);
+        ``predicted``: the recommendation's img/s for this feed, or None."""
+        improved = metrics.macro_f1 > self.best_f1
+        row = {"epoch": epoch + 1, "loss": stats.loss, "lr": stats.lr, "macro_f1": metrics.macro_f1,
+               "accuracy": metrics.accuracy, "val_images": int(metrics.confusion.sum()),  # every rank's, each once
+               "data_wait_fraction": stats.data_wait_fraction,
+               "images_per_sec": stats.images_per_sec, "predicted_ips": predicted}
+        return Progress(epoch + 1, self.updates + stats.updates, metrics.macro_f1 if improved else self.best_f1,
+                        0 if improved else self.stale + 1, (*self.history, row), improved)
+
+
+def save_epoch(out: Path, config: FitConfig, classes, model, optimizer, scheduler, progress: Progress) -> None:
+    """OUT/best.pt (when the epoch improved) before OUT/last.pt, each written atomically."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "epoch": progress.epoch - 1, "updates": progress.updates, "best_macro_f1": progress.best_f1,
+             "epochs_since_best": progress.stale, "rng": rng_states(), "config": config.to_dict(),
+             "num_classes": len(classes), "model_name": config.model, "classes": list(classes),
+             "history": list(progress.history)}
+    if progress.improved:  # best before last: a kill in between only repeats this epoch on resume
+        save_checkpoint(out / BEST, state)
+    save_checkpoint(out / LAST, state)
+
+
+def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, scheduler,
+            announce: bool = True) -> Progress:
+    """Load OUT/last.pt into the model, optimizer, schedule and the global RNGs; where it stood.
+
+    The schedule was built for ``config.epochs``: a run resumed with more epochs than it planned
+    has its schedule stretched to them (``restore_schedule``), and ``announce`` says so.
+    """
+    from training.schedule import restore_schedule
+
+    state = load_checkpoint(out / LAST, config.model, num_classes)
+    done, planned = state["epoch"] + 1, state["config"].get("epochs", config.epochs)
+    if config.epochs <= done:
+        raise CheckpointError(f"the run in {out} finished {done} epochs; pass --epochs > {done} to continue it")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_schedule(scheduler, config.scheduler, state["scheduler"], state["updates"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {out / LAST} does not fit this model, optimizer or schedule "
+                              f"(--opt/--sched changed?): {str(err).splitlines()[0]}") from err
+    changed = sorted(k for k, v in state["config"].items()
+                     if k not in ("resume", "epochs", "out") and config.to_dict().get(k) != v)
+    if changed and announce:
+        print(f"warning: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    if config.epochs != planned and announce:
+        change = "extended" if config.epochs > planned else "shortened"
+        print(f"schedule {change} from {planned} to {config.epochs} epochs: lr {optimizer.param_groups[0]['lr']:.2e} "
+              f"at update {state['updates']}")
+    set_rng_states(state["rng"])
+    return Progress(done, state["updates"], state["best_macro_f1"], state["epochs_since_best"],
+                    tuple(state["history"]))

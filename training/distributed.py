@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from feeding import checks
+
 # A collective that does not complete in this time raises instead of hanging forever
 # (a rank that died, or one that took a different number of steps).
 DEFAULT_TIMEOUT_S = 600.0
@@ -29,19 +31,26 @@ class DistributedError(RuntimeError):
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process sits in the job (one process: rank 0 of 1)."""
+    """Where this process sits in the job (one process: rank 0 of 1).
+
+    Checked when built: a launch that cannot work is a ``DistributedError`` naming the variable.
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     def __post_init__(self) -> None:
-        if self.world_size < 1:
-            raise DistributedError(f"WORLD_SIZE must be >= 1, got {self.world_size}")
-        if not 0 <= self.rank < self.world_size:
+        try:  # a launch error, not a programming one: DistributedError, as from the rest of the launch
+            checks.count("WORLD_SIZE", self.world_size)
+            checks.count("RANK", self.rank, minimum=0)
+            checks.count("LOCAL_RANK", self.local_rank, minimum=0)
+        except ValueError as error:
+            raise DistributedError(str(error)) from None
+        if self.rank >= self.world_size:
             raise DistributedError(f"RANK {self.rank} is outside WORLD_SIZE {self.world_size}: "
                                    "were the processes launched with different --nproc-per-node/--nnodes?")
-        if not 0 <= self.local_rank <= self.rank:
+        if self.local_rank > self.rank:
             raise DistributedError(f"LOCAL_RANK {self.local_rank} does not fit RANK {self.rank}")
 
     @property
@@ -88,13 +97,14 @@ def setup(ctx: DistContext, device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
 
 
 def shard_feed(feed, ctx: DistContext, device: torch.device):
-    """This rank's FeedConfig: its shard of the data, and DALI on this rank's GPU."""
+    """This rank's FeedConfig: its shard of the data, and a GPU decoder (DALI's) on this rank's GPU."""
     if not ctx.enabled:
         return feed
-    changes = {"shard_id": ctx.rank, "num_shards": ctx.world_size}
-    rank_gpu = f"cuda:{device.index if device.index is not None else ctx.local_rank}" if device.type == "cuda" else "cpu"
-    changes["decode_device"] = feed.capabilities.decode_device(rank_gpu)  # a GPU decoder takes this rank's GPU
-    return replace(feed, **changes)
+    rank_gpu = "cpu"
+    if device.type == "cuda":
+        rank_gpu = f"cuda:{device.index if device.index is not None else ctx.local_rank}"
+    return replace(feed, shard_id=ctx.rank, num_shards=ctx.world_size,
+                   decode_device=feed.capabilities.decode_device(rank_gpu))
 
 
 def wrap(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> torch.nn.Module:
@@ -127,6 +137,18 @@ def reduce_max(value: float, ctx: DistContext, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return float(tensor.item())
+
+
+def reduce_epoch_stats(stats, ctx: DistContext, device: torch.device):
+    """One epoch's ``EpochStats`` for the whole job: images and loss summed over ranks, the slowest
+    rank's seconds (the job goes at its pace) and the mean data wait."""
+    if not ctx.enabled:
+        return stats
+    loss_sum, images, wait = reduce_sum([stats.loss * stats.images, float(stats.images), stats.data_wait_s],
+                                        ctx, device)
+    seconds = reduce_max(stats.seconds, ctx, device)
+    return replace(stats, loss=loss_sum / images, images=int(images), seconds=seconds,
+                   data_wait_s=wait / ctx.world_size)
 
 
 def broadcast_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:

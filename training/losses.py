@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feeding import checks
+
 
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, averaged.
@@ -16,9 +18,7 @@ class FocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None) -> None:
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.gamma = gamma
+        self.gamma = checks.number("focal gamma", gamma, minimum=0)
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

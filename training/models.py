@@ -66,8 +66,7 @@ def model_threads(cores: int, workers: int) -> int:
     Each worker keeps a core busy, so the model gets the cores they leave free, and at least one.
     """
     checks.count("cores", cores)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
+    checks.count("workers", workers, minimum=0)
     return max(1, cores - workers)
 
 
@@ -161,8 +160,8 @@ def freeze_backbone(model: torch.nn.Module, name: str) -> None:
     model.requires_grad_(False)
     head.requires_grad_(True)
     in_head = set(head.modules())
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m not in in_head]
+    # Every norm layer with running statistics (batch norms, tracking instance norms): what drifts in train mode.
+    norms = [m for m in model.modules() if getattr(m, "track_running_stats", False) and m not in in_head]
 
     def norms_in_eval(module, inputs):  # runs before every forward, after any model.train()
         for norm in norms:

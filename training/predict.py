@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +40,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from feeding import checks
+from feeding.backends import PIPELINES, capabilities
 from feeding.errors import BadFile, FeedError
 from training.checkpoint import BEST, CheckpointError, load_checkpoint
+from training.predict_data import EVAL_LAYOUT, TestSet, read_test_set, true_classes
 
 VOTES = ("soft", "hard")
 FORMATS = ("competition", "full")
 ON_BAD = ("skip", "fail")
 TTA_SHIFT = 8  # pixels: small enough to keep a face in frame at the sizes trained here
-EVAL_LAYOUT = "eval"  # info.csv + images/: the competition's test set
+# Predictions are matched to files by position: only a pipeline that keeps the file order will do.
+ORDERED_PIPELINES = tuple(name for name in PIPELINES if capabilities(name).keeps_file_order)
 
 
 @dataclass(frozen=True)
 class PredictConfig:
+    """One prediction run, validated when built: ``batch`` images per batch, ``top_k`` classes listed
+    per image (full format), ``workers`` loader workers (0: in this process)."""
+
     checkpoints: str
     data: str | None = None  # None: the sample's eval split
     tta: bool = False
@@ -64,19 +70,20 @@ class PredictConfig:
     device: str = "cpu"
     batch: int = 64
     workers: int = 2
-    pipeline: str = "albumentations"  # a host pipeline: it keeps the file order
+    pipeline: str = "albumentations"  # one that keeps the file order (ORDERED_PIPELINES)
 
     def __post_init__(self) -> None:
-        if self.vote not in VOTES:
-            raise ValueError(f"--vote must be one of {', '.join(VOTES)}, got {self.vote!r}")
-        if self.format is not None and self.format not in FORMATS:
-            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.on_bad not in ON_BAD:
-            raise ValueError(f"--on-bad must be one of {', '.join(ON_BAD)}, got {self.on_bad!r}")
-        if self.pipeline not in ("pil", "albumentations"):
-            raise ValueError("--pipeline must be pil or albumentations (DALI may reorder or drop files)")
-        if self.batch < 1 or self.workers < 0 or self.top_k < 1:
-            raise ValueError("--batch and --top-k must be >= 1, --workers >= 0")
+        checks.choice("vote", self.vote, VOTES)
+        if self.format is not None:
+            checks.choice("format", self.format, FORMATS)
+        checks.choice("on_bad", self.on_bad, ON_BAD)
+        if not capabilities(self.pipeline).keeps_file_order:
+            raise ValueError(f"--pipeline must be {' or '.join(ORDERED_PIPELINES)} ({self.pipeline} may reorder "
+                             "or drop files)")
+        checks.count("batch", self.batch)
+        checks.count("top_k", self.top_k)
+        checks.count("workers", self.workers, minimum=0)
+        checks.available_device("device", self.device)
         if self.out is not None and Path(self.out).suffix.lower() == ".json":
             raise ValueError(f"--out {self.out}: the run's JSON is written beside the output, so the output "
                              "must not be a .json file")
@@ -101,106 +108,6 @@ def find_checkpoints(where: str | Path) -> list[Path]:
     if not folds:
         raise CheckpointError(f"no checkpoint at {path}: expected a .pt file, {path / BEST} or {path}/fold*/{BEST}")
     return folds
-
-
-# ---------------------------------------------------------------- what to predict
-
-
-@dataclass(frozen=True)
-class TestSet:
-    """The images to predict, in output order, and their true classes where known."""
-
-    paths: tuple[str, ...]  # what the feeder reads
-    names: tuple[str, ...]  # what the output calls them: info.csv's ImageID, or the path under the data root
-    root: str
-    layout: str  # EVAL_LAYOUT, "folder" (unlabelled), or a feeding.sources layout
-    labels: np.ndarray | None = None  # int64 per image: indices into label_names, or class indices
-    label_names: tuple[str, ...] | None = None  # None: the labels are the model's class indices
-    problems: tuple[BadFile, ...] = ()  # listing rows left out (on_bad="skip")
-
-
-def read_test_set(root: str | Path, on_bad: str = "skip") -> TestSet:
-    """The eval layout in info.csv's order, a plain folder in name order, or what
-    ``feeding.sources.discover`` reads (ImageFolder, CSV manifest) in its order."""
-    from feeding.sources import competition_root, discover, is_image_file
-
-    root = Path(root)
-    if (root / "info.csv").is_file():
-        return _read_eval_layout(root)
-    if not root.exists():
-        raise FeedError(f"test data {root} does not exist")
-    if root.is_file() or competition_root(root) is not None:
-        return _from_samples(discover(root, on_bad))
-    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
-    images = sorted(e.name for e in entries if e.is_file() and is_image_file(e.name))
-    has_folders = any(e.is_dir() for e in entries)
-    if images and has_folders:
-        raise FeedError(f"{root} holds both images and sub-folders: give a folder of images only, or the "
-                        "parent of one folder per class (ImageFolder)")
-    if has_folders:
-        return _from_samples(discover(root, on_bad))
-    if not images:
-        raise FeedError(f"no images in {root} (and no info.csv)")
-    return TestSet(tuple(str(root / name) for name in images), tuple(images), str(root), "folder")
-
-
-def _read_eval_layout(root: Path) -> TestSet:
-    info = root / "info.csv"
-    with open(info, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if "ImageID" not in (reader.fieldnames or ()):
-            raise FeedError(f"{info} has no ImageID column (the eval layout's info.csv: ImageID, ans)")
-        ids = [row["ImageID"] for row in reader]
-    if not ids:
-        raise FeedError(f"{info} lists no images")
-    # A listed image that is missing is unreadable like any other: the feeder reports it.
-    paths = tuple(str(root / "images" / image_id) for image_id in ids)
-    return TestSet(paths, tuple(ids), str(root), EVAL_LAYOUT, labels=_answers(root / "answers.csv", ids))
-
-
-def _answers(path: Path, ids: list[str]) -> np.ndarray | None:
-    """answers.csv's class index (ans) per ImageID, in info.csv's order; None without the file."""
-    if not path.is_file():
-        return None
-    truth = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for line, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                truth[row["ImageID"]] = int(row["ans"])
-            except (KeyError, TypeError, ValueError):
-                raise FeedError(f"{path}:{line}: need an ImageID and an integer ans (a class index)") from None
-    if set(truth) != set(ids):
-        raise FeedError(f"{path} does not list the same images as info.csv")
-    return np.array([truth[i] for i in ids], dtype=np.int64)
-
-
-def _from_samples(samples) -> TestSet:
-    """A discovered data set; a manifest whose label column holds integers gives class indices."""
-    base = Path(samples.root).parent if samples.layout == "csv" else Path(samples.root)
-    paths = samples.paths.tolist()
-    integer_labels = samples.layout == "csv" and samples.classes == tuple(map(str, range(len(samples.classes))))
-    return TestSet(tuple(paths), tuple(os.path.relpath(p, base) for p in paths), samples.root, samples.layout,
-                   labels=samples.labels, label_names=None if integer_labels else samples.classes,
-                   problems=samples.problems)
-
-
-def true_classes(test: TestSet, classes: tuple[str, ...]) -> np.ndarray | None:
-    """Each image's true class as an index into the model's ``classes``; None where unlabelled."""
-    if test.labels is None:
-        return None
-    if test.label_names is None:
-        beyond = test.labels[(test.labels < 0) | (test.labels >= len(classes))]
-        if beyond.size:
-            raise FeedError(f"{test.root}: label {beyond[0]} is not a class index of the model "
-                            f"(0..{len(classes) - 1}; integer labels are class indices)")
-        return test.labels
-    index = {name: i for i, name in enumerate(classes)}
-    used = [test.label_names[label] for label in np.unique(test.labels)]
-    unknown = [name for name in used if name not in index]
-    if unknown:
-        raise FeedError(f"{test.root}: class {unknown[0]!r} is not one the model knows "
-                        f"(its classes: {', '.join(classes)})")
-    return np.array([index.get(name, -1) for name in test.label_names], dtype=np.int64)[test.labels]
 
 
 # ---------------------------------------------------------------- the models
@@ -391,7 +298,7 @@ def _write_csv(path: Path, rows: list[list]) -> None:
 
 def _write_confusion(out: Path, scores: dict, classes: tuple[str, ...]) -> Path:
     from feeding.io import write_atomic
-    from training.fit import confusion_png
+    from training.figures import confusion_png
 
     path = out.with_name(f"{out.stem}-confusion.png")
     title = f"{scores['scored_images']} images: macro-F1 {scores['macro_f1']:.3f}"
@@ -400,6 +307,8 @@ def _write_confusion(out: Path, scores: dict, classes: tuple[str, ...]) -> Path:
 
 
 def predict(config: PredictConfig) -> dict:
+    """Predict the test set with every checkpoint (inference, not a predicted rate): the output CSV,
+    its .json beside it (and the confusion PNG where the true classes are known); returns the .json's record."""
     from feeding.io import write_json
 
     checkpoints = find_checkpoints(config.checkpoints)
@@ -454,7 +363,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="where the models run: cpu, cuda, cuda:N")
     p.add_argument("--batch", type=positive_int, default=d.batch, help="images per batch")
     p.add_argument("--workers", type=non_negative_int, default=d.workers, help="data-loading workers (0: in process)")
-    p.add_argument("--pipeline", default=d.pipeline, choices=("pil", "albumentations"),
+    p.add_argument("--pipeline", default=d.pipeline, choices=ORDERED_PIPELINES,
                    help="host pipeline that decodes and resizes (both keep the file order)")
     return p
 

@@ -25,7 +25,7 @@ Data is capped at the CPUs the trainers leave. A local Ray gets exactly the sum
 as logical CPUs (more than the host's cores is fine: they are slots, not cores).
 
 Validation: each worker evaluates its exact slice of the validation split with
-the albumentations host pipeline in its own process (the split is small, and a
+the albumentations host pipeline, in its own process (the split is small, and a
 second Ray Data pipeline would wait for actors the training pipeline holds);
 the metrics are reduced over the workers. Ray Train stores one checkpoint per
 epoch under ``OUT/ray_train/`` (the metrics; the weights in the last one only).
@@ -44,9 +44,11 @@ from pathlib import Path
 
 import torch
 
+from feeding import checks
+from feeding.checks import parse_size
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.feeder import FeedConfig, batches_per_epoch
-from feeding.spec import Normalize, Shape, parse_size, train_spec
+from feeding.spec import Normalize, Shape, train_spec
 
 WEIGHTS_FILE = "model.pt"  # the last epoch's checkpoint: the unwrapped model's state_dict
 
@@ -56,7 +58,7 @@ class RayTrainConfig:
     """One Ray Train run; ``batch`` is per worker and per step (the global batch is ``batch * workers``)."""
 
     data: str | None = None  # None: the embedded sample data set
-    model: str = "resnet18"  # timm name or "package.module:factory" (bench.consume.build_model)
+    model: str = "resnet18"  # timm name or "package.module:factory" (training.models.build_model)
     epochs: int = 2
     batch: int = 32
     size: Shape = (224, 224)
@@ -72,13 +74,11 @@ class RayTrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch", "workers", "actors"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.cpus_per_worker <= 0 or self.lr <= 0:
-            raise ValueError("cpus_per_worker and lr must be positive")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be within (0, 1), got {self.val_fraction}")
+            checks.count(name, getattr(self, name))
+        object.__setattr__(self, "size", checks.size("size", self.size))
+        for name in ("cpus_per_worker", "lr"):
+            checks.positive(name, getattr(self, name))
+        checks.positive("val_fraction", self.val_fraction, maximum=1, open_maximum=True)
 
     @property
     def trainer_cpus(self) -> float:

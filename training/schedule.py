@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from feeding import checks
+
 WARMUP_START = 0.01  # warm-up starts at lr * WARMUP_START
 STEP_DECAYS = 3  # "step": the lr drops 10x after each third of the run
 PLATEAU_PATIENCE = 2  # validations without a better macro-F1 before the lr drops 10x
@@ -57,8 +59,7 @@ def create_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int, up
 
     ``updates_per_epoch``: optimizer updates an epoch (batches / accumulation steps, rounded up).
     """
-    if updates_per_epoch < 1:
-        raise ValueError(f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
+    checks.count("updates_per_epoch", updates_per_epoch)
     lr = optimizer.param_groups[0]["lr"]
     if name == "plateau":
         return WarmupPlateau(optimizer, round(warmup_epochs * updates_per_epoch), lr * WARMUP_START)

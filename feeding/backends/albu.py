@@ -1,21 +1,23 @@
-"""The albumentations backend: OpenCV decode, plan steps as albumentations transforms.
+"""The albumentations backend: OpenCV decode, plan steps as albumentations transforms (``Op.albumentations``).
 
-OpenCV runs single-threaded, in the workers and in the main process alike.
-With N workers on N cores its thread pool would only oversubscribe the cores,
-and a pool started in the parent does not survive ``fork``: a forked worker
-that touches it waits forever.
+OpenCV runs single-threaded in the workers and, while a transform is open, in the
+main process (whose setting worker threads share): with N workers on N cores its
+thread pool would only oversubscribe the cores, and a pool started in the parent
+does not survive ``fork``: a forked worker that touches it waits forever. Closing
+the transform gives the main process its own thread count back.
 """
 from __future__ import annotations
 
-import functools
+import threading
+import weakref
 
 import numpy as np
 
 from feeding import affine, decode
 from feeding.backends.host import HostTransform
 from feeding.errors import MissingDependencyError
+from feeding.ops import resize_to
 from feeding.plan import Plan
-from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, RandomResizedCrop, Resize, Rotate, Shape
 
 
 def _import():
@@ -30,73 +32,75 @@ def _import():
     return albumentations, cv2
 
 
-def resize_to(image: np.ndarray, shape: Shape) -> np.ndarray:
-    """Resize to (height, width) pixels as ``A.Resize(area_for_downscale="image")`` does: area when shrinking."""
-    _, cv2 = _import()
-    if shape == image.shape[:2]:
-        return image
-    shrinks = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
+class SingleThreadedOpenCV:
+    """OpenCV's thread count in this process: 1 while anyone holds it, and what it was once the last lets go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._before: int | None = None  # the count when the first holder came
+
+    def hold(self) -> None:
+        _, cv2 = _import()
+        with self._lock:
+            if self._holders == 0:
+                self._before = cv2.getNumThreads()
+            self._holders += 1
+            cv2.setNumThreads(1)
+
+    def release(self) -> None:
+        _, cv2 = _import()
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._before is not None:
+                cv2.setNumThreads(self._before)
+                self._before = None
 
 
-def _resize_shorter_side(image: np.ndarray, op: Resize, **_params) -> np.ndarray:
-    return resize_to(image, op.out_shape(image.shape[:2]))
-
-
-def _leads_with_shorter_side(plan: Plan) -> bool:
-    return not plan.fused_steps and isinstance(plan.steps[0], Resize) and plan.steps[0].keeps_aspect
+MAIN_PROCESS_OPENCV = SingleThreadedOpenCV()
 
 
 def compile_albumentations(plan: Plan, start: int | None = None):
     """An ``A.Compose`` that runs the plan's steps from ``start`` (default: after the fused prefix), in order."""
-    A, cv2 = _import()
-    transforms = []
-    for op in plan.steps[plan.fused_steps if start is None else start:]:
-        if isinstance(op, Resize) and op.keeps_aspect:
-            # albumentations' SmallestMaxSize rounds the longer side to nearest, torchvision truncates.
-            transforms.append(A.Lambda(image=functools.partial(_resize_shorter_side, op=op), p=1.0))
-        elif isinstance(op, Resize):
-            transforms.append(A.Resize(*op.size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image"))
-        elif isinstance(op, RandomResizedCrop):
-            transforms.append(A.RandomResizedCrop(size=op.size, scale=op.scale, ratio=op.ratio,
-                                                  interpolation=cv2.INTER_LINEAR, area_for_downscale="image"))
-        elif isinstance(op, CenterCrop):
-            transforms.append(A.CenterCrop(*op.size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=0))
-        elif isinstance(op, Rotate):
-            if op.degrees:
-                transforms.append(A.Rotate(limit=(-op.degrees, op.degrees), interpolation=cv2.INTER_LINEAR,
-                                           border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0))
-        elif isinstance(op, HorizontalFlip):
-            if op.p:
-                transforms.append(A.HorizontalFlip(p=op.p))
-        elif isinstance(op, ColorJitter):
-            if op.is_random:
-                transforms.append(A.ColorJitter(
-                    brightness=(1 - op.brightness, 1 + op.brightness),
-                    contrast=(1 - op.contrast, 1 + op.contrast),
-                    saturation=(1 - op.saturation, 1 + op.saturation),
-                    hue=(0.0, 0.0), p=1.0))
-        else:
-            raise TypeError(f"the albumentations backend has no implementation of {op!r}")
-    return A.Compose(transforms, seed=0)
+    A, _ = _import()
+    steps = plan.steps[plan.fused_steps if start is None else start:]
+    return A.Compose([transform for op in steps for transform in op.albumentations()], seed=0)
 
 
 class AlbumentationsTransform(HostTransform):
     def __init__(self, plan: Plan, max_pixels: int) -> None:
         super().__init__(plan, max_pixels)
+        first = plan.steps[0]
         # The steps run here before albumentations: the fused warp, or a leading shorter-side resize,
         # which must be sized from the source and not from a reduced decode.
-        self.head = plan.fused_steps or int(_leads_with_shorter_side(plan))
+        self.head = plan.fused_steps or int(first.keeps_aspect)
+        # A random region is drawn inside albumentations, after the decode: only a fixed one can be reduced for.
+        self.reduces_unfused = plan.first_resamples and not first.is_random
         self.compose = compile_albumentations(plan, self.head)
         # Every step is in the one warp: decode, warpAffine, and nothing for albumentations.
         self.fully_fused = plan.fused_steps > 0 and not self.compose.transforms
         self._scratch = decode.Scratch()  # the fully fused path decodes and warps into reused memory
         self._warped: np.ndarray | None = None
+        self._opencv_hold: weakref.finalize | None = None
         self.setup_worker(in_worker=False)  # before any worker is forked
 
     def setup_worker(self, in_worker: bool) -> None:
-        _, cv2 = _import()
-        cv2.setNumThreads(1)
+        """Single-threaded OpenCV: a worker process sets its own; in the main process the transform holds the
+        setting until ``close`` (idempotent: a feeder may call it again when it restarts its workers)."""
+        if in_worker:
+            _, cv2 = _import()
+            cv2.setNumThreads(1)
+        elif self._opencv_hold is None or not self._opencv_hold.alive:
+            MAIN_PROCESS_OPENCV.hold()
+            # Released by close(), or when the transform is collected unclosed; never at exit,
+            # where worker threads may still be inside OpenCV.
+            self._opencv_hold = weakref.finalize(self, MAIN_PROCESS_OPENCV.release)
+            self._opencv_hold.atexit = False
+
+    def close(self) -> None:
+        """Give the main process its OpenCV thread count back (once no other open transform holds it)."""
+        if self._opencv_hold is not None:
+            self._opencv_hold()
 
     @property
     def releases_gil(self) -> bool:
@@ -117,6 +121,11 @@ class AlbumentationsTransform(HostTransform):
         twin._scratch, twin._warped = decode.Scratch(), None  # so is the memory decoded and warped into
         return twin
 
+    def __getstate__(self) -> dict:
+        # A copy (a thread's clone, a pickled transform) does not hold this process's OpenCV setting:
+        # threads share the one the original holds, and another process sets its own.
+        return {**self.__dict__, "_opencv_hold": None}
+
     def start_batch(self, rng: np.random.Generator) -> None:
         # albumentations draws from its own generators: seed them from a child of the batch's
         # stream (spawning does not advance it, so our own draws stay those of the other backends).
@@ -126,15 +135,13 @@ class AlbumentationsTransform(HostTransform):
         """The decoded image (reduced where the plan allows), and for a fused warp its source and box."""
         found = decode.header(path, self.max_pixels, data)  # read once: the decode reuses it
         if self.plan.fused_steps:
-            box = affine.first_box(self.plan, found.size, rng)
+            box = self.plan.steps[0].region(found.size, rng)
             reduction = self.plan.decode_reduction(found.size, box[2:])
             fully = self.fully_fused  # then the warp consumes the pixels at once: scratch memory is safe
             image = decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found,
                                     rgbx=fully, scratch=self._scratch if fully else None)  # RGBX: a faster warp
             return image, found.size, box
-        reduction = 1
-        if isinstance(self.plan.steps[0], Resize):  # a random crop's box is drawn inside albumentations
-            reduction = self.plan.decode_reduction(found.size)
+        reduction = self.plan.decode_reduction(found.size) if self.reduces_unfused else 1
         return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found), found.size, None
 
     def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:

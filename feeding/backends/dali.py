@@ -1,13 +1,8 @@
 """The DALI backend: one DALI pipeline decodes and augments, on the CPU or the GPU.
 
-The graph follows DALI's ResNet-50 example: a small ``@pipeline_def`` function
-(reader + one shared processing function), a reader named ``"Reader"`` that the
-iterator is pointed at, and an explicit last-batch policy. Decode runs on
-``"cpu"``, or on ``"mixed"`` (nvJPEG / nvImageCodec) when ``decode_device`` is
-CUDA; every later op then runs on the decoder's side ("cpu" or "gpu"), so both
-paths are the same graph with the device chosen.
-
-What this module decides, and why:
+The graph is ``feeding.backends.dali_graph``; which files DALI reads itself and
+which it reads as transcoded copies is ``feeding.backends.dali_files``. This
+module is the feeder around them, and what it decides, and why:
 
 - Epochs: the reader reshuffles the whole data set after every epoch
   (``shuffle_after_epoch``, seeded from ``config.seed``, the same seed on every
@@ -28,250 +23,40 @@ What this module decides, and why:
 - Bad and odd files: DALI cannot leave a file out of a batch, so the validation
   scan runs first and bad files are dropped (``on_bad="skip"``) or refused
   (``"fail"``). Valid files that DALI's decoder does not deliver as
-  ``feeding.decode`` does (see ``dali_reads_as_pil``) are transcoded once to
+  ``feeding.decode`` does (see ``dali_files.dali_reads_as_pil``) are transcoded once to
   lossless PNG in the cache, and DALI reads the copy.
-- Decode-time downscale: DALI's decoders have no reduced-scale (libjpeg
-  ``scale_num/scale_denom``) decode, so a Resize-first plan decodes at full size
-  and resizes (antialiased) afterwards. Only region-of-interest decoding exists:
-  a RandomResizedCrop-first plan decodes just its crop window
-  (``fn.decoders.image_random_crop``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image
 
 from feeding import decode
-from feeding.cache import cache_dir
-from feeding.errors import BadFile, FeedError, MissingDependencyError
+from feeding.backends.dali_files import dali_paths
+from feeding.backends.dali_graph import OUTPUTS, READER, feed_pipeline, missing_dali
+from feeding.errors import BadFile, FeedError
 from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
 from feeding.resources import check_dali_memory, free_memory_for
 from feeding.scan import scan
 from feeding.sources import Samples
-from feeding.spec import CenterCrop, ColorJitter, HorizontalFlip, Op, RandomResizedCrop, Resize, Rotate
 
 try:
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali import math as dali_math
     from nvidia.dali.backend import ReleaseUnusedMemory
     from nvidia.dali.pipeline import Pipeline
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 except ImportError as error:
-    raise MissingDependencyError(
-        "the 'dali' pipeline needs NVIDIA DALI for CUDA 13 (torch's build): "
-        f"pip install nvidia-dali-cuda130  ({error})"
-    ) from error
+    raise missing_dali(error) from error
 
 log = logging.getLogger(__name__)
 
-READER = "Reader"
-OUTPUTS = ("images", "labels")
-TRANSCODE_VERSION = 1  # bump when the transcoding rule changes: it is part of every cache key
 # Distinct first words keep the seed streams apart (as in feeding.seeding).
 _SHUFFLE_STREAM, _PIPELINE_STREAM = 10, 11
 PROBED_FILES = 256  # headers read, spread over the file list, to size the decoded batches
-
-# ---------------------------------------------------------------- which files DALI reads as PIL does
-
-# (format, mode) pairs that DALI 2.4's CPU decoder delivers as feeding.decode does
-# (8-bit RGB, EXIF orientation applied, alpha dropped, 16-bit -> high byte): identical
-# pixels, or +-1 level for CMYK (tests/test_dali.py checks them). Anything else is
-# transcoded. DALI refuses GIF (whatever the name) and TIFF in LA, 1-bit or 32-bit
-# integer mode; it ignores an orientation that only XMP gives.
-_DALI_MODES = {
-    "JPEG": {"L", "RGB", "CMYK"},
-    "MPO": {"L", "RGB", "CMYK"},  # DALI decodes the first picture, as PIL does
-    "PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"},  # 16-bit RGB(A) PNGs open as "RGB(A)"
-    "BMP": {"L", "P", "RGB"},
-    "PPM": {"L", "RGB"},
-    "TIFF": {"L", "P", "RGB", "RGBA", "CMYK", "I;16"},
-}
-_ORIENTATION = ExifTags.Base.Orientation
-
-
-def _orientation_only_in_xmp(image: Image.Image) -> bool:
-    """True when the orientation that feeding.decode applies comes from XMP (DALI reads only EXIF)."""
-    if not (image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")):
-        return False
-    # PIL's base getexif() reads the header only and falls back to XMP's
-    # tiff:Orientation when EXIF has none: the rule feeding.decode follows.
-    if Image.Image.getexif(image).get(_ORIENTATION, 1) == 1:
-        return False
-    raw = image.info.get("exif")
-    exif = Image.Exif()
-    if raw:
-        exif.load(raw)
-    in_exif = _ORIENTATION in exif or _ORIENTATION in getattr(image, "tag_v2", {})
-    return not in_exif
-
-
-def dali_reads_as_pil(path: str) -> bool:
-    """Whether DALI's decoder delivers ``path`` as ``feeding.decode.load_pil`` does; header only."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's warnings about odd headers are the scan's business
-            with Image.open(path, formats=decode.IMAGE_OPEN_FORMATS) as image:
-                return image.mode in _DALI_MODES.get(image.format or "", ()) and not _orientation_only_in_xmp(image)
-    except Exception:  # noqa: BLE001 - any header PIL cannot parse: let the transcoder name the problem
-        return False
-
-
-def _transcode_key(path: str) -> str:
-    stat = os.stat(path)
-    identity = f"{TRANSCODE_VERSION}\0{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def transcode_for_dali(path: str, max_pixels: int, root: Path | None = None) -> str:
-    """A lossless 8-bit RGB PNG of ``path`` as ``feeding.decode`` reads it, made once and cached.
-
-    The cache key holds the file's real path, size and modification time, so an
-    edited file is transcoded again. Written atomically (temporary file + rename).
-    """
-    key = _transcode_key(path)
-    folder = root / "dali-transcoded" / key[:2] if root is not None else cache_dir("dali-transcoded", key[:2])
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{key}.png"
-    if target.is_file():
-        return str(target)
-    image = decode.load_pil(path, max_pixels)
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG", compress_level=1)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return str(target)
-
-
-def dali_paths(paths: np.ndarray, max_pixels: int, root: Path | None = None) -> list[str]:
-    """The paths DALI should read: each file itself, or its transcoded copy when DALI would misread it."""
-    return [p if dali_reads_as_pil(p) else transcode_for_dali(p, max_pixels, root) for p in paths.tolist()]
-
-
-# ---------------------------------------------------------------- the graph
-
-
-def _uniform_factor(amount: float):
-    """A per-sample factor drawn from [1 - amount, 1 + amount]."""
-    return fn.random.uniform(range=(1.0 - amount, 1.0 + amount))
-
-
-def _apply(images, op: Op, device: str):
-    """One plan step as DALI ops on ``device``."""
-    if isinstance(op, Resize):
-        height, width = _shorter_side_shape(images, op.size) if op.keeps_aspect else op.size
-        return fn.resize(images, device=device, resize_x=width, resize_y=height,
-                         interp_type=types.INTERP_LINEAR, antialias=True)
-    if isinstance(op, RandomResizedCrop):
-        return fn.random_resized_crop(images, device=device, size=op.size, random_area=op.scale,
-                                      random_aspect_ratio=op.ratio, interp_type=types.INTERP_LINEAR,
-                                      antialias=True)
-    if isinstance(op, CenterCrop):
-        # rounding="truncate" puts the window at (H - h) // 2 as feeding.plan.center_box does.
-        return fn.crop(images, device=device, crop=op.size, rounding="truncate",
-                       out_of_bounds_policy="pad", fill_values=0)
-    if isinstance(op, Rotate):
-        if not op.degrees:
-            return images
-        return fn.rotate(images, device=device, angle=fn.random.uniform(range=(-op.degrees, op.degrees)),
-                         keep_size=True, fill_value=0, interp_type=types.INTERP_LINEAR)
-    if isinstance(op, HorizontalFlip):
-        return images if op.p == 0 else fn.flip(images, device=device, horizontal=_flip_draw(op))
-    if isinstance(op, ColorJitter):
-        # As PIL's ImageEnhance (the PIL backend): brightness scales, contrast pivots
-        # on the image's mean grey, saturation blends with the grey image.
-        if op.brightness or op.contrast:
-            mean_grey = fn.reductions.mean(
-                fn.color_space_conversion(images, device=device, image_type=types.RGB, output_type=types.GRAY))
-            if device == "gpu":
-                mean_grey = mean_grey.cpu()  # named arguments must live on the CPU (one scalar per image)
-            images = fn.brightness_contrast(
-                images, device=device,
-                brightness=_uniform_factor(op.brightness) if op.brightness else 1.0,
-                contrast=_uniform_factor(op.contrast) if op.contrast else 1.0,
-                contrast_center=mean_grey)
-        if op.saturation:
-            images = fn.saturation(images, device=device, saturation=_uniform_factor(op.saturation))
-        return images
-    raise TypeError(f"the DALI backend has no implementation of {op!r}")
-
-
-def _shorter_side_shape(images, shorter: int):
-    """Per-sample (height, width) of ``feeding.spec.shorter_side_shape``, as float DALI nodes on the CPU.
-
-    Not ``fn.resize(resize_shorter=...)``: it rounds the longer side to the
-    nearest pixel, where torchvision (and the host backends) truncate.
-    """
-    shape = images.shape()  # HWC, int64, on the CPU (named arguments must live there)
-    height, width = shape[0], shape[1]
-    short = dali_math.min(height, width)
-    return (fn.cast(shorter * height // short, dtype=types.FLOAT),
-            fn.cast(shorter * width // short, dtype=types.FLOAT))
-
-
-def _flip_draw(op: HorizontalFlip):
-    return 1 if op.p >= 1 else fn.random.coin_flip(probability=op.p)
-
-
-def process_images(encoded, steps: tuple[Op, ...], decoder: str):
-    """Decode and run the plan's steps; uint8 CHW out. The ops run where the decoder puts the pixels."""
-    device = "gpu" if decoder == "mixed" else "cpu"
-    first = steps[0]
-    if isinstance(first, RandomResizedCrop):
-        # Region-of-interest decode: only the crop window is decoded.
-        images = fn.decoders.image_random_crop(encoded, device=decoder, output_type=types.RGB,
-                                               random_area=first.scale, random_aspect_ratio=first.ratio)
-        images = fn.resize(images, device=device, resize_x=first.size[1], resize_y=first.size[0],
-                           interp_type=types.INTERP_LINEAR, antialias=True)
-        steps = steps[1:]
-    else:
-        # fn.decoders.image_crop is not used for a CenterCrop first: it fails on a
-        # window larger than the image, where CenterCrop pads with black.
-        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
-    mirror = 0
-    if steps and isinstance(steps[-1], HorizontalFlip):
-        # A flip at the end folds into the layout change below (one pass, not two).
-        mirror = 0 if steps[-1].p == 0 else _flip_draw(steps[-1])
-        steps = steps[:-1]
-    for op in steps:
-        images = _apply(images, op, device)
-    # No mean/std: stays uint8 (Normalize runs on the device after transfer).
-    return fn.crop_mirror_normalize(images, device=device, dtype=types.UINT8, output_layout="CHW", mirror=mirror)
-
-
-@pipeline_def
-def feed_pipeline(files, labels, steps, decoder, shard_id, num_shards, shuffle, shuffle_seed):
-    """Read this shard's files in this epoch's order; decode and augment them."""
-    encoded, labels = fn.readers.file(
-        files=files,
-        labels=labels,
-        name=READER,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        shuffle_after_epoch=shuffle,
-        shuffle_after_epoch_seed=shuffle_seed if shuffle else None,  # DALI complains if set unused
-        # Without shuffling, each shard keeps its own slice every epoch (DALI would
-        # otherwise move to the next shard); shuffle_after_epoch implies it.
-        stick_to_shard=not shuffle,
-        pad_last_batch=True,
-    )
-    return process_images(encoded, steps, decoder), labels
-
-
-# ---------------------------------------------------------------- the feeder
 
 
 def _derived_seed(*words: int) -> int:
@@ -290,7 +75,7 @@ class DaliFeeder(Feeder):
 
     def __init__(self, samples: Samples, config: FeedConfig) -> None:
         check_decode_device(config)  # before the scan: a GPU that is not there is not worth scanning for
-        good, skipped = _validated(samples, config)
+        good, skipped = validated_samples(samples, config)
         super().__init__(good, config)
         self._record_skips(skipped)
         self._check_settings(config.workers)  # more shards than images, or a batch beyond them: say so now
@@ -489,7 +274,7 @@ def one_line(error: BaseException, limit: int = 500) -> str:
     return f"{where}{reason}"[:limit]
 
 
-def _validated(samples: Samples, config: FeedConfig) -> tuple[Samples, list[BadFile]]:
+def validated_samples(samples: Samples, config: FeedConfig) -> tuple[Samples, list[BadFile]]:
     """The samples DALI may read, and the files left out (raises FeedError when on_bad='fail')."""
     result = scan(samples, config.max_pixels, Path(config.cache_dir) if config.cache_dir else None,
                   workers=config.workers)

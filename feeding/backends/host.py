@@ -82,7 +82,11 @@ class HostTransform(ABC):
         return out
 
     def setup_worker(self, in_worker: bool) -> None:
-        """Per-process settings (e.g. library thread counts); called once per worker."""
+        """Per-process settings (e.g. library thread counts): once per worker process, and in the main
+        process (``in_worker=False``) before workers fork or threads start, until ``close``."""
+
+    def close(self) -> None:
+        """Give back what ``setup_worker(in_worker=False)`` took in the main process."""
 
     def start_batch(self, rng: np.random.Generator) -> None:
         """Called before each batch with the batch's generator (e.g. to seed a library)."""
@@ -147,6 +151,28 @@ class EpochBatchSampler(Sampler[BatchKey]):
     def __len__(self) -> int:
         n, b = self.shard_size, self.config.batch_size
         return n // b if self.config.drop_last else -(-n // b)
+
+
+class EpochStream(Sampler[BatchKey]):
+    """The BatchKeys of epoch ``first_epoch``, then of the next epochs, without end.
+
+    Iterated by one long-lived DataLoader (or thread pool), it keeps the workers busy across
+    an epoch's end: while the consumer takes an epoch's last batches, the workers already make
+    the next epoch's first ones, instead of draining to empty and refilling from cold (on the
+    sample's 6-batch epochs with 2 workers x prefetch 2, the refill was a third of the epoch).
+    ``first_epoch`` is read when iteration starts: set it, then iterate anew, to jump.
+    """
+
+    def __init__(self, n: int, config: FeedConfig, first_epoch: int = 0) -> None:
+        self.epochs = EpochBatchSampler(n, config, first_epoch)
+        self.first_epoch = first_epoch
+
+    def __iter__(self) -> Iterator[BatchKey]:
+        epoch = self.first_epoch
+        while True:
+            self.epochs.epoch = epoch
+            yield from iter(self.epochs)
+            epoch += 1
 
 
 @dataclass
@@ -288,6 +314,9 @@ class HostFeeder(Feeder):
                                      shared_memory=self.executor == "process")
         self.workers, self.prefetch_factor = budget.workers, budget.prefetch_factor
         self.notes.extend(budget.notes)
+        self._stream_keys = EpochStream(len(samples), config)
+        self._stream: Iterator[WorkerBatch] | None = None  # batches over epochs, while the workers run
+        self._stream_epoch = 0  # the epoch whose first batch the stream delivers next
         self._data_loader: DataLoader | None = None
         self._threads: ThreadBatches | None = None
         if self.executor != "process":
@@ -326,7 +355,7 @@ class HostFeeder(Feeder):
             self._data_loader = DataLoader(
                 self.dataset,
                 batch_size=None,  # the sampler yields whole batches
-                sampler=self._sampler,
+                sampler=self._stream_keys,
                 num_workers=self.workers,
                 prefetch_factor=self.prefetch_factor if parallel else None,
                 persistent_workers=parallel,
@@ -343,15 +372,26 @@ class HostFeeder(Feeder):
                                           self.prefetch_factor, self.config.worker_timeout_s)
         return self._threads
 
-    def _batches(self, epoch: int) -> Iterator[WorkerBatch]:
-        self._sampler.epoch = epoch
+    def _open_stream(self, epoch: int) -> Iterator[WorkerBatch]:
+        """Batches from the first of ``epoch`` on, across epochs, from the (persistent) workers."""
+        self._stream_keys.first_epoch = epoch
+        self.dataset.transform.setup_worker(in_worker=False)  # before a fork, or threads sharing this process
         if self.executor == "thread":
-            return self._thread_pool().iterate(self._sampler)
+            return self._thread_pool().iterate(self._stream_keys)
         with warnings.catch_warnings():
             # More workers than cores is a setting the tuner measures on purpose
             # (workers that block on I/O); torch's advice against it is noise here.
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
             return iter(self._loader())
+
+    def _batches(self, epoch: int) -> Iterator[WorkerBatch]:
+        """The WorkerBatches of ``epoch``: the open stream's next ones where it stands at that epoch."""
+        if self._stream is None or self._stream_epoch != epoch:
+            self._stream = self._open_stream(epoch)
+        stream = self._stream
+        for _ in range(len(self._sampler)):  # the same number of batches every epoch
+            yield next(stream)
+        self._stream_epoch = epoch + 1
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
         iterator = self._batches(epoch)
@@ -390,6 +430,7 @@ class HostFeeder(Feeder):
 
     def close(self) -> None:
         """Stop the workers now (they are restarted on the next epoch)."""
+        self._stream = None
         threads, self._threads = self._threads, None
         if threads is not None:
             threads.close()
@@ -397,6 +438,7 @@ class HostFeeder(Feeder):
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+        self.dataset.transform.close()  # the main process's library settings, as they were
 
 
 def _explain_worker_failure(error: RuntimeError, config: FeedConfig) -> Exception:

@@ -19,6 +19,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from feeding import checks
 from feeding.errors import FeedError
 
 TRANSFORMS = ("albumentations", "pil")  # the host transforms a Ray actor can run
@@ -52,20 +53,13 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.address not in LOCAL_ADDRESSES and self.address != "auto":
             parse_address(self.address)  # a malformed address fails here, not inside ray.init
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ValueError(f"num_cpus must be >= 1, got {self.num_cpus}")
-        if not isinstance(self.actors, int) or self.actors < 1:
-            raise ValueError(f"the Ray pipeline needs at least one actor, got actors={self.actors!r}")
-        if self.cpus_per_actor <= 0:
-            raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
-        if self.reserved_cpus < 0:
-            raise ValueError(f"reserved_cpus must be >= 0, got {self.reserved_cpus}")
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
-        if self.connect_timeout_s <= 0:
-            raise ValueError("connect_timeout_s must be positive")
-        if self.object_store_mb < 64:
-            raise ValueError(f"object_store_mb must be >= 64, got {self.object_store_mb}")
+        checks.count("num_cpus", self.num_cpus, allow_none=True)
+        checks.count("actors", self.actors)  # the pipeline needs at least one actor
+        checks.number("reserved_cpus", self.reserved_cpus, minimum=0)
+        for name in ("cpus_per_actor", "connect_timeout_s"):
+            checks.positive(name, getattr(self, name))
+        checks.choice("transform", self.transform, TRANSFORMS)
+        checks.count("object_store_mb", self.object_store_mb, minimum=64)
 
     @property
     def is_local(self) -> bool:

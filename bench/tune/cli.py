@@ -1,0 +1,95 @@
+"""``feedbench tune``: pick pipeline, workers, batch and image shape from feed against consumption.
+
+The command line only: ``make_parser`` builds the options, ``config_from_args`` turns them
+into a TuneConfig (which validates them), ``tune_main`` runs and reports. Exit 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bench.tune.config import ON_BAD, TuneConfig
+from bench.tune.report import recommendation_path, summary_lines, write_reports
+from bench.tune.run import compare_with_tuner, tune
+from feeding.backends import PIPELINES
+from feeding.errors import FeedError, MissingDependencyError
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from feeding.options import FlattenList, HelpFormatter, listed, plain_text, positive_int, size
+
+    d = TuneConfig
+    parser = argparse.ArgumentParser(prog="feedbench tune", description=plain_text(__doc__.split("\n\n")[0]),
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--data", help="data set: an ImageFolder, a CSV manifest or the competition layout "
+                        "(none given: the generated sample)")
+    parser.add_argument("--model", default=d.model, help="timm model name or module:factory")
+    parser.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
+    parser.add_argument("--sizes", nargs="+", type=listed(size), action=FlattenList,
+                        default=",".join(f"{h}" if h == w else f"{h}x{w}" for h, w in d.sizes),
+                        help="candidate shapes (pixels; N or HxW), by commas or spaces: the largest the feed "
+                        "keeps up with is picked")
+    parser.add_argument("--budget-s", type=float, default=d.budget_s, help="time for the search (seconds)")
+    parser.add_argument("--pipelines", nargs="+", type=listed(str), action=FlattenList,
+                        help="pipelines to tune, by commas or spaces (none given: pil, albumentations, dali, "
+                        "and ray when RAY_ADDRESS answers)")
+    parser.add_argument("--workers-max", type=positive_int, default=2 * (os.cpu_count() or 1),
+                        help="most loader workers (DALI: threads) tried per rank; capped at twice its cores")
+    parser.add_argument("--batches", nargs="+", type=listed(positive_int), action=FlattenList,
+                        help="candidate batch sizes, by commas or spaces (none given: 32 on the CPU; "
+                        "64,128,256 on a GPU, where those that do not fit are dropped)")
+    parser.add_argument("--e2e-batches", type=positive_int, default=d.e2e_batches,
+                        help="batches in the end-to-end check (at least)")
+    parser.add_argument("--e2e-min-s", type=float, default=d.e2e_min_s,
+                        help="seconds of end-to-end check (at least)")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="measure the full grid (slow), and compare the tuner's pick with the grid's best")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each measurement in a fresh process (a few seconds more each)")
+    parser.add_argument("--ranks", type=positive_int, default=d.ranks,
+                        help="training processes on this host (torchrun --nproc-per-node): each rank gets "
+                        "its share of the cores for workers and model threads")
+    parser.add_argument("--on-bad", choices=ON_BAD, default=d.on_bad,
+                        help="a listing row or image that cannot be read: skip it (and list it in the report) "
+                        "or stop with an error naming it")
+    parser.add_argument("--out", default=d.out, help="folder for the reports and recommendation.json")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TuneConfig:
+    if args.pipelines is None:
+        from bench.ray_scale import ray_candidate
+
+        pipelines = ray_candidate(PIPELINES)
+    else:
+        pipelines = tuple(dict.fromkeys(args.pipelines))  # a pipeline named twice is tuned once
+    return TuneConfig(
+        data=args.data, model=args.model, device=args.device, sizes=tuple(dict.fromkeys(args.sizes)),
+        budget_s=args.budget_s, pipelines=pipelines, workers_max=args.workers_max,
+        batches=tuple(dict.fromkeys(args.batches)) if args.batches else None,
+        e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
+        out=args.out, ranks=args.ranks, on_bad=args.on_bad,
+    )
+
+
+def tune_main(argv: list[str]) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        record = tune(config)
+        if config.exhaustive:
+            record["exhaustive_check"] = compare_with_tuner(config, record)
+    except (FeedError, MissingDependencyError, ValueError) as error:
+        print(f"feedbench tune: error: {error}", file=sys.stderr)
+        return 2
+    from bench.provenance import display_command
+
+    command = display_command("feedbench tune", argv)
+    out = Path(config.out)
+    for path in write_reports(record, out, command):
+        print(f"wrote {path}")
+    for line in summary_lines(record, recommendation_path(record, out)):
+        print(line)
+    return 0

@@ -1,0 +1,88 @@
+"""One tuning run's settings: ``TuneConfig``, frozen and validated when built (``feeding.checks``)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from feeding import checks
+from feeding.backends import PIPELINES, capabilities
+from feeding.checks import Shape
+
+MIN_MEASURE_S = 20.0  # below this budget (seconds) nothing meaningful can be measured
+ON_BAD = ("skip", "fail")
+# A pipeline that needs a cluster is tuned only where one answers (the CLI asks RAY_ADDRESS):
+# a local start of it is no tuning.
+LOCAL_PIPELINES = tuple(name for name in PIPELINES if not capabilities(name).needs_cluster)
+
+
+def _host_cores() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One tuning run; validated when built. Sizes are (height, width) in pixels, times in seconds."""
+
+    data: str | None = None
+    model: str = "resnet18"
+    device: str = "cpu"
+    sizes: tuple[Shape, ...] = ((224, 224), (192, 192), (160, 160), (128, 128))
+    budget_s: float = 300.0
+    pipelines: tuple[str, ...] = LOCAL_PIPELINES
+    workers_max: int = field(default_factory=lambda: 2 * _host_cores())
+    batches: tuple[int, ...] | None = None  # default: (32,) on the CPU, (64, 128, 256) on a GPU
+    feed_batches: int = 4  # batches per timed window on the feed side
+    consume_steps: int = 2
+    e2e_batches: int = 8
+    e2e_min_s: float = 3.0  # and at least this long: 8 batches at GPU rates is a fraction of a second
+    exhaustive: bool = False
+    isolate: bool = False  # each measurement in a fresh interpreter (slower; no state carried over)
+    out: str = "results"
+    seed: int = 0
+    ranks: int = 1  # training processes on this host (torchrun --nproc-per-node): they share its cores
+    on_bad: str = "skip"  # a bad listing row or unreadable file: "skip" (left out, reported) or "fail"
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            raise ValueError("--sizes needs at least one size")
+        object.__setattr__(self, "sizes", tuple(checks.size("--sizes", size) for size in self.sizes))
+        for name in self.pipelines:
+            checks.choice("pipeline", name, PIPELINES)
+        checks.number("--budget-s", self.budget_s)
+        if self.budget_s < MIN_MEASURE_S:
+            raise ValueError(f"--budget-s {self.budget_s:g} is too small to measure anything; give at least "
+                             f"{MIN_MEASURE_S:g} s (300 s gives a full search on 2 cores)")
+        checks.device("--device", self.device)
+        if self.batches is None:
+            # On the CPU a step's cost per image hardly depends on the batch; on a GPU it does.
+            object.__setattr__(self, "batches", (32,) if self.on_cpu else (64, 128, 256))
+        if not self.batches:
+            raise ValueError("--batches needs at least one batch size")
+        for batch in self.batches:
+            checks.count("--batches", batch)
+        checks.count("--ranks", self.ranks)
+        if self.ranks > _host_cores():
+            raise ValueError(f"--ranks {self.ranks} is more than this host's {os.cpu_count()} cores")
+        checks.count("--workers-max", self.workers_max)
+        # A rank's workers beyond twice its share of the cores only take cores from the other ranks.
+        object.__setattr__(self, "workers_max", min(self.workers_max, 2 * self.cores))
+        checks.count("feed_batches", self.feed_batches)
+        checks.count("consume_steps", self.consume_steps)
+        checks.count("--e2e-batches", self.e2e_batches)
+        checks.number("--e2e-min-s", self.e2e_min_s, minimum=0)
+        checks.choice("--on-bad", self.on_bad, ON_BAD)
+
+    @property
+    def cores(self) -> int:
+        """The cores one rank can count on: this host's, split between its ranks."""
+        return max(1, _host_cores() // self.ranks)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device == "cpu"
+
+    @property
+    def gpu_reserve_bytes(self) -> int:
+        """GPU memory (bytes) the tuned pipelines' pools want beside the model: the largest, since
+        one pipeline runs at a time."""
+        return max((capabilities(name).gpu_reserve_bytes for name in self.pipelines), default=0)

@@ -1,0 +1,230 @@
+"""What a tuning run writes and says: the JSON record, the Markdown report, the plot, and stdout.
+
+Everything here reads the record ``bench.tune.run.tune`` returns (plain JSON types), so a
+record read back from a file is reported the same way.
+"""
+from __future__ import annotations
+
+import io
+import shlex
+from pathlib import Path
+
+from bench.tune.forecast import workers_phrase
+
+
+def run_tag(record: dict) -> str:
+    """The run's conditions, for file names."""
+    data = Path(record["dataset"]["root"]).name or "data"
+    mode = record["search"]["mode"]
+    return f"tune-{data}-{record['model']}-{record['device'].replace(':', '')}-{record['machine']['cores']}c-{mode}"
+
+
+def plot_png(record: dict) -> bytes:
+    """Left: img/s against workers per pipeline. Right: feed and consume per shape, the pick marked."""
+    from matplotlib.figure import Figure
+
+    feed = [m for m in record["search"]["measurements"] if m["side"] == "feed"]
+    ref_size, ref_batch = feed[0]["size"], feed[0]["batch"]
+    climbs: dict[str, list[tuple[int, float]]] = {}  # by pipeline: (workers, img/s) at the climb's shape and batch
+    for m in feed:
+        points = climbs.setdefault(m["pipeline"], [])
+        if m["size"] == ref_size and m["batch"] == ref_batch:
+            points.append((m["workers"], m["images_per_sec"]))
+    figure = Figure(figsize=(11, 4.2))
+    left, right = figure.subplots(1, 2)
+    for name, points in climbs.items():
+        left.plot(*zip(*sorted(points)), marker="o", label=name)
+    left.set(xlabel="workers (DALI: threads)", ylabel="feed img/s",
+             title=f"feed at {ref_size[0]}x{ref_size[1]}, batch {ref_batch}")
+    left.legend()
+    rows = sorted(record["shape_profile"]["rows"], key=lambda r: r["size"][0])
+    sides = [r["size"][0] for r in rows]
+    right.plot(sides, [r["feed_ips"] for r in rows], marker="o",
+               label=f"feed ({record['pipeline']}, {record['workers']} workers)")
+    right.plot(sides, [r["consume_ips"] for r in rows], marker="s",
+               label=f"consume ({record['model']}, {record['device']})")
+    right.scatter([record["size"][0]], [record["predicted_ips"]], s=160, marker="*", color="red", zorder=5,
+                  label=f"pick: {record['predicted_ips']:.0f} predicted, {record['measured_ips']:.0f} measured")
+    right.set(xlabel="image side (px)", ylabel="img/s", title="feed against consumption", yscale="log")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def recommendation_markdown(record: dict, command: str, next_step: str | None = None) -> str:
+    """The Markdown report; ``next_step``: the training command that uses the recommendation written."""
+    m = record["machine"]
+    lines = [
+        f"# feedbench tune: {record['model']} on {record['device']}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, GPU {m['gpu']}; torch {m['torch']}, "
+        f"{m['dali']}, PIL {m['pil']['distribution']} {m['pil']['version']}  ",
+        f"Commit: {record['commit']['id']} (dirty: {record['commit']['dirty']}), {record['created']}",
+        "",
+        "## Recommendation",
+        "",
+        *_recommendation_lines(record, next_step),
+        "",
+        "## Pipelines not picked",
+        "",
+        *([f"- {line}" for line in dropped_lines(record)] or ["- none: only the pick's pipeline was tried"]),
+        *skipped_lines(record, heading=True),
+        "",
+        *_ranked_table(record),
+        "",
+        *_shape_table(record),
+        *ray_scale_lines(record.get("ray_scale")),
+    ]
+    if record.get("exhaustive_check"):
+        lines += ["", "## Against the exhaustive grid", "",
+                  *[f"- {line}" for line in grid_check_lines(record["exhaustive_check"])]]
+    lines += ["", f"![feed and consumption]({run_tag(record)}.png)", ""]
+    return "\n".join(lines)
+
+
+def _recommendation_lines(record: dict, next_step: str | None) -> list[str]:
+    end_to_end = record["end_to_end"]
+    return [
+        f"- pipeline **{record['pipeline']}**, workers **{record['workers']}**, batch **{record['batch']}**, "
+        f"size **{record['size'][0]}x{record['size'][1]}**"
+        + (f", model threads {record['model_threads']}" if record["model_threads"] else ""),
+        f"- feed {record['feed_ips']:.1f} img/s, consume {record['consume_ips']:.1f} img/s, "
+        f"predicted {record['predicted_ips']:.1f} img/s"
+        + (f" per rank; {record['ranks']} ranks sharing {record['machine']['cores']} cores: "
+           f"{record['job_predicted_ips']:.1f} img/s for the job" if record.get("ranks", 1) > 1 else ""),
+        f"- end to end (real feeder + real training step, {end_to_end['batches']} batches): "
+        f"**{record['measured_ips']:.1f} img/s**, data wait {100 * record['data_wait_fraction']:.1f}% "
+        f"({100 * record['prediction_error']:+.1f}% against the prediction)",
+        f"- bottleneck: {record['bottleneck']}; the loader's slowest stage: {record['loader_bottleneck_stage']}",
+        f"- {record['verdict']}",
+        *([f"- next: `{next_step}`"] if next_step else []),
+        *[f"- note: {note}" for note in end_to_end.get("notes", ())],
+    ]
+
+
+def _ranked_table(record: dict, shown: int = 25) -> list[str]:
+    """The search's first ``shown`` predictions, best first."""
+    search = record["search"]
+    stopped = f"; stopped early: {search['interrupted']}" if search["interrupted"] else ""
+    lines = [f"## Candidates ({search['mode']} search, {search['seconds']:.0f} s, "
+             f"{len(search['measurements'])} measurements{stopped})",
+             "",
+             "| pipeline | workers | batch | size | feed img/s | consume img/s | predicted img/s | bound by |",
+             "|---|---:|---:|---|---:|---:|---:|---|"]
+    for r in search["ranked"][:shown]:
+        lines.append(f"| {r['pipeline']} | {r['workers']} | {r['batch']} | {r['size'][0]}x{r['size'][1]} | "
+                     f"{r['feed_ips']:.1f} | {r['consume_ips']:.1f} | {r['predicted_ips']:.1f} | {r['bottleneck']} |")
+    return lines
+
+
+def _shape_table(record: dict) -> list[str]:
+    """The pick's setup at every shape the user listed."""
+    profile = record["shape_profile"]
+    lines = [f"## The pick at every shape (measured after the search, {profile['seconds']:.0f} s)", "",
+             "| size | feed img/s | consume img/s | predicted img/s | bound by |", "|---|---:|---:|---:|---|"]
+    for r in profile["rows"]:
+        lines.append(f"| {r['size'][0]}x{r['size'][1]} | {r['feed_ips']:.1f} | {r['consume_ips']:.1f} | "
+                     f"{r['predicted_ips']:.1f} | {r['bottleneck']} |")
+    return lines
+
+
+def dropped_lines(record: dict) -> list[str]:
+    """'dali: pruned during the climb: ...', one per pipeline that lost (Markdown and stdout)."""
+    return [f"{d['pipeline']}: {d['reason']}" for d in record["search"]["dropped"]]
+
+
+def skipped_lines(record: dict, heading: bool = False, limit: int = 20) -> list[str]:
+    """The files the feeders left out (``--on-bad skip``), the first ``limit`` of them; [] when none."""
+    skipped = record["skipped"]
+    if not skipped:
+        return []
+    title = f"{len(skipped)} file(s) or listing row(s) left out (--on-bad {record['on_bad']})"
+    shown = [f"{s['path']}: {s['reason']}" for s in skipped[:limit]]
+    more = [f"... and {len(skipped) - limit} more (all in the JSON's skipped)"] if len(skipped) > limit else []
+    if heading:
+        return ["", "## Files left out", "", f"{title}:", "", *[f"- {line}" for line in shown + more]]
+    return [f"skipped: {title}", *[f"skipped: {line}" for line in shown + more]]
+
+
+def grid_check_lines(check: dict) -> list[str]:
+    """The exhaustive check in words, the two picks named as in the JSON (Markdown and stdout)."""
+    def describe(pick: dict) -> str:
+        size = pick["size"]
+        return (f"{pick['pipeline']}, {workers_phrase(pick['pipeline'], pick['workers'])}, batch {pick['batch']}, "
+                f"{size[0]}x{size[1]}: predicted {pick['predicted_ips']:.1f} img/s")
+
+    tuner, best = check["tuner_pick"], check["grid_best"]
+    outcome = ("they agree" if check["agree"] else
+               f"they differ: the tuner's pick reaches {100 * check['ratio']:.1f}% of the grid's best")
+    return [f"tuner_pick (the climb search, {check['tuner_search_s']:.0f} s): {describe(tuner)} "
+            f"(rated by {tuner['rated_by']})",
+            f"grid_best ({check['grid_search_s']:.0f} s; {best['criterion']}): {describe(best)}",
+            f"{outcome}, in {100 * check['time_ratio']:.0f}% of the grid's time",
+            check["headline"]]
+
+
+def ray_scale_lines(report: dict | None) -> list[str]:
+    """The Ray CPU nodes section of the Markdown report ([] where ray was not measured)."""
+    if report is None:
+        return []
+    if "error" in report:
+        return ["", "## Ray CPU nodes", "", f"Not computed: {report['error']}"]
+    return ["", "## Ray CPU nodes", "",
+            f"The ray pipeline fed {report['feed_img_s']:.1f} img/s with {report['actors_measured']} actor(s) at "
+            f"{report['size'][0]}x{report['size'][1]}, batch {report['batch']}; a typical CPU node of this cluster "
+            f"({report['node_cpus']:g} CPUs, one actor each) would feed {report['feed_per_node_img_s']:.1f} img/s, "
+            "assuming the feed grows linearly with actors and nodes.",
+            f"**{report['nodes']} CPU node(s)** lift the feed above consumption: {report['sentence']}."]
+
+
+def recommendation_path(record: dict, out: Path) -> Path | None:
+    """Where the recommendation that `training.fit --pipeline best` reads is written; None for
+    ``--exhaustive``, whose run checks the tuner rather than recommends."""
+    return out / "recommendation.json" if record["search"]["mode"] == "climb" else None
+
+
+def next_command(recommendation: Path) -> str:
+    return f"python -m training.fit --pipeline best --recommendation {shlex.quote(str(recommendation))}"
+
+
+def write_reports(record: dict, out: Path, command: str) -> list[Path]:
+    """The record's JSON, Markdown and plot under ``out`` (and recommendation.json), each written atomically."""
+    from feeding.io import write_atomic, write_json
+
+    tag = run_tag(record)
+    recommendation = recommendation_path(record, out)
+    next_step = next_command(recommendation) if recommendation else None
+    written = [write_json(out / f"{tag}.json", record),
+               write_atomic(out / f"{tag}.md", recommendation_markdown(record, command, next_step).encode()),
+               write_atomic(out / f"{tag}.png", plot_png(record))]
+    if recommendation:
+        written.append(write_json(recommendation, record))
+    return written
+
+
+def summary_lines(record: dict, recommendation: Path | None) -> list[str]:
+    """What stdout says after the run: the pick, the verdict, what lost and why, what was left out,
+    and the command that trains with the pick."""
+    lines = [f"recommendation: {record['pipeline']}, {workers_phrase(record['pipeline'], record['workers'])}, "
+             f"batch {record['batch']}, "
+             f"{record['size'][0]}x{record['size'][1]}: predicted {record['predicted_ips']:.1f} img/s, "
+             f"measured {record['measured_ips']:.1f} img/s ({100 * record['prediction_error']:+.1f}%), "
+             f"data wait {100 * record['data_wait_fraction']:.0f}%",
+             record["verdict"]]
+    lines += [f"not picked: {line}" for line in dropped_lines(record)]
+    lines += [f"note: {note}" for note in record["end_to_end"].get("notes", ())]
+    lines += skipped_lines(record, limit=5)
+    if record.get("exhaustive_check"):
+        lines += [f"exhaustive check: {line}" for line in grid_check_lines(record["exhaustive_check"])]
+    ray_scale = record.get("ray_scale") or {}
+    if "nodes" in ray_scale:
+        lines.append(f"Ray: {ray_scale['sentence']}")
+    if recommendation:
+        lines.append(f"next: {next_command(recommendation)}")
+    else:
+        lines.append("next: --exhaustive writes no recommendation.json; run without it to get one for "
+                     "`python -m training.fit --pipeline best`")
+    return lines

@@ -1,0 +1,211 @@
+"""One training run, and a K-fold series of them: the epochs (``training.engine``), validation
+macro-F1 each epoch, checkpoints, TensorBoard logs and the summary, in a run directory already
+chosen (``training.runs.choose_run_dir``). Under DDP every rank trains; only rank 0 prints,
+logs and writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from feeding.io import write_json
+from training import distributed
+from training.checkpoint import LAST, Progress, restore, save_epoch
+from training.config import FitConfig
+from training.data import create_feeders, load_samples, split_data
+from training.engine import evaluate, train_one_epoch
+from training.figures import grid_logger, log_epoch, write_confusion
+from training.recommendation import (
+    applicable_predicted_rate,
+    load_recommendation,
+    predicted_rate_verdict,
+    resolve_feed,
+)
+from training.report import epoch_line, feed_warnings, report_skipped, skipped_files, start_line
+from training.runs import RunInterrupted
+
+
+def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict:
+    """One run in ``config.out``; ``split``: (train, val) indices (a fold), default a person-level
+    split; ``samples``: the data set, if already listed. Returns the summary (OUT/summary.json)."""
+    samples = load_samples(config) if samples is None else samples
+    recommendation = load_recommendation(config, samples) if config.follows_recommendation else None
+    config = resolve_feed(config, recommendation)
+    train, val = split_data(samples, config, split)
+    ctx = distributed.context_from_env()
+    device = distributed.setup(ctx, config.device)
+    share_cores(config, ctx, device)
+    if ctx.is_main:
+        print(start_line(config, len(train), len(val), len(samples.classes), device, ctx))
+    train_feed, val_feed = create_feeders(config, train, val, ctx, device)
+    if ctx.is_main:
+        for warning in feed_warnings(train_feed, val_feed):
+            print(f"warning: {warning}", file=sys.stderr)
+    predicted = applicable_predicted_rate(config, recommendation)
+    try:
+        # The model lives in train_epochs alone: it is gone before the process group is left
+        # (DDP's teardown under a live reducer aborts).
+        progress = train_epochs(config, samples.classes, train.labels, train_feed, val_feed, predicted, ctx, device)
+    finally:
+        train_feed.feeder.close()
+        val_feed.feeder.close()
+    summary = run_summary(config, samples, train, val, (train_feed, val_feed), progress, predicted, ctx)
+    distributed.teardown(ctx)
+    return summary
+
+
+def share_cores(config: FitConfig, ctx, device: torch.device) -> None:
+    """On the CPU, the model's threads: this host's cores shared by its ranks, less the loader workers."""
+    from training.models import model_threads
+
+    if device.type == "cpu":
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+        torch.set_num_threads(model_threads(max(1, (os.cpu_count() or 1) // ranks_here), config.workers))
+
+
+def build_training(config: FitConfig, num_classes: int, train_labels, batches_per_epoch: int, device,
+                   announce: bool):
+    """(model, optimizer, schedule, loss) for this run, seeded; ``announce``: say what a pretrained file gave."""
+    from timm.optim import create_optimizer_v2
+
+    from feeding.seeding import seed_globals
+    from training.losses import create_loss
+    from training.models import create_model
+    from training.schedule import create_schedule
+
+    seed_globals(config.seed)
+    model = create_model(config, num_classes, announce=announce).to(device)
+    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    updates_per_epoch = math.ceil(batches_per_epoch / config.accum_steps)
+    scheduler = create_schedule(config.scheduler, optimizer, config.epochs, updates_per_epoch, config.warmup_epochs)
+    loss_fn = create_loss(config.loss, train_labels, num_classes, config.label_smoothing,
+                          config.focal_gamma).to(device)
+    return model, optimizer, scheduler, loss_fn
+
+
+def train_epochs(config: FitConfig, classes, train_labels, train_feed, val_feed, predicted: float | None, ctx,
+                 device) -> Progress:
+    """Train and validate every epoch left (resumed from OUT/last.pt with ``config.resume``), until
+    the plan or early stopping ends it; a Ctrl-C raises ``RunInterrupted`` naming the epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out, main, num_classes = Path(config.out), ctx.is_main, len(classes)
+    writer = None
+    epoch = None  # the epoch in progress (0-based), for what a Ctrl-C reports
+    try:
+        model, optimizer, scheduler, loss_fn = build_training(config, num_classes, train_labels, len(train_feed),
+                                                              device, announce=main)
+        progress = Progress()
+        if config.resume:
+            progress = restore(out, config, num_classes, model, optimizer, scheduler, announce=main)
+            if main:
+                print(f"resumed from {out / LAST} after epoch {progress.epoch}")
+        model = distributed.wrap(model, ctx, device)  # after loading: DDP broadcasts rank 0's weights
+        if main:
+            writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=progress.updates if config.resume else None)
+        for epoch in range(progress.epoch, config.epochs):
+            first_batch = grid_logger(writer, train_feed, progress.updates) if epoch == 0 and main else None
+            stats = train_one_epoch(model, train_feed, optimizer, loss_fn, epoch, scheduler=scheduler,
+                                    updates_done=progress.updates, amp=config.amp, accum_steps=config.accum_steps,
+                                    on_first_batch=first_batch)
+            stats = distributed.reduce_epoch_stats(stats, ctx, device)
+            metrics = evaluate(distributed.unwrap(model), val_feed, num_classes, config.amp)  # reduced by torchmetrics
+            scheduler.step(epoch + 1, metrics.macro_f1)
+            progress = progress.after(epoch, stats, metrics, predicted)
+            stop = bool(config.early_stop_patience and progress.stale >= config.early_stop_patience)
+            if distributed.broadcast_flag(stop, ctx, device) and not main:
+                break  # the same decision on every rank: none is left waiting in a collective
+            if not main:
+                continue
+            log_epoch(writer, stats, metrics, progress)
+            write_confusion(out, classes, metrics, progress)
+            save_epoch(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress)
+            print(epoch_line(epoch, config.epochs, stats, metrics, predicted), flush=True)
+            if stop:
+                print(f"early stop: no better macro-F1 for {progress.stale} epochs")
+                break
+    except KeyboardInterrupt:
+        raise RunInterrupted(out, out, None if epoch is None else epoch + 1) from None
+    finally:
+        if writer is not None:
+            writer.close()
+    return progress
+
+
+def run_summary(config: FitConfig, samples, train, val, feeds, progress: Progress, predicted: float | None,
+                ctx) -> dict:
+    """The run's summary; rank 0 reports the skipped files and the verdict and writes OUT/summary.json."""
+    out = Path(config.out)
+    verdict = predicted_rate_verdict([row["images_per_sec"] for row in progress.history], predicted)
+    skipped = skipped_files(samples, *feeds)  # this rank's (rank 0's under DDP)
+    summary = {"best_macro_f1": progress.best_f1, "epochs_run": len(progress.history), "train_images": len(train),
+               "val_images": len(val), "history": progress.history, "skipped": [r.to_dict() for r in skipped],
+               "prediction": verdict, "config": config.to_dict(), "ranks": ctx.world_size}
+    if ctx.is_main:
+        report_skipped(skipped, out / "summary.json")
+        print(f"best val macro-F1 {progress.best_f1:.4f}; {verdict}")
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- K folds
+
+
+def finished_fold(fold_out: Path, epochs: int) -> dict | None:
+    """The summary of a fold run that finished a plan of at least ``epochs`` epochs, else None."""
+    import json
+
+    try:
+        summary = json.loads((fold_out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("config", {}).get("epochs", 0) >= epochs else None
+
+
+def fit_folds(config: FitConfig) -> dict:
+    """One run per person-grouped, class-stratified fold in OUT/fold{k}; OUT/summary.json has them all.
+
+    Resumed, a fold that finished its plan is kept, one with a last.pt continues, the rest start afresh.
+    """
+    from dataclasses import replace
+
+    from feeding.sources import person_folds
+
+    samples = load_samples(config)
+    runs = []
+    for k, split in enumerate(person_folds(samples, config.folds, config.seed)):
+        print(f"== fold {k + 1}/{config.folds}")
+        fold_out = Path(config.out) / f"fold{k}"
+        finished = finished_fold(fold_out, config.epochs) if config.resume else None
+        if finished is not None:
+            print(f"fold {k + 1}: finished earlier ({fold_out / 'summary.json'}); kept")
+            runs.append(finished)
+            continue
+        resume = config.resume and (fold_out / LAST).exists()  # folds not started yet start afresh
+        fold_config = replace(config, folds=None, out=str(fold_out), resume=resume)
+        try:
+            runs.append(fit_run(fold_config, split=split, samples=samples))
+        except KeyboardInterrupt as stop:
+            raise RunInterrupted(config.out, fold_out, getattr(stop, "epoch", None),
+                                 f"fold {k + 1}/{config.folds}") from None
+    return folds_summary(config, runs)
+
+
+def folds_summary(config: FitConfig, runs: list[dict]) -> dict:
+    """The folds' scores, best and last epoch, and their means; printed, and written to OUT/summary.json."""
+    scores = [run["best_macro_f1"] for run in runs]
+    last = [run["history"][-1]["macro_f1"] for run in runs]  # the best epoch is chosen on the fold's own val
+    skipped = list({(r["path"], r["reason"]): r for run in runs for r in run.get("skipped", ())}.values())
+    summary = {"folds": config.folds, "fold_best_macro_f1": scores, "mean_best_macro_f1": statistics.mean(scores),
+               "fold_last_macro_f1": last, "mean_last_macro_f1": statistics.mean(last),
+               "fold_dirs": [f"fold{k}" for k in range(config.folds)], "skipped": skipped,
+               "config": config.to_dict()}
+    print(f"{config.folds}-fold: best val macro-F1 per fold {', '.join(f'{s:.4f}' for s in scores)}; "
+          f"mean {summary['mean_best_macro_f1']:.4f} (last epoch: mean {summary['mean_last_macro_f1']:.4f})")
+    write_json(Path(config.out) / "summary.json", summary)
+    return summary
