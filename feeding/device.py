@@ -29,18 +29,27 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 class DeviceFeeder:
-    """Wraps any Feeder; yields (float images on ``device``, int64 labels on ``device``)."""
+    """Wraps any Feeder; yields (float images on ``device``, int64 labels on ``device``).
+
+    ``device`` may be a ``feeding.sim.SimAccelerator``: each batch is then copied into the
+    simulated device's memory (a real copy, the host's part of a transfer) and stays uint8,
+    since normalizing is the device's work there.
+    """
 
     def __init__(
         self,
         feeder: Feeder,
-        device: str | torch.device = "cpu",
+        device=None,
         normalize: Normalize | None = None,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
     ) -> None:
+        from feeding.sim import SimAccelerator
+
         self.feeder = feeder
-        self.device = torch.device(device)
+        self.sim = device if isinstance(device, SimAccelerator) else None
+        self._staging: dict = {}
+        self.device = torch.device("cpu" if device is None or self.sim is not None else device)
         norm = normalize or feeder.config.spec.normalize or Normalize()
         self.mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
@@ -53,6 +62,15 @@ class DeviceFeeder:
     @property
     def batch_size(self) -> int:
         return self.feeder.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self.feeder.epoch
+
+    @property
+    def pipeline_depth(self) -> int:
+        """The feeder's read-ahead, and the one batch the CUDA prefetch holds."""
+        return self.feeder.pipeline_depth + (1 if self.device.type == "cuda" else 0)
 
     @property
     def skipped(self):
@@ -68,6 +86,10 @@ class DeviceFeeder:
     def __iter__(self) -> Iterator[Batch]:
         if self.device.type == "cuda":
             yield from self._cuda_prefetch()
+            return
+        if self.sim is not None:
+            for images, labels in self.feeder:
+                yield self.sim.copy_in(images, self._staging), self.sim.copy_in(labels, self._staging)
             return
         for images, labels in self.feeder:
             yield self._finish(images.to(self.device), labels.to(self.device))

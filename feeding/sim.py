@@ -96,11 +96,12 @@ class SimAccelerator:
     synchronize = wait
 
     def copy_in(self, tensor: torch.Tensor, staging: dict) -> torch.Tensor:
-        """The batch in device memory: a real copy into a reused buffer (what a pinned H2D copy reads)."""
-        key = (tuple(tensor.shape), tensor.dtype)
+        """The batch in device memory: a real copy into a reused buffer of the same layout, as
+        ``pin_memory`` copies a batch before the host-to-device transfer reads it."""
+        key = (tuple(tensor.shape), tensor.stride(), tensor.dtype)
         buffer = staging.get(key)
         if buffer is None:
-            buffer = staging[key] = torch.empty(tensor.shape, dtype=tensor.dtype)
+            buffer = staging[key] = torch.empty_like(tensor)
         buffer.copy_(tensor)
         return buffer
 

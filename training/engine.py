@@ -7,14 +7,13 @@ device synchronized before each clock read.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from feeding.device import synchronizer
+from training.step import StepConfig, TrainStep
 
 
 @dataclass(frozen=True)
@@ -74,44 +73,64 @@ def train_one_epoch(
     amp: bool = False,
     accum_steps: int = 1,
     on_first_batch: Callable[[torch.Tensor], None] | None = None,
+    step_config: StepConfig | None = None,
 ) -> EpochStats:
-    """Train one epoch; gradients are accumulated over ``accum_steps`` batches per optimizer update.
+    """Train one epoch of ``model`` (see ``run_epoch``); ``step_config`` (default: ``amp`` and
+    ``accum_steps`` with the other settings' defaults) says how each step runs."""
+    config = step_config or StepConfig(amp=amp, accum_steps=accum_steps)
+    step = TrainStep(model, optimizer, loss_fn, config, next(model.parameters()).device)
+    return run_epoch(step, feeder, epoch, scheduler=scheduler, updates_done=updates_done,
+                     on_first_batch=on_first_batch)
 
+
+def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0,
+              on_first_batch: Callable[[torch.Tensor], None] | None = None,
+              max_batches: int | None = None) -> EpochStats:
+    """One epoch of ``step`` (a ``TrainStep`` or ``SimStep``) on ``feeder``'s batches: what training.fit
+    runs, and what feedbench tune's end-to-end check measures.
+
+    Gradients are accumulated over ``step.config.accum_steps`` batches per optimizer update;
     ``scheduler`` (timm's interface) gets ``step_update(n)`` after update number n, counted from
-    ``updates_done`` (the updates of earlier epochs). ``amp``: bfloat16 autocast (its range is
-    float32's, so no loss scaling). ``on_first_batch`` sees the first batch of images as fed
-    (e.g. to log what augmentation did).
+    ``updates_done``. The loss is read back every ``step.config.loss_every`` batches (each read
+    waits for the device). ``on_first_batch`` sees the first batch of images as fed.
+    ``max_batches``: stop after that many (a measurement); the epoch's iterator is closed.
     """
-    model.train()
+    config = step.config
+    step.train()
     feeder.set_epoch(epoch)
-    device = next(model.parameters()).device
-    sync = synchronizer(device)
-    total_loss, images_seen, data_wait, steps, lrs = 0.0, 0, 0.0, len(feeder), []
-    optimizer.zero_grad(set_to_none=True)
-    sync()
+    steps = len(feeder) if max_batches is None else min(len(feeder), max_batches)
+    pending, counts, total_loss, images_seen, data_wait, lrs = [], [], 0.0, 0, 0.0, []
+    step.synchronize()
     started = waiting_since = time.perf_counter()
-    for step, (images, labels) in enumerate(feeder):
-        data_wait += time.perf_counter() - waiting_since
-        if step == 0 and on_first_batch is not None:
-            on_first_batch(images)
-        group = accumulation_group(step, steps, accum_steps)
-        updates_now = (step + 1) % accum_steps == 0 or step + 1 == steps
-        # Under DDP, gradients are all-reduced only on the batch that completes an update.
-        no_sync = getattr(model, "no_sync", None) if not updates_now else None
-        with no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(model(images), labels)
-            (loss / group).backward()
-        if updates_now:
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step_update(updates_done + len(lrs))
-        total_loss += loss.item() * len(labels)  # .item() synchronizes: the step is finished
-        images_seen += len(labels)
-        waiting_since = time.perf_counter()
-    sync()
+    batches = iter(feeder)
+    try:
+        for number, (images, labels) in enumerate(batches):
+            data_wait += time.perf_counter() - waiting_since
+            if number == 0 and on_first_batch is not None:
+                on_first_batch(images)
+            updates_now = (number + 1) % config.accum_steps == 0 or number + 1 == steps
+            # Under DDP, gradients are all-reduced only on the batch that completes an update.
+            pending.append(step.run(images, labels, accumulation_group(number, steps, config.accum_steps),
+                                    sync_gradients=updates_now))
+            counts.append(len(labels))
+            if updates_now:
+                lrs.append(step.lr)
+                step.update()
+                if scheduler is not None:
+                    scheduler.step_update(updates_done + len(lrs))
+            images_seen += len(labels)
+            if len(pending) == config.loss_every or number + 1 == steps:
+                total_loss += step.read(pending, counts)  # waits for the device: the steps are done
+                pending, counts = [], []
+            waiting_since = time.perf_counter()
+            if max_batches is not None and number + 1 >= max_batches:
+                break  # a measurement's end: closing the epoch's iterator below stops its workers
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+    if pending:
+        total_loss += step.read(pending, counts)
+    step.synchronize()
     seconds = time.perf_counter() - started
     if images_seen == 0:
         raise RuntimeError("the training feeder delivered no batch")
