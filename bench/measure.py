@@ -22,6 +22,7 @@ windows of the ray pipeline once reported 296,985 img/s.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -45,6 +46,8 @@ class FeedMeasurement:
     windows: tuple[float, ...] = field(default=())  # images/sec of each window
     seconds: float = 0.0  # the timed windows' seconds, summed
     window_batches: int = 0  # batches per window: the request, or the feeder's read-ahead where longer
+    main_thread_cpu_s: float = 0.0  # with cpu=True: the consuming thread's CPU seconds over the timed batches
+    process_cpu_s: float = 0.0  # with cpu=True: the process tree's (workers included) over the same
     notes: tuple[str, ...] = ()  # how the measurement departed from the request (callers print them)
 
     @property
@@ -86,26 +89,57 @@ class EpochIterable:
             yield batch[0], batch[1]
 
 
-def _timed_batches(feeder, sync: Callable[[], None]) -> Iterator[tuple[int, float, bool]]:
-    """Endless (images, seconds, is_first_of_epoch) over successive epochs."""
+def process_tree_cpu_s() -> float:
+    """CPU seconds of this process (all its threads) and of its live child processes (worker
+    processes: ``resource`` counts children only once they have ended). Linux /proc; elsewhere
+    this process alone."""
+    total = time.process_time()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return total
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as fh:
+                children = fh.read().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended in between
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _timed_batches(feeder, sync: Callable[[], None], cpu: bool) -> Iterator[tuple[int, float, bool, float, float]]:
+    """Endless (images, seconds, is_first_of_epoch, main-thread CPU s, process-tree CPU s) over
+    successive epochs; the CPU figures are 0 unless ``cpu``."""
+    def clocks() -> tuple[float, float, float]:
+        now = time.perf_counter()
+        return (now, time.thread_time(), process_tree_cpu_s()) if cpu else (now, 0.0, 0.0)
+
     while True:
-        start = time.perf_counter()
+        start = clocks()
         first = True
         delivered = 0
         for images, _ in feeder:
             sync()
-            now = time.perf_counter()
+            now = clocks()
             delivered += 1
-            yield len(images), now - start, first
+            yield len(images), now[0] - start[0], first, now[1] - start[1], now[2] - start[2]
             first = False
-            start = time.perf_counter()
+            start = clocks()
         if delivered == 0:
             raise ValueError("the feeder delivered no batch in an epoch: too few images for the batch size?")
 
 
 def measure_feeder(
     feeder, batches: int = 10, repeats: int = 3, warmup: int = 2, sync: Callable[[], None] = lambda: None,
-    whole_epochs: bool = False,
+    whole_epochs: bool = False, cpu: bool = False,
 ) -> FeedMeasurement:
     """Time ``repeats`` windows of ``batches`` steady-state batches after ``warmup`` batches.
 
@@ -121,6 +155,10 @@ def measure_feeder(
     a window's rate depends on how many epoch ends it happens to span: up to
     ±25% between windows of one feeder. Whole epochs make every window pay the
     same, and rows comparable.
+
+    ``cpu``: also account the CPU time of the timed batches: the calling thread's (receiving and
+    preparing each batch) and the process tree's (workers included), in ``main_thread_cpu_s``
+    and ``process_cpu_s``.
     """
     if batches < 1 or repeats < 1 or warmup < 0:
         raise ValueError("need batches >= 1, repeats >= 1, warmup >= 0")
@@ -131,16 +169,16 @@ def measure_feeder(
         f"timed windows lengthened from {requested} to {batches} batches: the feeder makes {depth} batches "
         "ahead, and a shorter window can time a burst of them",)
     start_epoch = feeder.epoch
-    stream = _timed_batches(feeder, sync)
+    stream = _timed_batches(feeder, sync, cpu)
     first_batches: list[float] = []
     windows: list[float] = []
     seen = 0
     count, elapsed = 0, 0.0
     images_total = 0
     timed_images = timed_batches = 0
-    timed_seconds = 0.0
+    timed_seconds = main_cpu = process_cpu = 0.0
     started = not whole_epochs  # whole epochs: the first window waits for an epoch's first batch
-    for n_images, seconds, first in stream:
+    for n_images, seconds, first, main_s, process_s in stream:
         if first:
             first_batches.append(seconds)
         seen += 1
@@ -160,6 +198,8 @@ def measure_feeder(
         timed_images += n_images
         timed_batches += 1
         timed_seconds += seconds
+        main_cpu += main_s
+        process_cpu += process_s
         if not whole_epochs and count == batches:
             windows.append(images_total / elapsed)
             count, elapsed, images_total = 0, 0.0, 0
@@ -176,6 +216,8 @@ def measure_feeder(
         seconds=timed_seconds,
         window_batches=batches,
         notes=notes,
+        main_thread_cpu_s=main_cpu,
+        process_cpu_s=process_cpu,
     )
 
 
@@ -230,3 +272,21 @@ def measure(
     timed = as_feeder(feeder_or_loader)
     sync = device_sync(device if device is not None else _delivery_device(feeder_or_loader))
     return measure_feeder(timed, batches, repeats, warmup, sync=sync)
+
+
+def measure_feed_to_device(feeder, device, batches: int = 10, repeats: int = 3, warmup: int = 2,
+                           channels_last: bool = False) -> FeedMeasurement:
+    """The feed as the trainer sees it: ``feeder``'s batches through the device step (pin, copy,
+    normalize on the device: ``feeding.device.DeviceFeeder``) into a consumer that does nothing,
+    in this process, with the CPU time of the timed batches accounted (``cpu=True``).
+
+    ``device``: "cpu", a CUDA device, or a ``feeding.sim.SimAccelerator`` (the copy into its
+    memory is the host's part). The windows are at least the read-ahead long and run on across
+    epoch ends (the host feeders keep their workers streaming), so an epoch shorter than the
+    read-ahead is not timed as one burst.
+    """
+    from feeding.device import DeviceFeeder
+
+    delivered = DeviceFeeder(feeder, device, channels_last=channels_last)
+    sync = device_sync(device) if isinstance(device, (str, torch.device)) else (lambda: None)
+    return measure_feeder(delivered, batches, repeats, warmup, sync=sync, cpu=True)

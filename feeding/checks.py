@@ -74,10 +74,17 @@ def parse_size(text: str) -> Shape:
     return values  # type: ignore[return-value]
 
 
-def device(name: str, value) -> str:
-    """'cpu', 'cuda' or 'cuda:N', by spelling only (``available_device`` asks the machine)."""
+def device(name: str, value, simulated: bool = False) -> str:
+    """'cpu', 'cuda' or 'cuda:N', by spelling only (``available_device`` asks the machine);
+    with ``simulated`` also 'sim:R', the simulated accelerator (``feeding.sim``)."""
+    if simulated and isinstance(value, str) and value.startswith("sim"):
+        from feeding.sim import SimSpec
+
+        SimSpec.parse(value)  # sim:0, sim:abc: a one-line error naming what R must be
+        return value
     if not isinstance(value, str) or _DEVICE.fullmatch(value) is None:
-        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        also = " or 'sim:R' (a simulated accelerator training R img/s)" if simulated else ""
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N'{also}, got {value!r}")
     return value
 
 
@@ -87,10 +94,10 @@ def device_index(value: str) -> int | None:
     return None if value == "cpu" else int(match.group(1) or 0)
 
 
-def available_device(name: str, value) -> str:
+def available_device(name: str, value, simulated: bool = False) -> str:
     """``device``, and where it is CUDA, that this machine has that GPU."""
-    value = device(name, value)
-    if value == "cpu":
+    value = device(name, value, simulated)
+    if value == "cpu" or value.startswith("sim:"):
         return value
     import torch
 

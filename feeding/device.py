@@ -3,9 +3,19 @@
 Batches cross the host-to-device link as uint8 (a quarter of float32's bytes)
 and become float only on the device. Under CUDA the next batch is copied on a
 side stream while the current one is being used, as timm's PrefetchLoader does.
+
+A feeder's batch may already be on the GPU, in its producer's memory (DALI's GPU
+decode hands out its own buffers by DLPack). Two things then keep the side stream
+from reading what it should not: the batch is fetched with the side stream current,
+so the producer's ready event orders the side stream (DLPack waits on the consumer's
+current stream); and the producer's tensors are held until an event recorded after
+the side stream's reads has completed. Given back sooner, a buffer can be reused by
+the producer's own stream while the side stream still reads it; torch's caching
+allocator does not own that memory, so ``record_stream`` cannot protect it.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Iterator
 
 import torch
@@ -95,20 +105,77 @@ class DeviceFeeder:
             yield self._finish(images.to(self.device), labels.to(self.device))
 
     def _cuda_prefetch(self) -> Iterator[Batch]:
-        stream = torch.cuda.Stream(device=self.device)
+        """Batch k+1 is copied and normalized on a side stream while batch k is used on the current one."""
+        side = torch.cuda.Stream(device=self.device)
+        sources = SourceHold()
+        batches = iter(self.feeder)
         pending: Batch | None = None
-        for images, labels in self.feeder:
-            with torch.cuda.stream(stream):
-                if images.device.type == "cpu" and not images.is_pinned():
-                    images, labels = images.pin_memory(), labels.pin_memory()
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                ready = self._finish(images, labels)
+        try:
+            while True:
+                with torch.cuda.stream(side):
+                    batch = next(batches, None)  # fetched with the side stream current (module docstring)
+                    if batch is None:
+                        break
+                    source = tuple(_pinned(tensor) for tensor in batch)
+                    images = source[0].to(self.device, non_blocking=True)  # normalizing makes the images yielded
+                    labels = source[1].to(self.device, non_blocking=True, copy=True)  # not the producer's memory
+                    ready = self._finish(images, labels)
+                sources.hold(source, side)
+                if pending is not None:
+                    yield pending
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(side)
+                for tensor in ready:  # the caching allocator must not reuse these while the current stream reads them
+                    tensor.record_stream(current)
+                pending = ready
+                sources.release_done()
             if pending is not None:
                 yield pending
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            for tensor in ready:  # the caching allocator must not reuse these while the main stream reads them
-                tensor.record_stream(torch.cuda.current_stream(self.device))
-            pending = ready
-        if pending is not None:
-            yield pending
+        finally:
+            side.synchronize()  # every read queued on the side stream, a batch's that failed half-way too
+            sources.release_all()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # the feeder's epoch ends here, not whenever this frame is collected
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """A host tensor in pinned memory, so its copy to the device is asynchronous; a device tensor as it is."""
+    if tensor.device.type == "cpu" and not tensor.is_pinned():
+        return tensor.pin_memory()
+    return tensor
+
+
+class SourceHold:
+    """Tensors a side stream reads, each held until an event recorded after those reads has completed.
+
+    At most ``limit`` batches are held: beyond that the host waits for the oldest one's reads,
+    so a side stream that falls behind (waiting on its producer) cannot pile up the producer's buffers.
+    """
+
+    def __init__(self, limit: int = 4) -> None:
+        self.limit = limit
+        self._held: deque[tuple[object, tuple[torch.Tensor, ...]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, tensors: tuple[torch.Tensor, ...], stream) -> None:
+        """Keep ``tensors`` until the work queued so far on ``stream`` has completed."""
+        event = torch.cuda.Event()
+        event.record(stream)
+        self._held.append((event, tensors))
+        while len(self._held) > self.limit:
+            event, _ = self._held.popleft()
+            event.synchronize()
+
+    def release_done(self) -> None:
+        """Let go of the batches whose reads have completed (events complete in order on one stream)."""
+        while self._held and self._held[0][0].query():
+            self._held.popleft()
+
+    def release_all(self) -> None:
+        """Wait for every held batch's reads, then let go of them (the end of an epoch, or a consumer that left)."""
+        while self._held:
+            event, _ = self._held.popleft()
+            event.synchronize()

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bench.consume import ConsumeConfig, prepare_model, train_step
+from bench.consume import ConsumeConfig, training_step
 from bench.measure import measure_feeder
 from feeding import FeedConfig, create_feeder, discover
 from feeding.device import DeviceFeeder, synchronizer
@@ -30,7 +30,7 @@ def feed_rate(samples, feed: FeedConfig) -> float:
         return measure_feeder(feeder, 20, 3, 4).images_per_sec.median
 
 
-def end_to_end(samples, feed: FeedConfig, model, optimizer, sync) -> tuple[int, float, float]:
+def end_to_end(samples, feed: FeedConfig, step, sync) -> tuple[int, float, float]:
     """Train on the feed's batches (on CUDA, channels last); (images, seconds waited for data, seconds in all),
     timed from the first batch's arrival."""
     wanted = BATCH * TRAINED_BATCHES
@@ -46,7 +46,8 @@ def end_to_end(samples, feed: FeedConfig, model, optimizer, sync) -> tuple[int, 
                 else:
                     wait += got - clock
                     n += len(labels)
-                train_step(model, optimizer, images, labels, True)
+                step.run(images, labels)
+                step.update()
                 clock = time.perf_counter()
                 if n >= wanted:
                     break
@@ -58,14 +59,14 @@ def main(people: int) -> None:
     samples = discover(ensure_sample(people=people))
     print("images", len(samples), flush=True)
     consume = ConsumeConfig(model="resnet18", device="cuda", batch_size=BATCH, size=SIZE, num_classes=18).resolved()
-    model, optimizer = prepare_model(build_model("resnet18", 18), consume)
+    step = training_step(consume, build_model("resnet18", 18))  # the step training.fit runs: bf16, channels_last
     sync = synchronizer(torch.device("cuda"))
     for workers in (4, 8, 14):
         for executor in ("thread", "process"):
             feed = FeedConfig(pipeline="albumentations", batch_size=BATCH, workers=workers, executor=executor,
                               spec=train_spec(SIZE))
             fed = feed_rate(samples, feed)
-            n, wait, total = end_to_end(samples, feed, model, optimizer, sync)
+            n, wait, total = end_to_end(samples, feed, step, sync)
             print(f"workers {workers:2d} {executor:7s} feed {fed:7.0f}  end-to-end {n / total:7.0f} img/s  "
                   f"wait {wait / total:.0%}", flush=True)
 

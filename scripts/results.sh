@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every figure in results/ on this machine (about 20 minutes on 2 cores).
+# Regenerate every figure in results/ on this machine (about 50 minutes on 2 cores).
 # Run with nothing else busy: the figures are rates, and a shared CPU lowers them.
 #   bash scripts/results.sh            (after `make venv`)
 set -euo pipefail
@@ -19,3 +19,4 @@ done
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
 .venv/bin/python scripts/ray_vs_dataloader.py 5 "$OUT"   # needs the ray extra (make venv installs it)
+.venv/bin/python scripts/verdict_regimes.py "$OUT"   # predicted against measured, sim:R and a CPU model (~25 min)

@@ -164,17 +164,32 @@ def test_device_feeder_normalizes_on_the_device(image_folder):
     assert len(device_feeder) == 6
 
 
+DALI = pytest.mark.skipif(__import__("importlib").util.find_spec("nvidia.dali") is None,
+                          reason="nvidia-dali not installed")
+
+
 @pytest.mark.gpu
-def test_device_feeder_prefetches_on_a_cuda_side_stream(image_folder):
+@pytest.mark.parametrize("pipeline, decode_device", [
+    ("pil", "cpu"), ("albumentations", "cpu"),
+    pytest.param("dali", "cpu", marks=DALI),
+    pytest.param("dali", "cuda", marks=DALI),  # DALI's own GPU buffers, read on the side stream
+])  # fmt: skip
+def test_device_feeder_prefetches_on_a_cuda_side_stream(image_folder, pipeline, decode_device):
     from feeding.device import DeviceFeeder
 
-    config = FeedConfig(pipeline="pil", batch_size=4, workers=1, spec=AugSpec((Resize((32, 32)),)), shuffle=False)
-    reference = [images for images, _ in create_feeder(discover(image_folder), config)]
-    delivered = list(DeviceFeeder(create_feeder(discover(image_folder), config), "cuda", channels_last=True))
+    config = FeedConfig(pipeline=pipeline, batch_size=4, workers=1, spec=AugSpec((Resize((32, 32)),)), shuffle=False,
+                        decode_device=decode_device)
+    reference = [images.cpu() for images, _ in create_feeder(discover(image_folder), config)]
+    feed = DeviceFeeder(create_feeder(discover(image_folder), config), "cuda", channels_last=True)
+    delivered = list(feed)
     assert len(delivered) == len(reference)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    atol = 0.02 if decode_device == "cuda" else 1e-5  # nvJPEG decoding twice may differ by one level
     for (images, labels), raw in zip(delivered, reference):
         assert images.is_cuda and labels.is_cuda
         assert images.is_contiguous(memory_format=torch.channels_last)
-        expected = (raw.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        torch.testing.assert_close(images.cpu(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(images.cpu(), (raw.float() / 255 - mean) / std, atol=atol, rtol=1e-5)
+    for _ in zip(range(2), feed):
+        pass  # a consumer that leaves mid-epoch: what the side stream held is waited for and let go
+    assert len(list(feed)) == len(feed)

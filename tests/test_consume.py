@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import consume
-from bench.consume import ConsumeConfig, largest_batch, measure_consumption
+from bench import capacity
+from bench.capacity import largest_batch
+from bench.consume import ConsumeConfig, measure_consumption
 from training.models import build_model, model_threads
 
 
@@ -132,7 +133,7 @@ def _oom_above(threshold: int, error: BaseException):
     """A stand-in for one training step that runs out of memory above ``threshold`` images."""
     calls = []
 
-    def step(model, optimizer, config, batch_size):
+    def step(train_step, config, batch_size):
         calls.append(batch_size)
         if batch_size > threshold:
             raise error
@@ -152,12 +153,14 @@ def _oom_above(threshold: int, error: BaseException):
 )
 def test_largest_batch_recovers_from_oom_and_keeps_a_margin(monkeypatch, error):
     step, calls = _oom_above(48, error)
-    monkeypatch.setattr(consume, "probe_step", step)
+    monkeypatch.setattr(capacity, "probe_step", step)
     config = ConsumeConfig(model=TINY, size=(32, 32))
 
-    batch, log = largest_batch(config, start=16, limit=4096, margin=0.9, predict=False)
+    fit = largest_batch(config, start=16, limit=4096, margin=0.9, predict=False)
+    batch, log = fit.batch, fit.probes
 
-    assert batch == int(48 * 0.9) == 43
+    assert batch == int(48 * 0.9) == 43 and fit.largest == 48 and fit.margin_applied
+    assert "48 fitted, 64 did not (out of memory" in fit.sentence
     assert [entry["batch"] for entry in log] == calls == [16, 32, 64, 48, 56, 52, 50, 49]
     failed = [entry for entry in log if not entry["fits"]]
     assert [entry["batch"] for entry in failed] == [64, 56, 52, 50, 49]
@@ -165,23 +168,24 @@ def test_largest_batch_recovers_from_oom_and_keeps_a_margin(monkeypatch, error):
 
 
 def test_largest_batch_reraises_errors_that_are_not_oom(monkeypatch):
-    def step(model, optimizer, config, batch_size):
+    def step(train_step, config, batch_size):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(consume, "probe_step", step)
+    monkeypatch.setattr(capacity, "probe_step", step)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         largest_batch(ConsumeConfig(model=TINY), predict=False)
 
 
 def test_largest_batch_respects_the_ram_budget_and_reserve(monkeypatch):
     # 1 MiB per image; budget 200 MiB less a 100 MiB reserve leaves room for 100 images
-    monkeypatch.setattr(consume, "probe_step", lambda model, optimizer, config, batch_size: batch_size * 2**20)
+    monkeypatch.setattr(capacity, "probe_step", lambda train_step, config, batch_size: batch_size * 2**20)
     config = ConsumeConfig(model=TINY)
 
     budget = {"margin": 1.0, "ram_budget_bytes": 200 * 2**20, "reserve_bytes": 100 * 2**20}
 
-    ran, ran_log = largest_batch(config, predict=False, **budget)
-    predicted, predicted_log = largest_batch(config, **budget)  # the CPU default: predict
+    ran_fit, predicted_fit = largest_batch(config, predict=False, **budget), largest_batch(config, **budget)
+    (ran, ran_log), (predicted, predicted_log) = (ran_fit.batch, ran_fit.probes), (predicted_fit.batch,
+                                                                                 predicted_fit.probes)
 
     assert ran == predicted == 100
     assert ran_log[3]["batch"] == 128 and "(not run)" in ran_log[3]["reason"]  # predicted over budget
@@ -191,20 +195,22 @@ def test_largest_batch_respects_the_ram_budget_and_reserve(monkeypatch):
 
 
 def test_largest_batch_at_the_limit_and_when_nothing_fits(monkeypatch):
-    monkeypatch.setattr(consume, "probe_step", lambda model, optimizer, config, batch_size: 0)
-    assert largest_batch(ConsumeConfig(model=TINY), start=16, limit=100, margin=0.5)[0] == 50
+    monkeypatch.setattr(capacity, "probe_step", lambda train_step, config, batch_size: 0)
+    at_limit = largest_batch(ConsumeConfig(model=TINY), start=16, limit=100, margin=0.5)
+    assert (at_limit.batch, at_limit.margin_applied) == (100, False)  # nothing failed: no margin
+    assert "no margin needed" in at_limit.sentence
 
     step, _ = _oom_above(0, MemoryError())
-    monkeypatch.setattr(consume, "probe_step", step)
+    monkeypatch.setattr(capacity, "probe_step", step)
     with pytest.raises(RuntimeError, match="not even a batch of 1 fits"):
         largest_batch(ConsumeConfig(model=TINY), start=4)
 
 
 def test_largest_batch_runs_real_steps_on_cpu():
-    batch, log = largest_batch(ConsumeConfig(model=TINY, size=(32, 32)), start=8, limit=64, margin=0.9,
-                               ram_budget_bytes=2**30, predict=False)
-    assert batch == int(64 * 0.9)
-    assert [e["batch"] for e in log] == [8, 16, 32, 64] and all(e["fits"] for e in log)
+    fit = largest_batch(ConsumeConfig(model=TINY, size=(32, 32)), start=8, limit=64, margin=0.9,
+                        ram_budget_bytes=2**30, predict=False)
+    assert fit.batch == 64  # every probe fitted: a batch of 64 that fits is not cut to 57
+    assert [e["batch"] for e in fit.probes] == [8, 16, 32, 64] and all(e["fits"] for e in fit.probes)
 
 
 @pytest.mark.parametrize(
@@ -240,5 +246,36 @@ def test_cuda_path_uses_bf16_channels_last_and_reports_memory():
     assert measured.images_per_sec.median > 0
     assert measured.peak_memory_bytes > 0
 
-    batch, log = largest_batch(ConsumeConfig(model=TINY, device="cuda", size=(32, 32)), start=8, limit=64)
-    assert batch == int(64 * 0.9) and all(e["fits"] for e in log)
+    fit = largest_batch(ConsumeConfig(model=TINY, device="cuda", size=(32, 32)), start=8, limit=64)
+    assert fit.batch == 64 and not fit.margin_applied and all(e["fits"] for e in fit.probes)
+
+
+# --- the one step ------------------------------------------------------------------------------
+
+
+def test_the_step_measured_is_the_step_fit_runs():
+    """Optimizer, autocast, memory format and read-back come from one StepConfig: the measurement
+    says which it ran, and the host's share of a step is measured apart from its wall time."""
+    from training.step import StepConfig
+
+    step = StepConfig(optimizer="sgd", loss_every=2)
+    measured = measure_consumption(ConsumeConfig(model=TINY, batch_size=4, size=(32, 32), warmup=1, steps=4,
+                                                 step=step))
+    assert measured.optimizer == "sgd" and measured.step == step.to_dict()
+    assert measured.step_ms.n == 4 and measured.host_ms_per_step > 0 and measured.cpu_s_per_image > 0
+    assert ConsumeConfig().resolved().step == StepConfig.for_device("cpu")
+
+
+def test_a_simulated_device_consumes_at_its_rate_scaled_by_pixels():
+    """sim:R trains R img/s at 224x224 and R/4 at 448x448; the host pays only the launch."""
+    fast = measure_consumption(ConsumeConfig(device="sim:2000", batch_size=32, size=(224, 224), warmup=1, steps=6))
+    large = measure_consumption(ConsumeConfig(device="sim:2000", batch_size=32, size=(448, 448), warmup=1, steps=3))
+    assert fast.images_per_sec.median == pytest.approx(2000, rel=0.1)
+    assert large.images_per_sec.median == pytest.approx(500, rel=0.1)
+    assert fast.host_ms_per_step < 0.25 * fast.step_ms.median  # the device's wait holds no core
+
+
+@pytest.mark.parametrize("device", ["sim:0", "sim:abc", "sim:-5", "sim:"])
+def test_a_bad_simulated_device_is_one_line(device):
+    with pytest.raises(ValueError, match="sim:R|R must be|R > 0"):
+        ConsumeConfig(device=device)

@@ -75,7 +75,8 @@ def test_batches_are_uint8_nchw_with_the_labels_of_their_files(folder):
     assert [len(labels) for _, labels in batches] == [8, 8, 8, 8, 7]
     for images, labels in batches:
         assert images.dtype == torch.uint8 and images.device.type == "cpu"
-        assert images.shape == (len(labels), 3, 224, 224) and images.is_contiguous()
+        # A dense (N, 3, H, W) batch, channels_last in memory (HWC, as DALI made it), as the host pipelines'.
+        assert images.shape == (len(labels), 3, 224, 224) and images.is_contiguous(memory_format=torch.channels_last)
         assert labels.dtype == torch.int64 and labels.shape == (len(images),)
         assert (dominant_channel(images.numpy()) == labels.numpy()).all()
 
@@ -196,6 +197,38 @@ def test_resize_matches_pil_bilinear(numbered):
                 expected = np.asarray(source.convert("RGB").resize((224, 224), Image.BILINEAR))
             scores.append(psnr(image.transpose(1, 2, 0), expected))
     assert len(scores) == 39 and min(scores) >= 30.0
+
+
+def chw_graph_images(paths: list[str], size: tuple[int, int], batch_size: int) -> np.ndarray:
+    """The images of the graph as it was: decode, resize, then one crop_mirror_normalize into CHW with
+    the flip folded in (the transpose that the HWC graph no longer makes); (N, 3, H, W) uint8."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None, exec_dynamic=True)
+    def chw_pipeline():
+        encoded, _ = fn.readers.file(files=paths, name="Reader", pad_last_batch=True)
+        images = fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+        images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        return fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW", mirror=1)
+
+    pipe = chw_pipeline()
+    pipe.build()
+    batches = -(-len(paths) // batch_size)
+    return np.concatenate([np.asarray(pipe.run()[0].as_tensor()) for _ in range(batches)])[:len(paths)]
+
+
+def test_cpu_batches_are_channels_last_views_of_hwc_with_the_pixels_of_the_chw_graph(numbered):
+    """The graph ends in HWC, and the feeder hands each batch out as an (N, 3, H, W) view of it (torch's
+    channels_last), not a transposed copy; its pixels are those the CHW graph made."""
+    spec = AugSpec((Resize((64, 48)), HorizontalFlip(1.0)))
+    feeder = DaliFeeder(numbered, config(spec=spec, shuffle=False, workers=1))
+    batches = list(feeder)
+    for images, _ in batches:
+        n = len(images)
+        assert images.shape == (n, 3, 64, 48) and images.stride() == (64 * 48 * 3, 1, 48 * 3, 3)
+        assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    delivered = torch.cat([images for images, _ in batches]).numpy()
+    assert np.array_equal(delivered, chw_graph_images(list(numbered.paths), (64, 48), 8))
 
 
 @pytest.mark.parametrize(
@@ -466,6 +499,7 @@ def test_mixed_decode_delivers_cuda_batches_like_the_cpu(numbered):
     assert len(gpu) == len(cpu)
     for (gpu_images, gpu_labels), (cpu_images, cpu_labels) in zip(gpu, cpu):
         assert gpu_images.device.type == "cuda" and gpu_images.dtype == torch.uint8
+        assert gpu_images.is_contiguous(memory_format=torch.channels_last)  # a view of DALI's HWC buffer
         assert torch.equal(gpu_labels.cpu(), cpu_labels)
         # nvJPEG's IDCT and chroma upsampling differ slightly from libjpeg-turbo's.
         assert psnr(gpu_images.cpu().numpy(), cpu_images.numpy()) >= 30.0

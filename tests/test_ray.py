@@ -136,11 +136,12 @@ def test_tune_scales_the_feed_with_the_most_actors_to_whole_nodes():
 
 def test_tune_reports_the_node_count_where_ray_was_measured(monkeypatch):
     from bench import ray_scale, tune
+    from bench.tune.forecast import FeedPoint
 
     pick = tune.Prediction(tune.Setup("albumentations", 2, 64, (224, 224)), feed_ips=900.0, consume_ips=3000.0,
                            predicted_ips=900.0, model_threads=None)
-    feeds = {("albumentations", 2, (224, 224), 64): 900.0, ("ray", 1, (224, 224), 64): 200.0,
-             ("ray", 2, (224, 224), 64): 380.0, ("ray", 4, (160, 160), 64): 1200.0}
+    feeds = {("albumentations", 2, (224, 224), 64): FeedPoint(900.0), ("ray", 1, (224, 224), 64): FeedPoint(200.0),
+             ("ray", 2, (224, 224), 64): FeedPoint(380.0), ("ray", 4, (160, 160), 64): FeedPoint(1200.0)}
     monkeypatch.setattr(ray_scale, "cluster_nodes", lambda address: [_node(8, gpus=1), _node(4), _node(4)])
     report = tune.ray_nodes(feeds, pick, ranks=2)
     # 2 actors at 380 img/s -> 190 per actor -> 760 per 4-CPU node; 2 ranks x 3000 x 1.1 = 6600 asked.
@@ -148,7 +149,7 @@ def test_tune_reports_the_node_count_where_ray_was_measured(monkeypatch):
     assert report["consume_img_s"] == pytest.approx(6000.0) and report["batch"] == 64
     lines = "\n".join(tune.ray_scale_lines(report))
     assert "**9 CPU node(s)**" in lines and "760.0 img/s" in lines
-    assert tune.ray_nodes({("pil", 2, (224, 224), 64): 500.0}, pick, ranks=1) is None  # ray not measured
+    assert tune.ray_nodes({("pil", 2, (224, 224), 64): FeedPoint(500.0)}, pick, ranks=1) is None  # ray not measured
 
     def gone(address):
         raise FeedError("no Ray cluster answers at 10.0.0.1:6379")

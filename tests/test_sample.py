@@ -20,7 +20,8 @@ TRAIN_PEOPLE, EVAL_PEOPLE = 24, 12
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One sample shared by the read-only tests: writing it is most of this file's run time."""
-    return sample.write_sample(tmp_path_factory.mktemp("sample") / "data", TRAIN_PEOPLE, seed=0, eval_people=EVAL_PEOPLE)
+    root = tmp_path_factory.mktemp("sample") / "data"
+    return sample.write_sample(root, TRAIN_PEOPLE, seed=0, eval_people=EVAL_PEOPLE)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

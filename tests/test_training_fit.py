@@ -217,6 +217,7 @@ def test_bf16_amp_on_cuda(data, tmp_path):
     assert main(fit_args(data, out, "--device", "cuda", "--amp", model="test_efficientnet", epochs=1)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["amp"] and len(summary["history"]) == 1
+    assert summary["step"] == {**summary["step"], "amp": True, "channels_last": True, "cudnn_benchmark": True}
     assert all(t.dtype == torch.float32 for t in torch.load(out / "last.pt", weights_only=True)["model"].values()
                if t.is_floating_point())  # autocast computes in bf16; the weights stay float32
 
@@ -238,9 +239,11 @@ def _recommendation(data: Path, **changes) -> dict:
     from feeding.sources import dataset_fingerprint
     from feeding.sources import discover
 
+    from training.step import StepConfig
+
     record = {"pipeline": "pil", "workers": 0, "batch": 8, "size": [32, 32], "predicted_ips": 1000.0,
               "model": TINY, "device": "cpu", "machine": machine_info(),
-              "dataset": dataset_fingerprint(discover(data))}
+              "dataset": dataset_fingerprint(discover(data)), "step": StepConfig.for_device("cpu").to_dict()}
     record.update(changes)
     return record
 
@@ -304,6 +307,7 @@ def test_an_empty_split_is_a_clear_error(data, tmp_path):
     (["--batch", "64"], "batch 64 > 28 usable images"),
     (["--epochs", "0"], "epochs must be"),
     (["--amp"], "CUDA only"),
+    (["--cudnn-benchmark"], "cudnn_benchmark (cuDNN's autotuner) is for CUDA only"),
     (["--val-fraction", "1.5"], "val_fraction"),
     (["--model", "no_such_model_xyz"], "unknown timm model"),
 ])

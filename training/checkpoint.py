@@ -23,6 +23,7 @@ import torch
 
 from feeding.io import write_atomic
 from feeding.errors import FeedError
+from training.step import StepConfig
 
 if TYPE_CHECKING:
     from training.config import FitConfig
@@ -118,24 +119,27 @@ class Progress:
                         0 if improved else self.stale + 1, (*self.history, row), improved)
 
 
-def save_epoch(out: Path, config: FitConfig, classes, model, optimizer, scheduler, progress: Progress) -> None:
-    """OUT/best.pt (when the epoch improved) before OUT/last.pt, each written atomically."""
+def save_epoch(out: Path, config: FitConfig, classes, model, optimizer, scheduler, progress: Progress,
+               step: StepConfig | None = None) -> None:
+    """OUT/best.pt (when the epoch improved) before OUT/last.pt, each written atomically; ``step``:
+    the training step the run trains with (recorded, so that a resumed run can say if it changed)."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": progress.epoch - 1, "updates": progress.updates, "best_macro_f1": progress.best_f1,
              "epochs_since_best": progress.stale, "rng": rng_states(), "config": config.to_dict(),
              "num_classes": len(classes), "model_name": config.model, "classes": list(classes),
-             "history": list(progress.history)}
+             "history": list(progress.history), "step": step.to_dict() if step is not None else None}
     if progress.improved:  # best before last: a kill in between only repeats this epoch on resume
         save_checkpoint(out / BEST, state)
     save_checkpoint(out / LAST, state)
 
 
 def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, scheduler,
-            announce: bool = True) -> Progress:
+            announce: bool = True, step: StepConfig | None = None) -> Progress:
     """Load OUT/last.pt into the model, optimizer, schedule and the global RNGs; where it stood.
 
     The schedule was built for ``config.epochs``: a run resumed with more epochs than it planned
-    has its schedule stretched to them (``restore_schedule``), and ``announce`` says so.
+    has its schedule stretched to them (``restore_schedule``), and ``announce`` says so, as it
+    says where ``step`` differs from the step the run was trained with.
     """
     from training.schedule import restore_schedule
 
@@ -154,6 +158,9 @@ def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, sc
                      if k not in ("resume", "epochs", "out") and config.to_dict().get(k) != v)
     if changed and announce:
         print(f"warning: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    if step is not None and state.get("step") and announce:
+        for difference in step.differences(StepConfig(**state["step"])):
+            print(f"warning: the training step differs from the checkpoint's: {difference}", file=sys.stderr)
     if config.epochs != planned and announce:
         change = "extended" if config.epochs > planned else "shortened"
         print(f"schedule {change} from {planned} to {config.epochs} epochs: lr {optimizer.param_groups[0]['lr']:.2e} "

@@ -3,7 +3,10 @@
 argparse only builds a ``FitConfig`` (``training.fit.get_args_parser``); library code never sees
 a Namespace. ``batch``, ``workers`` and ``size`` may be left ``None``:
 ``training.recommendation.resolve_feed`` fills them from the tuner's recommendation
-(``--pipeline best``) or from the defaults below, and an explicit value always wins.
+(``--pipeline best``) or from the defaults below, and an explicit value always wins. So may the
+step's ``amp``, ``channels_last``, ``cudnn_benchmark`` and ``loss_every``:
+``training.recommendation.resolve_step`` takes them from the recommendation's step, else the
+device's defaults (``training.step.StepConfig.for_device``).
 """
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ from pathlib import Path
 from feeding import checks
 from feeding.backends import PIPELINES
 from feeding.spec import Shape
+from training.step import OPTIMIZERS
 
 BEST = "best"  # --pipeline best: what feedbench tune recommended
 FIT_PIPELINES = (*PIPELINES, BEST)
-OPTIMIZERS = ("adamw", "sgd", "adamp")
 SCHEDULERS = ("cosine", "step", "plateau")
 LOSSES = ("ce", "focal", "weighted_ce")
 DEFAULT_BATCH = 32
@@ -25,6 +28,7 @@ DEFAULT_SIZE: Shape = (224, 224)
 DEFAULT_RECOMMENDATION = "results/recommendation.json"
 DEFAULT_OUT = "runs/fit"  # without --out: this, or the next free runs/fit-2, runs/fit-3, ...
 ON_BAD = ("skip", "fail")
+STEP_SWITCHES = ("amp", "channels_last", "cudnn_benchmark")  # on, off, or None: as recommended
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,11 @@ class FitConfig:
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
-    amp: bool = False  # bfloat16 autocast; CUDA only
+    # The step's settings; None: the recommendation's (--pipeline best), else the device's default.
+    amp: bool | None = None  # bfloat16 autocast; CUDA only
+    channels_last: bool | None = None
+    cudnn_benchmark: bool | None = None
+    loss_every: int | None = None  # read the loss back every N batches (each read waits for the device)
     accum_steps: int = 1
     freeze_backbone: bool = False
     val_fraction: float = 0.2
@@ -73,7 +81,7 @@ class FitConfig:
         checks.available_device("device", self.device)
         for name in ("epochs", "accum_steps"):
             checks.count(name, getattr(self, name))
-        for name in ("batch", "early_stop_patience"):
+        for name in ("batch", "early_stop_patience", "loss_every"):
             checks.count(name, getattr(self, name), allow_none=True)
         checks.count("workers", self.workers, minimum=0, allow_none=True)
         if self.size is not None:
@@ -83,8 +91,13 @@ class FitConfig:
         checks.number("label_smoothing", self.label_smoothing, minimum=0, maximum=1, open_maximum=True)
         checks.positive("lr", self.lr)
         checks.positive("val_fraction", self.val_fraction, maximum=1, open_maximum=True)
+        for name in STEP_SWITCHES:
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True, False or None, got {getattr(self, name)!r}")
         if self.amp and self.device == "cpu":
             raise ValueError("amp (bfloat16 autocast) is for CUDA only; drop --amp on the CPU")
+        if self.cudnn_benchmark and self.device == "cpu":
+            raise ValueError("cudnn_benchmark (cuDNN's autotuner) is for CUDA only; drop --cudnn-benchmark on the CPU")
         if self.pretrained_file is not None:
             if ":" in self.model:
                 raise ValueError("--pretrained-file needs a timm model name, not a module:factory")

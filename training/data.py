@@ -59,9 +59,11 @@ def warn_missing_classes(samples, train, val) -> None:
                   f"({consequence}): {', '.join(absent)}", file=sys.stderr)
 
 
-def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device | None = None):
+def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device | None = None,
+                   channels_last: bool = False):
     """Training feed (this rank's shard) and validation feed (this rank's exact slice: no padding,
-    so that the metrics reduced over ranks count every validation image once)."""
+    so that the metrics reduced over ranks count every validation image once); ``channels_last``:
+    both deliver their batches in that memory format (the training step's)."""
     from feeding import FeedConfig, create_feeder, eval_spec, train_spec
     from feeding.backends import capabilities
     from feeding.device import DeviceFeeder
@@ -81,12 +83,13 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
         train_feeder = ResampledFeeder(train, train_config, lambda epoch: balanced_indices(labels, config.seed, epoch))
     else:
         train_feeder = create_feeder(train, train_config)
-    train_feed = DeviceFeeder(train_feeder, device)
+    train_feed = DeviceFeeder(train_feeder, device, channels_last=channels_last)
     try:  # a validation feed that cannot be built (or Ctrl-C now) must not leave the training workers behind
         if ctx.enabled:
             val = val.subset(shard_indices(len(val), ctx.rank, ctx.world_size))
         val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=eval_spec(config.size), shuffle=False,
-                                                              drop_last=False, **common)), device)
+                                                              drop_last=False, **common)), device,
+                                channels_last=channels_last)
     except BaseException:
         train_feeder.close()
         raise

@@ -85,7 +85,8 @@ def train_one_epoch(
 
 def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0,
               on_first_batch: Callable[[torch.Tensor], None] | None = None,
-              max_batches: int | None = None) -> EpochStats:
+              max_batches: int | None = None,
+              on_batch_done: Callable[[int, float], None] | None = None) -> EpochStats:
     """One epoch of ``step`` (a ``TrainStep`` or ``SimStep``) on ``feeder``'s batches: what training.fit
     runs, and what feedbench tune's end-to-end check measures.
 
@@ -94,6 +95,8 @@ def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0
     ``updates_done``. The loss is read back every ``step.config.loss_every`` batches (each read
     waits for the device). ``on_first_batch`` sees the first batch of images as fed.
     ``max_batches``: stop after that many (a measurement); the epoch's iterator is closed.
+    ``on_batch_done(images, perf_counter seconds)`` is told when each batch's work is done on the
+    host (a measurement's clock; with ``loss_every`` 1 the device has finished it too).
     """
     config = step.config
     step.train()
@@ -123,6 +126,8 @@ def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0
                 total_loss += step.read(pending, counts)  # waits for the device: the steps are done
                 pending, counts = [], []
             waiting_since = time.perf_counter()
+            if on_batch_done is not None:
+                on_batch_done(len(labels), waiting_since)
             if max_batches is not None and number + 1 >= max_batches:
                 break  # a measurement's end: closing the epoch's iterator below stops its workers
     finally:

@@ -2,11 +2,13 @@
 
 Every epoch reports validation macro-F1 (the headline), accuracy, the data-wait fraction and the
 measured img/s against the tuner's prediction; at the end, whether the prediction held, and every
-file or listing row that was skipped. Writes best.pt/last.pt, TensorBoard logs (tb/),
-confusion-matrix PNGs and summary.json under the run directory: --out, else runs/fit or the next
-free runs/fit-2, runs/fit-3, ... A directory that holds a run is never written over: --resume
-continues it exactly from last.pt (with --epochs beyond its plan, the schedule is extended).
-Ctrl-C stops cleanly, exit status 130, and says how to resume.
+file or listing row that was skipped. --pipeline best trains with the feed and the training step
+(bf16, channels_last, cudnn.benchmark, loss read-back) the tuner measured; a setting given that
+differs from them is noted, and the prediction is then not compared. Writes best.pt/last.pt,
+TensorBoard logs (tb/), confusion-matrix PNGs and summary.json under the run directory: --out,
+else runs/fit or the next free runs/fit-2, runs/fit-3, ... A directory that holds a run is never
+written over: --resume continues it exactly from last.pt (with --epochs beyond its plan, the
+schedule is extended). Ctrl-C stops cleanly, exit status 130, and says how to resume.
 """
 from __future__ import annotations
 
@@ -49,8 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="share of each target spread over all classes (ce and weighted_ce)")
     p.add_argument("--focal-gamma", type=float, default=d.focal_gamma,
                    help="focal loss exponent (0: cross-entropy)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
+    add_step_arguments(p, d)
     p.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of people held out")
     p.add_argument("--balanced", action="store_true",
@@ -72,6 +73,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_step_arguments(p: argparse.ArgumentParser, d: FitConfig) -> None:
+    """How each training step runs (training.step.StepConfig). The switches left unset take the
+    recommendation's step under --pipeline best, else the device's defaults (on for CUDA)."""
+    from feeding.options import positive_int
+
+    unset = "without it: the recommendation's (--pipeline best), else on for CUDA, off on the CPU"
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help=f"bfloat16 autocast (CUDA only); {unset}")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help=f"channels_last memory format for the model and its batches; {unset}")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction,
+                   help=f"cuDNN's autotuner, set for the run and restored after (CUDA); {unset}")
+    p.add_argument("--loss-every", type=positive_int, metavar="N",
+                   help="read the loss back every N batches (each read waits for the device); without it: "
+                   "the recommendation's (--pipeline best), else 1")
+    p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
+
+
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     from feeding.checks import parse_size
 
@@ -81,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         size=parse_size(args.size) if args.size else None, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.opt, scheduler=args.sched, warmup_epochs=args.warmup_epochs, loss=args.loss,
         label_smoothing=args.label_smoothing, focal_gamma=args.focal_gamma, amp=args.amp,
+        channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark, loss_every=args.loss_every,
         accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
         folds=args.folds, balanced=args.balanced,
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,

@@ -70,6 +70,24 @@ def model_threads(cores: int, workers: int) -> int:
     return max(1, cores - workers)
 
 
+ACCELERATOR_THREADS = 1  # as torchrun's OMP_NUM_THREADS=1
+
+
+def training_threads(device: str, cores: int, workers: int) -> int:
+    """torch's intra-op threads in the training process.
+
+    On the CPU the model computes there: all ``cores`` with no workers (loading and training
+    take turns), else the cores the workers leave (``model_threads``). On an accelerator (CUDA,
+    the simulated ``sim:R``) the process's own CPU work is receiving and copying batches and
+    launching kernels: more threads do not speed it up, and their spin-waits take the cores the
+    loader's workers need (measured on 2 cores: 2 threads cut a thread pool's feed from 740 to
+    360 img/s). One thread, as torchrun sets.
+    """
+    if str(device) != "cpu":
+        return ACCELERATOR_THREADS
+    return cores if workers == 0 else model_threads(cores, workers)
+
+
 def create_model(config: FitConfig, num_classes: int, announce: bool = True) -> torch.nn.Module:
     """The model to train; ``announce``: print what a pretrained file contributed."""
     if config.pretrained_file is None:

@@ -1,8 +1,10 @@
-"""``--pipeline best``: the tuner's recommendation, read and checked, the feed it fills in, and
-whether its predicted rate (img/s) held in the run.
+"""``--pipeline best``: the tuner's recommendation, read and checked, the feed and the training
+step it fills in, and whether its predicted rate (img/s) held in the run.
 
 A recommendation is used only where it was made: this machine, this data set, this model and
-device; anything else is a ``RecommendationError`` that names the differences. Never guesses.
+device, and with the step it measured (its ``"step"``: ``training.step.StepConfig.to_dict()``);
+anything else is a ``RecommendationError`` that names the differences. Never guesses. Its
+prediction is compared with the run only where the run's feed and step are the recommended ones.
 """
 from __future__ import annotations
 
@@ -13,8 +15,15 @@ from pathlib import Path
 
 from feeding.errors import FeedError
 from training.config import DEFAULT_BATCH, DEFAULT_SIZE, DEFAULT_WORKERS, FitConfig
+from training.step import StepConfig
 
 PREDICTION_TOLERANCE = 0.15  # measured img/s within ±15% of the predicted rate: it held
+RECOMMENDED_STEP_SETTINGS = ("amp", "channels_last", "cudnn_benchmark", "loss_every")  # unset flags take these
+# The flag that sets each feed or step setting whose change alters the rate. lr and weight_decay
+# are left out: they change what is learnt, not how fast.
+RATE_FLAGS = {"pipeline": "--pipeline", "workers": "--workers", "batch": "--batch", "size": "--size",
+              "optimizer": "--opt", "accum_steps": "--accum-steps", "amp": "--amp", "channels_last": "--channels-last",
+              "cudnn_benchmark": "--cudnn-benchmark", "loss_every": "--loss-every"}
 
 
 class RecommendationError(FeedError):
@@ -32,6 +41,49 @@ def resolve_feed(config: FitConfig, recommendation: dict | None) -> FitConfig:
         workers=config.workers if config.workers is not None else source.get("workers", DEFAULT_WORKERS),
         size=config.size if config.size is not None else tuple(source.get("size", DEFAULT_SIZE)),
     )
+
+
+def resolve_step(config: FitConfig, recommendation: dict | None, device) -> StepConfig:
+    """The run's training step. optimizer, lr, weight_decay and accum_steps are the run's own;
+    amp, channels_last, cudnn_benchmark and loss_every are ``config``'s where set, else the
+    recommendation's step (``recommendation``: checked by ``load_recommendation``, or None), else
+    ``device``'s defaults (``StepConfig.for_device``)."""
+    recommended = recommendation["step"] if recommendation is not None else {}
+    chosen = {name: getattr(config, name) if getattr(config, name) is not None else recommended.get(name)
+              for name in RECOMMENDED_STEP_SETTINGS}
+    return StepConfig.for_device(str(device), optimizer=config.optimizer, lr=config.lr,
+                                 weight_decay=config.weight_decay, accum_steps=config.accum_steps, **chosen)
+
+
+def difference_note(flag: str, mine, theirs) -> str:
+    """'note: --loss-every 4 differs from the recommendation's 1: ...'; a switch as its flag, '--no-amp'."""
+    if isinstance(mine, bool):
+        yours, recommended = switch(flag, mine), switch(flag, theirs)
+    else:
+        yours, recommended = f"{flag} {shown_value(mine)}", shown_value(theirs)
+    return f"note: {yours} differs from the recommendation's {recommended}: its prediction does not apply"
+
+
+def switch(flag: str, on: bool) -> str:
+    return flag if on else f"--no-{flag[2:]}"
+
+
+def shown_value(value) -> str:
+    """A value as typed on the command line: a size as HxW."""
+    return "x".join(str(side) for side in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def prediction_notes(config: FitConfig, step: StepConfig, recommendation: dict | None) -> list[str]:
+    """One 'note: ...' for each feed or step setting of this run that differs from the recommendation's
+    (each one makes its prediction not apply); empty without a recommendation, or where none differs."""
+    if recommendation is None:
+        return []
+    mine = {"pipeline": config.pipeline, "workers": config.workers, "batch": config.batch, "size": list(config.size),
+            **step.to_dict()}
+    theirs = {**{key: recommendation[key] for key in ("pipeline", "workers", "batch")},
+              "size": list(recommendation["size"]), **StepConfig(**recommendation["step"]).to_dict()}
+    return [difference_note(flag, mine[key], theirs[key]) for key, flag in RATE_FLAGS.items()
+            if mine[key] != theirs[key]]
 
 
 def tune_command(config: FitConfig) -> str:
@@ -73,6 +125,7 @@ def load_recommendation(config: FitConfig, samples) -> dict:
             record[key]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RecommendationError(f"--pipeline best: unreadable recommendation {path} ({err!r}); {hint}") from err
+    check_recorded_step(record, path, hint)
     differences = recommendation_mismatches(record, samples, config)
     if differences:
         listed = "\n  ".join(differences)
@@ -81,19 +134,28 @@ def load_recommendation(config: FitConfig, samples) -> dict:
     return record
 
 
-def applicable_predicted_rate(config: FitConfig, recommendation: dict | None) -> float | None:
-    """The recommendation's predicted img/s, if this run uses exactly the recommended feed."""
-    if recommendation is None:
+def check_recorded_step(record: dict, path: Path, hint: str) -> None:
+    """``RecommendationError`` unless ``record`` says which training step its prediction measured."""
+    if "step" not in record:
+        raise RecommendationError(f"--pipeline best: {path} does not say which training step its prediction "
+                                  f"measured (no \"step\": made before tune recorded it); {hint}")
+    try:
+        StepConfig(**record["step"])
+    except (ValueError, TypeError) as err:
+        raise RecommendationError(f"--pipeline best: {path} has an unreadable \"step\" ({err}); {hint}") from err
+
+
+def applicable_predicted_rate(config: FitConfig, step: StepConfig, recommendation: dict | None) -> float | None:
+    """The recommendation's predicted img/s, if this run uses exactly the recommended feed and step."""
+    if recommendation is None or prediction_notes(config, step, recommendation):
         return None
-    feed = {"pipeline": config.pipeline, "workers": config.workers, "batch": config.batch, "size": list(config.size)}
-    same = all(recommendation.get(key) == value for key, value in feed.items())
-    return recommendation.get("predicted_ips") if same else None
+    return recommendation.get("predicted_ips")
 
 
 def predicted_rate_verdict(measured: list[float], predicted: float | None) -> str:
     """Whether the measured img/s per epoch came within ``PREDICTION_TOLERANCE`` of the predicted rate."""
     if predicted is None:
-        return "no applicable prediction (no recommendation, or the feed differs from it)"
+        return "no applicable prediction (no recommendation, or the feed or the step differs from it)"
     # The first epoch pays one-off costs (worker start-up, allocator warm-up); leave it out if we can.
     steady = statistics.median(measured[1:] if len(measured) > 1 else measured)
     error = steady / predicted - 1

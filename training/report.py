@@ -8,12 +8,23 @@ from pathlib import Path
 SHOWN_SKIPS = 20  # skipped files listed on the console (all of them go to summary.json)
 
 
-def start_line(config, train_images: int, val_images: int, num_classes: int, device, ctx) -> str:
-    """The run's first line: model, split, feed and device (and the ranks, under DDP)."""
+def start_line(config, step, train_images: int, val_images: int, num_classes: int, device, ctx) -> str:
+    """The run's first line: model, split, feed, device (and the ranks, under DDP) and the training step."""
     ranks = f", {ctx.world_size} ranks" if ctx.enabled else ""
     return (f"fit: {config.model} on {train_images} train / {val_images} val images ({num_classes} classes); "
             f"feed {config.pipeline}{' balanced' if config.balanced else ''}, {config.workers} workers, "
-            f"batch {config.batch}, {config.size[0]}x{config.size[1]}, device {device}{ranks}")
+            f"batch {config.batch}, {config.size[0]}x{config.size[1]}, device {device}{ranks}; "
+            f"step: {step_description(step)}")
+
+
+def step_description(step) -> str:
+    """'adamw, bf16, channels_last, cudnn.benchmark, loss read every 1' (a ``training.step.StepConfig``)."""
+    parts = [step.optimizer, "bf16" if step.amp else "fp32", "channels_last" if step.channels_last else "NCHW"]
+    if step.cudnn_benchmark:
+        parts.append("cudnn.benchmark")
+    if step.accum_steps > 1:
+        parts.append(f"{step.accum_steps} batches per update")
+    return ", ".join([*parts, f"loss read every {step.loss_every}"])
 
 
 def epoch_line(epoch: int, epochs: int, stats, metrics, predicted: float | None) -> str:

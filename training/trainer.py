@@ -18,16 +18,19 @@ from training import distributed
 from training.checkpoint import LAST, Progress, restore, save_epoch
 from training.config import FitConfig
 from training.data import create_feeders, load_samples, split_data
-from training.engine import evaluate, train_one_epoch
+from training.engine import evaluate, run_epoch
 from training.figures import grid_logger, log_epoch, write_confusion
 from training.recommendation import (
     applicable_predicted_rate,
     load_recommendation,
     predicted_rate_verdict,
+    prediction_notes,
     resolve_feed,
+    resolve_step,
 )
 from training.report import epoch_line, feed_warnings, report_skipped, skipped_files, start_line
 from training.runs import RunInterrupted
+from training.step import StepConfig, TrainStep, create_optimizer, step_settings
 
 
 def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict:
@@ -39,82 +42,94 @@ def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict
     train, val = split_data(samples, config, split)
     ctx = distributed.context_from_env()
     device = distributed.setup(ctx, config.device)
-    share_cores(config, ctx, device)
+    step = resolve_step(config, recommendation, device)
     if ctx.is_main:
-        print(start_line(config, len(train), len(val), len(samples.classes), device, ctx))
-    train_feed, val_feed = create_feeders(config, train, val, ctx, device)
-    if ctx.is_main:
-        for warning in feed_warnings(train_feed, val_feed):
-            print(f"warning: {warning}", file=sys.stderr)
-    predicted = applicable_predicted_rate(config, recommendation)
-    try:
-        # The model lives in train_epochs alone: it is gone before the process group is left
-        # (DDP's teardown under a live reducer aborts).
-        progress = train_epochs(config, samples.classes, train.labels, train_feed, val_feed, predicted, ctx, device)
-    finally:
-        train_feed.feeder.close()
-        val_feed.feeder.close()
-    summary = run_summary(config, samples, train, val, (train_feed, val_feed), progress, predicted, ctx)
+        print(start_line(config, step, len(train), len(val), len(samples.classes), device, ctx))
+        for note in prediction_notes(config, step, recommendation):
+            print(note)
+    predicted = applicable_predicted_rate(config, step, recommendation)
+    progress, feeds = train_on_feeds(config, step, samples.classes, train, val, predicted, ctx, device)
+    summary = run_summary(config, step, samples, train, val, feeds, progress, predicted, ctx)
     distributed.teardown(ctx)
     return summary
 
 
-def share_cores(config: FitConfig, ctx, device: torch.device) -> None:
-    """On the CPU, the model's threads: this host's cores shared by its ranks, less the loader workers."""
-    from training.models import model_threads
+def train_on_feeds(config: FitConfig, step: StepConfig, classes, train, val, predicted: float | None, ctx,
+                   device) -> tuple[Progress, tuple]:
+    """The feeds built, trained on and closed, under the step's settings (cudnn.benchmark, the CPU
+    threads; restored after); (the progress, the closed feeds)."""
+    with step_settings(step, device, trainer_threads(config, ctx, device)):
+        train_feed, val_feed = create_feeders(config, train, val, ctx, device, channels_last=step.channels_last)
+        if ctx.is_main:
+            for warning in feed_warnings(train_feed, val_feed):
+                print(f"warning: {warning}", file=sys.stderr)
+        try:
+            # The model lives in train_epochs alone: it is gone before the process group is left
+            # (DDP's teardown under a live reducer aborts).
+            progress = train_epochs(config, step, classes, train.labels, train_feed, val_feed, predicted, ctx, device)
+        finally:
+            train_feed.feeder.close()
+            val_feed.feeder.close()
+    return progress, (train_feed, val_feed)
 
-    if device.type == "cpu":
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-        torch.set_num_threads(model_threads(max(1, (os.cpu_count() or 1) // ranks_here), config.workers))
+
+def trainer_threads(config: FitConfig, ctx, device: torch.device) -> int:
+    """torch's threads in this training process (``training.models.training_threads``): on the CPU
+    this host's cores shared by its ranks, less the loader workers; on a GPU one, as torchrun sets."""
+    from training.models import training_threads
+
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    return training_threads(device.type, max(1, (os.cpu_count() or 1) // ranks_here), config.workers)
 
 
-def build_training(config: FitConfig, num_classes: int, train_labels, batches_per_epoch: int, device,
-                   announce: bool):
-    """(model, optimizer, schedule, loss) for this run, seeded; ``announce``: say what a pretrained file gave."""
-    from timm.optim import create_optimizer_v2
-
+def build_training(config: FitConfig, step: StepConfig, num_classes: int, train_labels, batches_per_epoch: int,
+                   device, announce: bool):
+    """(model, optimizer, schedule, loss) for this run, seeded; ``announce``: say what a pretrained file gave.
+    The model is in the step's memory format before its optimizer and DDP see its parameters."""
     from feeding.seeding import seed_globals
     from training.losses import create_loss
     from training.models import create_model
     from training.schedule import create_schedule
 
     seed_globals(config.seed)
-    model = create_model(config, num_classes, announce=announce).to(device)
-    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
-    updates_per_epoch = math.ceil(batches_per_epoch / config.accum_steps)
+    memory_format = torch.channels_last if step.channels_last else torch.preserve_format
+    model = create_model(config, num_classes, announce=announce).to(device, memory_format=memory_format)
+    optimizer = create_optimizer(model, step)
+    updates_per_epoch = math.ceil(batches_per_epoch / step.accum_steps)
     scheduler = create_schedule(config.scheduler, optimizer, config.epochs, updates_per_epoch, config.warmup_epochs)
     loss_fn = create_loss(config.loss, train_labels, num_classes, config.label_smoothing,
                           config.focal_gamma).to(device)
     return model, optimizer, scheduler, loss_fn
 
 
-def train_epochs(config: FitConfig, classes, train_labels, train_feed, val_feed, predicted: float | None, ctx,
-                 device) -> Progress:
-    """Train and validate every epoch left (resumed from OUT/last.pt with ``config.resume``), until
-    the plan or early stopping ends it; a Ctrl-C raises ``RunInterrupted`` naming the epoch."""
+def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, train_feed, val_feed,
+                 predicted: float | None, ctx, device) -> Progress:
+    """Train (each batch a ``TrainStep`` of ``step``) and validate every epoch left (resumed from
+    OUT/last.pt with ``config.resume``), until the plan or early stopping ends it; a Ctrl-C raises
+    ``RunInterrupted`` naming the epoch."""
     from torch.utils.tensorboard import SummaryWriter
 
     out, main, num_classes = Path(config.out), ctx.is_main, len(classes)
     writer = None
     epoch = None  # the epoch in progress (0-based), for what a Ctrl-C reports
     try:
-        model, optimizer, scheduler, loss_fn = build_training(config, num_classes, train_labels, len(train_feed),
-                                                              device, announce=main)
+        model, optimizer, scheduler, loss_fn = build_training(config, step, num_classes, train_labels,
+                                                              len(train_feed), device, announce=main)
         progress = Progress()
         if config.resume:
-            progress = restore(out, config, num_classes, model, optimizer, scheduler, announce=main)
+            progress = restore(out, config, num_classes, model, optimizer, scheduler, announce=main, step=step)
             if main:
                 print(f"resumed from {out / LAST} after epoch {progress.epoch}")
         model = distributed.wrap(model, ctx, device)  # after loading: DDP broadcasts rank 0's weights
+        train_step = TrainStep(model, optimizer, loss_fn, step, device)
         if main:
             writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=progress.updates if config.resume else None)
         for epoch in range(progress.epoch, config.epochs):
             first_batch = grid_logger(writer, train_feed, progress.updates) if epoch == 0 and main else None
-            stats = train_one_epoch(model, train_feed, optimizer, loss_fn, epoch, scheduler=scheduler,
-                                    updates_done=progress.updates, amp=config.amp, accum_steps=config.accum_steps,
-                                    on_first_batch=first_batch)
+            stats = run_epoch(train_step, train_feed, epoch, scheduler=scheduler, updates_done=progress.updates,
+                              on_first_batch=first_batch)
             stats = distributed.reduce_epoch_stats(stats, ctx, device)
-            metrics = evaluate(distributed.unwrap(model), val_feed, num_classes, config.amp)  # reduced by torchmetrics
+            metrics = evaluate(distributed.unwrap(model), val_feed, num_classes, step.amp)  # reduced by torchmetrics
             scheduler.step(epoch + 1, metrics.macro_f1)
             progress = progress.after(epoch, stats, metrics, predicted)
             stop = bool(config.early_stop_patience and progress.stale >= config.early_stop_patience)
@@ -124,7 +139,7 @@ def train_epochs(config: FitConfig, classes, train_labels, train_feed, val_feed,
                 continue
             log_epoch(writer, stats, metrics, progress)
             write_confusion(out, classes, metrics, progress)
-            save_epoch(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress)
+            save_epoch(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress, step)
             print(epoch_line(epoch, config.epochs, stats, metrics, predicted), flush=True)
             if stop:
                 print(f"early stop: no better macro-F1 for {progress.stale} epochs")
@@ -137,15 +152,16 @@ def train_epochs(config: FitConfig, classes, train_labels, train_feed, val_feed,
     return progress
 
 
-def run_summary(config: FitConfig, samples, train, val, feeds, progress: Progress, predicted: float | None,
-                ctx) -> dict:
-    """The run's summary; rank 0 reports the skipped files and the verdict and writes OUT/summary.json."""
+def run_summary(config: FitConfig, step: StepConfig, samples, train, val, feeds, progress: Progress,
+                predicted: float | None, ctx) -> dict:
+    """The run's summary (with the step it trained with); rank 0 reports the skipped files and the
+    verdict and writes OUT/summary.json."""
     out = Path(config.out)
     verdict = predicted_rate_verdict([row["images_per_sec"] for row in progress.history], predicted)
     skipped = skipped_files(samples, *feeds)  # this rank's (rank 0's under DDP)
     summary = {"best_macro_f1": progress.best_f1, "epochs_run": len(progress.history), "train_images": len(train),
                "val_images": len(val), "history": progress.history, "skipped": [r.to_dict() for r in skipped],
-               "prediction": verdict, "config": config.to_dict(), "ranks": ctx.world_size}
+               "prediction": verdict, "config": config.to_dict(), "step": step.to_dict(), "ranks": ctx.world_size}
     if ctx.is_main:
         report_skipped(skipped, out / "summary.json")
         print(f"best val macro-F1 {progress.best_f1:.4f}; {verdict}")
@@ -204,7 +220,7 @@ def folds_summary(config: FitConfig, runs: list[dict]) -> dict:
     summary = {"folds": config.folds, "fold_best_macro_f1": scores, "mean_best_macro_f1": statistics.mean(scores),
                "fold_last_macro_f1": last, "mean_last_macro_f1": statistics.mean(last),
                "fold_dirs": [f"fold{k}" for k in range(config.folds)], "skipped": skipped,
-               "config": config.to_dict()}
+               "config": config.to_dict(), "step": runs[-1].get("step")}  # the same in every fold
     print(f"{config.folds}-fold: best val macro-F1 per fold {', '.join(f'{s:.4f}' for s in scores)}; "
           f"mean {summary['mean_best_macro_f1']:.4f} (last epoch: mean {summary['mean_last_macro_f1']:.4f})")
     write_json(Path(config.out) / "summary.json", summary)

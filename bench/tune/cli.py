@@ -15,6 +15,7 @@ from bench.tune.report import recommendation_path, summary_lines, write_reports
 from bench.tune.run import compare_with_tuner, tune
 from feeding.backends import PIPELINES
 from feeding.errors import FeedError, MissingDependencyError
+from training.step import OPTIMIZERS, StepConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="data set: an ImageFolder, a CSV manifest or the competition layout "
                         "(none given: the generated sample)")
     parser.add_argument("--model", default=d.model, help="timm model name or module:factory")
-    parser.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
+    parser.add_argument("--device", default=d.device,
+                        help="cpu, cuda[:N], or sim:R: a simulated accelerator that trains R img/s at 224x224 "
+                        "(would this host feed such a GPU?)")
     parser.add_argument("--sizes", nargs="+", type=listed(size), action=FlattenList,
                         default=",".join(f"{h}" if h == w else f"{h}x{w}" for h, w in d.sizes),
                         help="candidate shapes (pixels; N or HxW), by commas or spaces: the largest the feed "
@@ -54,8 +57,30 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--on-bad", choices=ON_BAD, default=d.on_bad,
                         help="a listing row or image that cannot be read: skip it (and list it in the report) "
                         "or stop with an error naming it")
+    parser.add_argument("--checked", type=positive_int, default=d.checked,
+                        help="the best predicted setups checked end to end with the real training loop; the "
+                        "fastest measured is the pick")
+    step = parser.add_argument_group("the training step measured (what training.fit --pipeline best runs)")
+    step.add_argument("--opt", choices=OPTIMIZERS, default=StepConfig.optimizer, help="optimizer")
+    step.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                      help="bfloat16 autocast (default: on CUDA, off elsewhere)")
+    step.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                      help="channels_last memory format (default: on CUDA, off elsewhere)")
+    step.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction,
+                      help="cuDNN's autotuner (default: on CUDA)")
+    step.add_argument("--accum-steps", type=positive_int, default=StepConfig.accum_steps,
+                      help="batches per optimizer update")
+    step.add_argument("--loss-every", type=positive_int, default=StepConfig.loss_every,
+                      help="read the loss back to the host every N batches (each read waits for the device)")
     parser.add_argument("--out", default=d.out, help="folder for the reports and recommendation.json")
     return parser
+
+
+def step_from_args(args: argparse.Namespace) -> StepConfig:
+    """The step tune measures: the device's defaults, with the flags given."""
+    return StepConfig.for_device(args.device, optimizer=args.opt, amp=args.amp, channels_last=args.channels_last,
+                                 cudnn_benchmark=args.cudnn_benchmark, accum_steps=args.accum_steps,
+                                 loss_every=args.loss_every)
 
 
 def config_from_args(args: argparse.Namespace) -> TuneConfig:
@@ -70,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
         budget_s=args.budget_s, pipelines=pipelines, workers_max=args.workers_max,
         batches=tuple(dict.fromkeys(args.batches)) if args.batches else None,
         e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
-        out=args.out, ranks=args.ranks, on_bad=args.on_bad,
+        out=args.out, ranks=args.ranks, on_bad=args.on_bad, step=step_from_args(args), checked=args.checked,
     )
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from feeding import checks
 from feeding.backends import PIPELINES, capabilities
 from feeding.checks import Shape
+from feeding.sim import is_sim
+from training.step import StepConfig
 
 MIN_MEASURE_S = 20.0  # below this budget (seconds) nothing meaningful can be measured
 ON_BAD = ("skip", "fail")
@@ -31,8 +33,8 @@ class TuneConfig:
     pipelines: tuple[str, ...] = LOCAL_PIPELINES
     workers_max: int = field(default_factory=lambda: 2 * _host_cores())
     batches: tuple[int, ...] | None = None  # default: (32,) on the CPU, (64, 128, 256) on a GPU
-    feed_batches: int = 4  # batches per timed window on the feed side
-    consume_steps: int = 2
+    feed_batches: int = 8  # batches per timed window on the feed side (at least the read-ahead)
+    consume_steps: int = 4  # timed training steps per consumption point
     e2e_batches: int = 8
     e2e_min_s: float = 3.0  # and at least this long: 8 batches at GPU rates is a fraction of a second
     exhaustive: bool = False
@@ -41,6 +43,8 @@ class TuneConfig:
     seed: int = 0
     ranks: int = 1  # training processes on this host (torchrun --nproc-per-node): they share its cores
     on_bad: str = "skip"  # a bad listing row or unreadable file: "skip" (left out, reported) or "fail"
+    step: StepConfig | None = None  # the training step measured (training.step); None: the device's defaults
+    checked: int = 3  # the best predicted setups checked end to end with the real loop; the pick is the fastest
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -52,10 +56,13 @@ class TuneConfig:
         if self.budget_s < MIN_MEASURE_S:
             raise ValueError(f"--budget-s {self.budget_s:g} is too small to measure anything; give at least "
                              f"{MIN_MEASURE_S:g} s (300 s gives a full search on 2 cores)")
-        checks.device("--device", self.device)
+        checks.device("--device", self.device, simulated=True)
+        if self.step is None:
+            object.__setattr__(self, "step", StepConfig.for_device(self.device))
         if self.batches is None:
-            # On the CPU a step's cost per image hardly depends on the batch; on a GPU it does.
-            object.__setattr__(self, "batches", (32,) if self.on_cpu else (64, 128, 256))
+            # On the CPU a step's cost per image hardly depends on the batch; on a GPU it does
+            # (the simulated device's does not: one batch size measures it).
+            object.__setattr__(self, "batches", (32,) if self.on_cpu else (64,) if self.simulated else (64, 128, 256))
         if not self.batches:
             raise ValueError("--batches needs at least one batch size")
         for batch in self.batches:
@@ -71,6 +78,21 @@ class TuneConfig:
         checks.count("--e2e-batches", self.e2e_batches)
         checks.number("--e2e-min-s", self.e2e_min_s, minimum=0)
         checks.choice("--on-bad", self.on_bad, ON_BAD)
+        checks.count("--checked", self.checked)
+        if self.simulated:
+            self._check_simulated_rate()
+
+    def _check_simulated_rate(self) -> None:
+        """A simulated device so slow that its own steps outlast the budget cannot be measured against."""
+        from feeding.sim import SimSpec
+
+        spec, batch, size = SimSpec.parse(self.device), max(self.batches), max(self.sizes, key=lambda s: s[0] * s[1])
+        steps = 1 + self.consume_steps + self.e2e_batches * self.checked  # warm-up, timed, end-to-end checks
+        needed = steps * spec.step_seconds(batch, size)
+        if needed > self.budget_s:
+            raise ValueError(f"{self.device} trains a batch of {batch} at {size[0]}x{size[1]} in "
+                             f"{spec.step_seconds(batch, size):.1f} s: its {steps} measured steps need "
+                             f"{needed:.0f} s, more than the {self.budget_s:g} s budget; raise --budget-s or R")
 
     @property
     def cores(self) -> int:
@@ -80,6 +102,11 @@ class TuneConfig:
     @property
     def on_cpu(self) -> bool:
         return self.device == "cpu"
+
+    @property
+    def simulated(self) -> bool:
+        """``sim:R``: the simulated accelerator (feeding.sim)."""
+        return is_sim(self.device)
 
     @property
     def gpu_reserve_bytes(self) -> int:

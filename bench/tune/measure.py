@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 from bench.tune.config import TuneConfig
-from bench.tune.forecast import Prediction, Setup, consume_threads, forecast
+from bench.tune.forecast import ConsumePoint, FeedPoint, Prediction, Setup, consume_threads, forecast
 from feeding.backends import capabilities
 from feeding.checks import Shape
-from feeding.errors import BadFile, FeedError
+from feeding.errors import BadFile
 from feeding.feeder import FeedConfig
 from feeding.spec import train_spec
 
@@ -29,8 +29,8 @@ class Measurer:
         self.samples = samples
         self.progress = progress
         self.started = time.perf_counter()
-        self.feed: dict[tuple[str, int, Shape, int], float] = {}  # (pipeline, workers, size, batch): img/s
-        self.consume: dict[tuple[Shape, int, int], float] = {}  # (size, batch, threads): img/s
+        self.feed: dict[tuple[str, int, Shape, int], FeedPoint] = {}  # by (pipeline, workers, size, batch)
+        self.consume: dict[tuple[Shape, int, int], ConsumePoint] = {}  # by (size, batch, threads)
         self.largest: dict[Shape, int] = {}
         self.log: list[dict] = []
         self.skipped: dict[str, BadFile] = {}  # by path: every feeder of the run left out the same files
@@ -43,16 +43,20 @@ class Measurer:
         if self.remaining_s() <= 0:
             raise BudgetExceeded(f"the {self.config.budget_s:g} s budget is spent")
 
-    def feed_rate(self, pipeline: str, workers: int, size: Shape, batch: int) -> float:
-        """What the loader delivers alone, img/s."""
+    def feed_rate(self, pipeline: str, workers: int, size: Shape, batch: int) -> FeedPoint:
+        """What the loader delivers to the device, with a consumer that does nothing (img/s), and
+        the CPU it takes."""
         key = (pipeline, workers, size, batch)
         if key not in self.feed:
             self.check_budget()
             self.feed[key], skipped = self._run(feed_point, self.samples, self._feed_config(*key),
-                                                self.config.feed_batches)
+                                                self.config.feed_batches, self.config.device,
+                                                self.threads_for(workers), self.config.step.channels_last)
             self.note_skipped(skipped)
             self.log.append({"side": "feed", "pipeline": pipeline, "workers": workers, "size": list(size),
-                             "batch": batch, "images_per_sec": self.feed[key]})
+                             "batch": batch, "images_per_sec": self.feed[key].ips,
+                             "host_ms_per_batch": 1000 * self.feed[key].host_s_per_batch,
+                             "loader_cpu_ms_per_image": 1000 * self.feed[key].loader_cpu_s_per_image})
             self.progress.update(1)
         return self.feed[key]
 
@@ -72,49 +76,63 @@ class Measurer:
 
         return in_fresh_process(func, *args)
 
-    def consume_rate(self, size: Shape, batch: int, threads: int) -> float:
-        """Model img/s; ``threads`` 0 means 'leave torch's setting' (the GPU case)."""
+    def consume_rate(self, size: Shape, batch: int, threads: int) -> ConsumePoint:
+        """The model side: img/s of the training step (the one training.fit runs), and the host's
+        share of it; ``threads`` 0 means 'leave torch's setting' (a GPU, the simulated device)."""
         key = (size, batch, threads)
         if key not in self.consume:
             self.check_budget()
-            from bench.consume import ConsumeConfig
-
-            config = ConsumeConfig(model=self.config.model, device=self.config.device, batch_size=batch,
-                                   size=size, warmup=1, steps=self.config.consume_steps,
-                                   threads=threads or None)
+            config = self.consume_config(size, batch, threads)
             self.consume[key] = self._run(consume_point, config)
             self.log.append({"side": "consume", "size": list(size), "batch": batch, "threads": threads,
-                             "images_per_sec": self.consume[key]})
+                             "images_per_sec": self.consume[key].ips,
+                             "host_ms_per_step": 1000 * self.consume[key].host_s_per_step})
             self.progress.update(1)
         return self.consume[key]
 
+    def consume_config(self, size: Shape, batch: int, threads: int):
+        return self.consume_config_for(self.config, len(self.samples.classes), size, batch, threads)
+
+    @staticmethod
+    def consume_config_for(config: TuneConfig, classes: int, size: Shape, batch: int, threads: int):
+        """The model side the tuner measures: the run's model, device and step (``config.step``)."""
+        from bench.consume import ConsumeConfig
+
+        return ConsumeConfig(model=config.model, device=config.device, batch_size=batch, size=size,
+                             num_classes=classes, warmup=1, steps=config.consume_steps, threads=threads or None,
+                             step=config.step)
+
     def fitting_batches(self, size: Shape) -> tuple[int, ...]:
         """The candidate batches that fit on the GPU at ``size`` (all of them on the CPU)."""
-        if self.config.on_cpu:
+        if self.config.on_cpu or self.config.simulated:  # no device memory to run out of
             return self.config.batches
         if size not in self.largest:
             self.check_budget()
-            from bench.consume import ConsumeConfig, largest_batch
+            from bench.capacity import largest_batch
 
-            probe = ConsumeConfig(model=self.config.model, device=self.config.device, size=size, warmup=0, steps=1)
-            self.largest[size], log = largest_batch(probe, start=16, limit=max(self.config.batches),
-                                                    reserve_bytes=self.config.gpu_reserve_bytes)
-            self.log.append({"side": "largest_batch", "size": list(size), "batch": self.largest[size], "probes": log})
+            probe = self.consume_config(size, 16, 0)
+            fit = largest_batch(probe, start=16, limit=max(self.config.batches),
+                                reserve_bytes=self.config.gpu_reserve_bytes)
+            self.largest[size] = fit.batch
+            self.log.append({"side": "largest_batch", "size": list(size), "batch": fit.batch, "largest": fit.largest,
+                             "margin_applied": fit.margin_applied, "sentence": fit.sentence, "probes": fit.probes})
         fitting = tuple(b for b in self.config.batches if b <= self.largest[size])
         return fitting or (self.largest[size],)
 
+    def measured_workers(self, pipeline: str, size: Shape, batch: int) -> set[int]:
+        """The worker counts whose feed of ``pipeline`` at ``size`` and ``batch`` is measured already."""
+        return {w for (name, w, s, b) in self.feed if (name, s, b) == (pipeline, size, batch)}
+
     def threads_for(self, workers: int) -> int:
         """The model's torch threads beside ``workers`` loader workers (0 on a GPU: torch's own)."""
-        return consume_threads(workers, self.config.cores, self.config.on_cpu)
+        return consume_threads(workers, self.config.cores, self.config.device)
 
     def prediction(self, setup: Setup) -> Prediction:
         """The setup's feed and consumption, measured where not yet, and the forecast from them."""
         feed = self.feed_rate(setup.pipeline, setup.workers, setup.size, setup.batch)
         threads = self.threads_for(setup.workers)
-        consume = {threads: self.consume_rate(setup.size, setup.batch, threads)}
-        predicted, consume_ips, model_threads = forecast(feed, consume, setup.workers, self.config.cores,
-                                                         self.config.on_cpu)
-        return Prediction(setup, feed, consume_ips, predicted, model_threads)
+        consume = self.consume_rate(setup.size, setup.batch, threads)
+        return forecast(feed, consume, setup, self.config.cores, self.config.on_cpu, threads)
 
     def measured_predictions(self) -> list[Prediction]:
         """Predictions for the feed points whose model side was measured too (after an early stop).
@@ -126,23 +144,43 @@ class Measurer:
                 if (size, batch, self.threads_for(workers)) in self.consume]
 
 
-def feed_point(samples, config: FeedConfig, batches: int) -> tuple[float, tuple[BadFile, ...]]:
-    """(img/s of one feeder configuration over its timed windows, the files it left out); module
-    level: it may run in a fresh process. The total, not the windows' median: the ray pipeline's
-    windows of a few batches alternate between bursts and waits (bench.measure.FeedMeasurement)."""
-    from bench.measure import measure_feeder
+def measurement_device(device: str):
+    """What the device step targets for ``device``: the name, or a new simulated accelerator."""
+    from feeding.sim import SimAccelerator, SimSpec, is_sim
+
+    return SimAccelerator(SimSpec.parse(device)) if is_sim(device) else device
+
+
+def feed_point(samples, config: FeedConfig, batches: int, device: str = "cpu", threads: int | None = None,
+               channels_last: bool = False) -> tuple[FeedPoint, tuple[BadFile, ...]]:
+    """(one loader setup's feed to ``device`` with a consumer that does nothing, the files it left out);
+    module level: it may run in a fresh process. The rate is the total over the timed windows, not
+    their median: the ray pipeline's windows alternate between bursts and waits."""
+    from bench.measure import measure_feed_to_device
     from feeding.factory import create_feeder
 
-    with create_feeder(samples, config) as feeder:
-        ips = measure_feeder(feeder, batches, repeats=2, warmup=1).overall_images_per_sec
-        return ips, tuple(feeder.skipped)
+    from training.step import StepConfig, step_settings
+
+    target = measurement_device(device)
+    try:  # with the training process's torch threads: its copies share the cores with the workers
+        with step_settings(StepConfig(), torch_device(device), threads), create_feeder(samples, config) as feeder:
+            measured = measure_feed_to_device(feeder, target, batches, repeats=2, warmup=1,
+                                              channels_last=channels_last)
+            skipped = tuple(feeder.skipped)
+    finally:
+        if not isinstance(target, str):
+            target.close()
+    per_batch = measured.main_thread_cpu_s / max(1, measured.batches)
+    loader = max(0.0, measured.process_cpu_s - measured.main_thread_cpu_s) / max(1, measured.images)
+    return FeedPoint(measured.overall_images_per_sec, per_batch, loader), skipped
 
 
-def consume_point(config) -> float:
-    """Median img/s of one model-side configuration (module level, as feed_point)."""
+def consume_point(config) -> ConsumePoint:
+    """The model side of one configuration (module level, as feed_point)."""
     from bench.consume import measure_consumption
 
-    return measure_consumption(config).images_per_sec.median
+    measured = measure_consumption(config)
+    return ConsumePoint(measured.images_per_sec.median, measured.host_ms_per_step / 1000, measured.cpu_s_per_image)
 
 
 def shape_profile(measurer: Measurer, pick: Setup) -> list[Prediction]:
@@ -163,81 +201,67 @@ def shape_profile(measurer: Measurer, pick: Setup) -> list[Prediction]:
 
 
 def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> tuple[dict, list[BadFile]]:
-    """The real feeder feeding the real training step: measured img/s and the data-wait fraction,
-    and the files that feeder left out.
+    """The real loop (``training.engine.run_epoch``, the step ``training.fit`` runs) on the real
+    feeder through the device step: measured img/s and the data-wait fraction, and the files that
+    feeder left out.
 
-    Waiting is the time from asking for a batch to having it on the device;
-    training is the step itself (synchronized on CUDA). The first batches of
-    the epoch (worker start-up) and one warm-up step are not counted.
+    At least ``e2e_batches`` batches and ``e2e_min_s`` seconds are timed, after warm-up batches
+    that outlast the read-ahead (batches the workers made while the first step warmed up would
+    otherwise arrive at once). Epochs roll over as in training: their ends count, a run pays them too.
     """
-    import torch
-
-    from bench.consume import ConsumeConfig, prepare_model
-    from feeding.device import DeviceFeeder, synchronizer
+    from bench.consume import training_step
+    from feeding.device import DeviceFeeder
     from feeding.factory import create_feeder
-    from training.models import build_model
+    from training.step import step_settings
 
     c = best.setup
-    consume = ConsumeConfig(model=config.model, device=config.device, batch_size=c.batch, size=c.size,
-                            num_classes=len(samples.classes), threads=best.model_threads).resolved()
+    threads = consume_threads(c.workers, config.cores, config.device)
+    consume = Measurer.consume_config_for(config, len(samples.classes), c.size, c.batch, threads).resolved()
     decode_device = capabilities(c.pipeline).decode_device(config.device)
     feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=c.workers, spec=train_spec(c.size),
                       seed=config.seed, drop_last=True, decode_device=decode_device, on_bad=config.on_bad)
-    previous_threads = torch.get_num_threads()
-    if best.model_threads:
-        torch.set_num_threads(best.model_threads)
-    try:
-        model, optimizer = prepare_model(build_model(config.model, len(samples.classes)), consume)
-        sync = synchronizer(torch.device(config.device))
-        with create_feeder(samples, feed) as feeder:
-            device_feeder = DeviceFeeder(feeder, config.device, channels_last=consume.channels_last)
-            waits, steps, images = timed_training(device_feeder, model, optimizer, consume.amp, sync,
-                                                  config.e2e_batches, config.e2e_min_s)
-            skipped, notes = list(feeder.skipped), list(feeder.notes)
-    finally:
-        torch.set_num_threads(previous_threads)
-    total = sum(waits) + sum(steps)
-    return {"measured_ips": images / total, "data_wait_fraction": sum(waits) / total,
-            "batches": len(steps), "wait_s": sum(waits), "train_s": sum(steps),
-            "model_threads": best.model_threads, "decode_device": decode_device, "notes": notes}, skipped
+    step_device = torch_device(config.device)
+    with step_settings(consume.step, step_device, threads):
+        step = training_step(consume)
+        target = step.accelerator if config.simulated else config.device
+        try:
+            with create_feeder(samples, feed) as feeder:
+                delivered = DeviceFeeder(feeder, target, channels_last=consume.step.channels_last)
+                timing = timed_training(step, delivered, config.e2e_batches, config.e2e_min_s)
+                skipped, notes = list(feeder.skipped), list(feeder.notes)
+        finally:
+            if config.simulated:
+                step.accelerator.close()
+    return {**timing, "model_threads": threads, "decode_device": decode_device, "notes": notes,
+            "step": consume.step.to_dict()}, skipped
 
 
-def timed_training(device_feeder, model, optimizer, amp: bool, sync, batches: int,
-                   min_s: float = 0.0) -> tuple[list[float], list[float], int]:
-    """(wait seconds, step seconds, images) for at least ``batches`` steps and ``min_s`` seconds,
-    after one warm-up step.
+def torch_device(device: str):
+    """The torch device a step's tensors live on: the simulated accelerator's are host memory."""
+    import torch
 
-    Epochs roll over as in training, and the stall at each new epoch counts:
-    a training run pays it too.
-    """
-    from bench.consume import train_step
+    from feeding.sim import is_sim
 
-    waits, steps, images, warm = [], [], 0, False
+    return torch.device("cpu" if is_sim(device) else device)
 
-    def enough() -> bool:
-        return len(steps) >= batches and sum(waits) + sum(steps) >= min_s
 
-    while not enough():
-        delivered = False
-        clock = time.perf_counter()
-        for batch_images, labels in device_feeder:
-            sync()
-            got = time.perf_counter()
-            train_step(model, optimizer, batch_images, labels, amp)
-            sync()
-            done = time.perf_counter()
-            delivered = True
-            if warm:
-                waits.append(got - clock)
-                steps.append(done - got)
-                images += len(labels)
-            warm = True
-            if enough():
-                break
-            clock = time.perf_counter()
-        if not delivered:
-            raise FeedError("the feeder delivered no batch for the end-to-end check (too few images?)")
-    return waits, steps, images
+def timed_training(step, delivered, batches: int, min_s: float) -> dict:
+    """Epochs of ``run_epoch`` until ``batches`` batches and ``min_s`` seconds are timed after the
+    warm-up (the first batch and the read-ahead); the measured img/s and data-wait fraction."""
+    from training.engine import run_epoch
+
+    warm = 1 + getattr(delivered, "pipeline_depth", 0)
+    ends: list[tuple[int, float]] = []  # (images, when the batch was done)
+    wait_s = seconds = 0.0
+    epoch = 0
+    while len(ends) < warm + batches or (len(ends) > warm and ends[-1][1] - ends[warm][1] < min_s):
+        stats = run_epoch(step, delivered, epoch, on_batch_done=lambda n, t: ends.append((n, t)))
+        wait_s, seconds, epoch = wait_s + stats.data_wait_s, seconds + stats.seconds, epoch + 1
+    timed = ends[warm + 1:]  # each batch's interval from the end of the one before it
+    elapsed = timed[-1][1] - ends[warm][1]
+    images = sum(n for n, _ in timed)
+    return {"measured_ips": images / elapsed, "data_wait_fraction": wait_s / seconds if seconds else 0.0,
+            "batches": len(timed), "seconds": elapsed, "epochs": epoch}
 
 
 def loader_stage(config: TuneConfig, samples, best: Prediction) -> str:

@@ -73,6 +73,8 @@ def recommendation_markdown(record: dict, command: str, next_step: str | None = 
         *([f"- {line}" for line in dropped_lines(record)] or ["- none: only the pick's pipeline was tried"]),
         *skipped_lines(record, heading=True),
         "",
+        *checked_table(record),
+        "",
         *_ranked_table(record),
         "",
         *_shape_table(record),
@@ -98,11 +100,39 @@ def _recommendation_lines(record: dict, next_step: str | None) -> list[str]:
         f"- end to end (real feeder + real training step, {end_to_end['batches']} batches): "
         f"**{record['measured_ips']:.1f} img/s**, data wait {100 * record['data_wait_fraction']:.1f}% "
         f"({100 * record['prediction_error']:+.1f}% against the prediction)",
-        f"- bottleneck: {record['bottleneck']}; the loader's slowest stage: {record['loader_bottleneck_stage']}",
+        f"- stages (img/s each could take alone): {stage_phrase(record)}; feed ceiling of this host "
+        f"{record['feed_ceiling_ips']:.1f} img/s (the most any measured loader delivered to the device)",
+        f"- bottleneck: {record['bottleneck']}",
+        f"- step: {step_phrase(record['step'])}",
         f"- {record['verdict']}",
         *([f"- next: `{next_step}`"] if next_step else []),
         *[f"- note: {note}" for note in end_to_end.get("notes", ())],
     ]
+
+
+def stage_phrase(record: dict) -> str:
+    """'input 837, host 23601, model 990, cores 851' (img/s)."""
+    return ", ".join(f"{name} {ips:.0f}" for name, ips in record["stages"].items())
+
+
+def step_phrase(step: dict) -> str:
+    """'adamw, bf16, channels_last, cudnn.benchmark, accumulation 1, loss read every 1 batch(es)'."""
+    flags = [name for name, on in (("bf16", step["amp"]), ("channels_last", step["channels_last"]),
+                                   ("cudnn.benchmark", step["cudnn_benchmark"])) if on]
+    return ", ".join([step["optimizer"], *(flags or ["fp32"]), f"accumulation {step['accum_steps']}",
+                      f"loss read every {step['loss_every']} batch(es)"])
+
+
+def checked_table(record: dict) -> list[str]:
+    """The setups checked end to end with the real loop: predicted against measured."""
+    lines = ["## Checked end to end (the real training loop; the pick is the fastest measured)", "",
+             "| pipeline | workers | batch | size | predicted img/s | measured img/s | error | bound by |",
+             "|---|---:|---:|---|---:|---:|---:|---|"]
+    for r in record["checked"]:
+        error = r["measured_ips"] / r["predicted_ips"] - 1
+        lines.append(f"| {r['pipeline']} | {r['workers']} | {r['batch']} | {r['size'][0]}x{r['size'][1]} | "
+                     f"{r['predicted_ips']:.1f} | {r['measured_ips']:.1f} | {100 * error:+.1f}% | {r['bottleneck']} |")
+    return lines
 
 
 def _ranked_table(record: dict, shown: int = 25) -> list[str]:

@@ -39,11 +39,12 @@ def climb_workers(measurer: Measurer, pipeline: str, size: Shape, batch: int, le
     """(workers, feed img/s) with the best feed for ``pipeline``: climb its worker ladder while it pays."""
     best_w, best_ips = -1, 0.0
     for w in capabilities(pipeline).worker_ladder(measurer.config.workers_max, measurer.config.on_cpu):
-        ips = measurer.feed_rate(pipeline, w, size, batch)
-        if best_w >= 0 and ips < best_ips * CLIMB_GAIN and w > 1:
-            break
-        if ips > best_ips:
+        ips = measurer.feed_rate(pipeline, w, size, batch).ips
+        paid = best_w < 0 or ips >= best_ips * CLIMB_GAIN
+        if ips > best_ips:  # the best measured, even where the gain is too small to climb on
             best_w, best_ips = w, ips
+        if not paid and w > 1:
+            break
         if w >= 1 and leader_ips and best_ips < PRUNE_RATIO * leader_ips and w >= 2:
             break  # far behind the leader: stop spending budget on it
     return best_w, best_ips
@@ -81,19 +82,21 @@ def search(measurer: Measurer, log: SearchLog) -> list[Prediction]:
     predictions: list[Prediction] = []
     for size in sizes:
         for name in survivors:
-            for workers in _workers_to_try(name, log.climbs[name][0], cfg.on_cpu):
-                for batch in measurer.fitting_batches(size):
+            for batch in measurer.fitting_batches(size):
+                for workers in _workers_to_try(name, log.climbs[name][0], cfg.on_cpu, measurer.measured_workers(
+                        name, size, batch)):
                     predictions.append(measurer.prediction(Setup(name, workers, batch, size)))
         if rank(predictions)[0].bottleneck == "model":
             break  # the feed keeps up at this shape: no smaller one can be picked (see pick_shape)
     return rank(predictions)
 
 
-def _workers_to_try(pipeline: str, climbed: int, on_cpu: bool) -> list[int]:
-    """The climb's best worker count and, on the CPU, the fewest the pipeline runs with and 1:
-    fewer workers leave the model more cores."""
+def _workers_to_try(pipeline: str, climbed: int, on_cpu: bool, measured: set[int]) -> list[int]:
+    """The climb's best worker count, every count whose feed is already measured at this shape and
+    batch (no new measurement: more setups for the end-to-end checks to choose from), and on the
+    CPU the fewest the pipeline runs with and 1: fewer workers leave the model more cores."""
     fewer = {capabilities(pipeline).fewest_workers(on_cpu), 1} if on_cpu else set()
-    return sorted({climbed, *fewer})
+    return sorted({climbed, *fewer, *measured})
 
 
 def exhaustive(measurer: Measurer) -> list[Prediction]:

@@ -71,7 +71,8 @@ def _describe(bad: list[BadFile], limit: int = 3) -> str:
 
 
 class DaliFeeder(Feeder):
-    """A Feeder backed by one DALI pipeline; images on the GPU when ``decode_device`` is CUDA."""
+    """A Feeder backed by one DALI pipeline; images on the GPU when ``decode_device`` is CUDA, as
+    (N, 3, H, W) uint8 views of DALI's HWC buffers (``channels_last_view``)."""
 
     def __init__(self, samples: Samples, config: FeedConfig) -> None:
         check_decode_device(config)  # before the scan: a GPU that is not there is not worth scanning for
@@ -149,9 +150,7 @@ class DaliFeeder(Feeder):
                 self._release()
                 raise self._explained(error) from error.with_traceback(None)
             out = outputs[0]
-            # exec_dynamic hands out tensors that own their memory (DLPack), not
-            # views of a buffer DALI reuses, so no copy is needed.
-            yield out["images"], out["labels"].reshape(-1).to(torch.int64)
+            yield channels_last_view(out["images"]), out["labels"].reshape(-1).to(torch.int64)
         self._mid_epoch = False
         self._pipeline_epoch += 1
 
@@ -234,6 +233,20 @@ class DaliFeeder(Feeder):
 
     def close(self) -> None:
         self._release()
+
+
+def channels_last_view(images: torch.Tensor) -> torch.Tensor:
+    """DALI's (N, H, W, 3) uint8 batch as (N, 3, H, W) in channels_last memory: a view, no copy (as the
+    host pipelines deliver theirs; feeding.backends.host).
+
+    With exec_dynamic, DALI's iterator hands out its output buffers by DLPack, without a copy. Each
+    tensor holds a reference to its buffer (DLPack's shared ownership), and DALI reuses the buffer
+    only once that reference is gone, so a batch kept by the caller stays intact. On the GPU,
+    ``torch.from_dlpack`` makes the stream current at ``next()`` wait for DALI's work on the batch;
+    a reader on another stream must be ordered after it and hold the tensor until its reads are done,
+    as ``feeding.device.DeviceFeeder`` does.
+    """
+    return images.permute(0, 3, 1, 2)
 
 
 def check_decode_device(config: FeedConfig) -> None:

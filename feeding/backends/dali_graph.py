@@ -12,6 +12,11 @@ Decode-time downscale: DALI's decoders have no reduced-scale (libjpeg
 and resizes (antialiased) afterwards. Only region-of-interest decoding exists:
 a first step that has a DALI decode form (``Op.dali_decode``: RandomResizedCrop)
 decodes just its window.
+
+Layout: the graph ends in HWC, the layout the decoder and every op work in. The
+feeder exposes each batch as an (N, 3, H, W) view of that memory, channels_last
+in torch's terms, as the host pipelines deliver theirs: no transpose here that
+a channels_last model would undo on the device.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ OUTPUTS = ("images", "labels")
 
 
 def process_images(encoded, steps: tuple[Op, ...], decoder: str):
-    """Decode and run the plan's steps; uint8 CHW out. The ops run where the decoder puts the pixels."""
+    """Decode and run the plan's steps; uint8 HWC out. The ops run where the decoder puts the pixels."""
     device = "gpu" if decoder == "mixed" else "cpu"
     images = steps[0].dali_decode(encoded, decoder, device)
     if images is None:
@@ -48,11 +53,12 @@ def process_images(encoded, steps: tuple[Op, ...], decoder: str):
     if mirror is None:
         mirror = 0
     else:
-        steps = steps[:-1]  # a flip at the end folds into the layout change below (one pass, not two)
+        steps = steps[:-1]  # a flip at the end folds into the uint8 pass below (one pass, not two)
     for op in steps:
         images = op.dali(images, device)
-    # No mean/std: stays uint8 (Normalize runs on the device after transfer).
-    return fn.crop_mirror_normalize(images, device=device, dtype=types.UINT8, output_layout="CHW", mirror=mirror)
+    # No mean/std: stays uint8 (Normalize runs on the device after transfer). HWC in and out: a flip
+    # and the cast to uint8 in one pass, no transpose (see the module docstring).
+    return fn.crop_mirror_normalize(images, device=device, dtype=types.UINT8, output_layout="HWC", mirror=mirror)
 
 
 @pipeline_def

@@ -1,0 +1,75 @@
+"""The tuner's answer against the real loop, on the simulated accelerator: input-bound and model-bound.
+
+``sim:R`` trains R img/s at 224x224 on its own thread (no core, no GIL), so on this small machine
+the feed can be made the bottleneck (R far above what the loader delivers) or the model (R far
+below), and the tuner must say which, and predict the rate the real training loop then measures.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.tune import tune_main
+from feeding.sim import SimSpec
+
+SIZE = 64  # pixels: cheap to feed, so a run takes seconds
+BOUND = 0.20  # |measured / predicted - 1|: the issue's 15%, with room for a shared CI machine
+COMMON = ["--sizes", str(SIZE), "--batches", "16", "--pipelines", "albumentations", "--workers-max", "2",
+          "--budget-s", "30", "--checked", "2", "--e2e-min-s", "1.5", "--e2e-batches", "8"]
+
+
+def _tune(sample_dir, tmp_path, device: str) -> dict:
+    out = tmp_path / device.replace(":", "-")
+    assert tune_main(["--data", str(sample_dir), "--device", device, "--out", str(out), *COMMON]) == 0
+    return json.loads((out / "recommendation.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def feed_ceiling(sample_dir, tmp_path_factory) -> float:
+    """The most img/s the loader delivers to the device here: the feed against a device no feed keeps up with."""
+    record = _tune(sample_dir, tmp_path_factory.mktemp("ceiling"), "sim:1000000")
+    assert record["bottleneck_stage"] == "input"
+    return record["feed_ceiling_ips"]
+
+
+def _rate_at_size(ceiling: float, multiple: float) -> int:
+    """R (img/s at 224x224) that trains ``multiple`` x the ceiling at SIZE."""
+    return round(multiple * ceiling * SIZE * SIZE / (224 * 224))
+
+
+# 0.35, not 0.5: on 2 cores one worker feeds about half the ceiling, so at 0.5 a 1-worker pick is balanced
+@pytest.mark.parametrize("multiple, bound", [(2.0, "input"), (0.35, "model")])
+def test_the_named_bottleneck_and_the_predicted_rate_hold_end_to_end(multiple, bound, feed_ceiling, sample_dir,
+                                                                    tmp_path):
+    record = _tune(sample_dir, tmp_path, f"sim:{_rate_at_size(feed_ceiling, multiple)}")
+    assert record["bottleneck_stage"] == bound, record["verdict"]
+    assert abs(record["measured_ips"] / record["predicted_ips"] - 1) <= BOUND, (
+        record["predicted_ips"], record["measured_ips"])
+    # The regime was reached: the loop trained at the feed's rate (input-bound) or the device's (model-bound).
+    expected = feed_ceiling if bound == "input" else multiple * feed_ceiling
+    assert record["measured_ips"] == pytest.approx(expected, rel=0.3)
+    if bound == "input":  # the model waits for its input, as named
+        assert record["data_wait_fraction"] > 0.2
+    else:
+        assert record["data_wait_fraction"] < 0.2
+    assert record["step"]["optimizer"] == "adamw" and record["checked"]
+
+
+def test_the_simulated_device_is_asynchronous_and_scales_with_pixels():
+    from feeding.sim import SimAccelerator
+
+    device = SimAccelerator(SimSpec(rate=1000.0, launch_s=0.0))
+    try:
+        import time
+
+        started = time.perf_counter()
+        tickets = [device.launch(50, (224, 224)) for _ in range(4)]  # 4 steps of 50 ms, enqueued
+        enqueued = time.perf_counter() - started
+        device.wait(tickets[-1])
+        finished = time.perf_counter() - started
+    finally:
+        device.close()
+    assert enqueued < 0.5 * finished  # the host went on while the device worked
+    assert finished == pytest.approx(0.2, rel=0.5)
+    assert SimSpec(1000.0).step_seconds(50, (448, 448)) == pytest.approx(0.2)
