@@ -45,9 +45,14 @@ def main(rounds: int, out_dir: Path) -> Path:
             for name in order:
                 rates[name].append(run(RUNS[name], Path(scratch)))
                 print(f"round {number + 1}: {name}: {rates[name][-1]:.0f} img/s", file=sys.stderr)
+    from bench.provenance import provenance
+
+    made = provenance()
     lines = [f"# `feedbench --pipeline ray` against the torch DataLoader, {os.cpu_count()} cores", "",
              f"`python scripts/ray_vs_dataloader.py {rounds}`: sample data, 224x224, batch 64, "
-             f"{rounds} alternating rounds; img/s = timed images / timed seconds of each run.", "",
+             f"{rounds} alternating rounds; img/s = timed images / timed seconds of each run.  ",
+             f"Machine: {made['machine']['cpu']}, {made['machine']['cores']} cores; commit {made['commit']['id']} "
+             f"(dirty: {made['commit']['dirty']}), {made['created']}", "",
              "| pipeline | median img/s | min | max | rounds |", "|---|---:|---:|---:|---|"]
     for name, values in rates.items():
         lines.append(f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} | "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every figure in results/ on this machine (about 50 minutes on 2 cores).
+# Regenerate every figure in results/ on this machine (about 70 minutes on 2 cores).
 # Run with nothing else busy: the figures are rates, and a shared CPU lowers them.
 #   bash scripts/results.sh            (after `make venv`)
 set -euo pipefail
@@ -14,9 +14,14 @@ for pipeline in pil albumentations; do
 done
 "$FB" --pipeline dali --batch 64 --workers 2 --json "$OUT/feed-dali-w2-b64-224x224.json"
 "$FB" --pipeline dali --batch 64 --workers 8 --json "$OUT/feed-dali-w8-b64-224x224.json"   # = make bench
+raw=$(mktemp --suffix .json)
+.venv/bin/python -m pytest tests/benchmarks --benchmark-only -q -p no:cacheprovider --benchmark-json "$raw"
+.venv/bin/python scripts/benchmarks_table.py "$raw" "$OUT" && rm -f "$raw"   # one group per technique
 "$FB" data inspect "$sample" --out "$OUT"
 "$FB" compare --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
 .venv/bin/python scripts/ray_vs_dataloader.py 5 "$OUT"   # needs the ray extra (make venv installs it)
-.venv/bin/python scripts/verdict_regimes.py "$OUT"   # predicted against measured, sim:R and a CPU model (~25 min)
+.venv/bin/python scripts/verdict_regimes.py "$OUT"   # predicted against measured, sim:R and a CPU model (~20 min)
+# Not here: results/gpu/ and results/executors-h100-16c.md need a lent GPU machine
+# (bash scripts/gpu_check.sh there; scripts/executors_e2e.py).

@@ -1,0 +1,66 @@
+"""The scripts that turn measurements into results/ tables: scripts/benchmarks_table.py, and the
+regime rows of scripts/verdict_regimes.py."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _bench(group, name, median):
+    stats = {"min": median * 0.9, "median": median, "mean": median, "max": median * 1.2, "stddev": 0.0,
+             "rounds": 7}
+    return {"group": group, "name": name, "stats": stats}
+
+
+def test_benchmark_table_sorts_each_group_and_gives_ratios_to_its_fastest(tmp_path):
+    table = _script("benchmarks_table")
+    raw = {"benchmarks": [_bench("decode", "test_decode[pil]", 2e-3), _bench("decode", "test_decode[turbo]", 1e-3),
+                          _bench("warp", "test_warp[rgbx]", 112e-6)],
+           "machine_info": {"node": "a-host-name"}}
+    path = tmp_path / "raw.json"
+    path.write_text(json.dumps(raw))
+    assert table.main([str(path), str(tmp_path)]) == 0
+    md = next(tmp_path.glob("benchmarks-*c.md")).read_text()
+    decode_lines = [line for line in md.splitlines() if line.startswith("| decode |")]
+    assert "test_decode[turbo]" in decode_lines[0] and "| 1.00 |" in decode_lines[0]
+    assert "test_decode[pil]" in decode_lines[1] and "| 2.00 |" in decode_lines[1] and "2 ms" in decode_lines[1]
+    assert "112 µs" in md
+    written = json.loads(next(tmp_path.glob("benchmarks-*c.json")).read_text())
+    assert "a-host-name" not in json.dumps(written) and written["commit"]["id"]
+    assert [b["name"] for b in written["benchmarks"]] == [b["name"] for b in raw["benchmarks"]]
+
+
+def test_benchmark_table_refuses_a_file_without_benchmarks(tmp_path, capsys):
+    path = tmp_path / "raw.json"
+    path.write_text(json.dumps({"benchmarks": []}))
+    assert _script("benchmarks_table").main([str(path), str(tmp_path)]) == 1
+    assert "--benchmark-only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("multiple, named, wait, right", [
+    (0.3, "model", 0.05, True), (0.3, "input", 0.05, False),  # below the ceiling the model binds
+    (0.3, "model", 0.40, False),  # named model, but the loop waited: the regime was not reached
+    (3.0, "input", 0.60, True), (3.0, "model", 0.60, False), (1.0, "input", 0.2, True)])
+def test_a_regime_row_is_right_only_when_name_regime_and_loop_agree(multiple, named, wait, right):
+    regimes = _script("verdict_regimes")
+    record = {"bottleneck_stage": named, "data_wait_fraction": wait, "measured_ips": 90.0, "predicted_ips": 100.0,
+              "model": "resnet18", "pipeline": "albumentations", "workers": 2, "batch": 64, "size": [224, 224],
+              "stages": {}, "feed_ceiling_ips": 800.0}
+    row = regimes.row("sample", "sim:240", multiple, record)
+    assert row["right"] is right
+    assert row["error"] == pytest.approx(-0.1) and row["within_tolerance"]
