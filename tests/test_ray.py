@@ -283,3 +283,40 @@ def test_two_worker_cpu_torchtrainer_run_completes(local_ray, sample_dir, tmp_pa
         assert 0.0 <= epoch["accuracy"] <= 1.0
     assert summary["data_cpus"] == 2
     assert os.path.isfile(os.path.join(summary["checkpoint"], WEIGHTS_FILE))
+
+
+def test_ray_data_threads_are_waited_for_before_shutdown_and_stragglers_named():
+    import threading
+
+    from feeding.backends.ray import wait_for_ray_data_threads
+
+    release = threading.Event()
+    finishing = threading.Thread(target=time.sleep, args=(0.2,), name="StreamingExecutor-finishing", daemon=True)
+    stuck = threading.Thread(target=release.wait, name="StreamingExecutor-stuck", daemon=True)
+    other = threading.Thread(target=release.wait, name="someone-elses-thread", daemon=True)
+    for thread in (finishing, stuck, other):
+        thread.start()
+    try:
+        started = time.perf_counter()
+        alive = wait_for_ray_data_threads(timeout_s=0.5)
+        waited = time.perf_counter() - started
+    finally:
+        release.set()
+    assert not finishing.is_alive()  # waited for: it would have called into Ray after the shutdown
+    assert alive == ["StreamingExecutor-stuck"]  # named, not waited for without end
+    assert 0.4 < waited < 5  # the timeout bounds the wait; another library's thread is not waited for
+
+
+def test_a_fully_delivered_run_is_drained_to_its_end_not_abandoned():
+    from feeding.backends.ray import _Run
+
+    ended = []
+
+    def execution():  # Ray Data stops its block prefetcher only after the last batch (not in a finally)
+        yield from range(3)
+        ended.append("prefetcher stopped")
+
+    run = _Run(execution(), first_epoch=0, stop_epoch=1)
+    assert [next(run.batches) for _ in range(3)] == [0, 1, 2]
+    run.finish()
+    assert ended == ["prefetcher stopped"]

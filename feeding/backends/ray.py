@@ -19,7 +19,10 @@ needs feedbench installed and the files at the same paths (a shared file system)
 """
 from __future__ import annotations
 
+import gc
 import json
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -263,6 +266,14 @@ class _Run:
         if close is not None:
             close()  # stops the streaming executor and its actors now, not at garbage collection
 
+    def finish(self) -> None:
+        """Run a fully delivered execution to its end, then close it: only at its end does Ray Data
+        stop its block prefetcher's thread (ray.data block_batching.iter_batches); a closed
+        generator leaves it parked, and one woken late calls ``ray.wait`` into a Ray shut down."""
+        for _ in self.batches:  # nothing is left: every batch of every epoch was delivered
+            pass
+        self.close()
+
 
 class RayFeeder(Feeder):
     """A Feeder whose batches a Ray Data pipeline makes; local Ray or a cluster (see RayConfig)."""
@@ -332,7 +343,8 @@ class RayFeeder(Feeder):
             raise cause from error
         run.next_epoch += 1
         if run.next_epoch == run.stop_epoch:
-            self._drop_run()
+            self._run = None
+            run.finish()
 
     def _drop_run(self) -> None:
         run, self._run = self._run, None
@@ -343,5 +355,31 @@ class RayFeeder(Feeder):
         """Stop the pipeline; shut Ray down if this feeder started it (a Ray someone else started stays up)."""
         self._drop_run()
         if getattr(self, "_owns_ray", False) and ray.is_initialized():
+            wait_for_ray_data_threads()
             ray.shutdown()
             self._owns_ray = False
+
+
+# Ray Data's driver-side threads that end by themselves once their execution is over: the streaming
+# executor, its metadata fetcher, the threads of ``iter_torch_batches`` (ray.data._internal:
+# streaming_executor, metadata_fetcher, block_batching.util, util). The block prefetcher ("Prefetcher")
+# ends only when told (see _Run.finish), so it is not waited for.
+RAY_DATA_THREADS = ("StreamingExecutor-", "iter_threaded", "map_tp_", "ray-data-")
+
+
+def wait_for_ray_data_threads(timeout_s: float = 5.0) -> list[str]:
+    """Let Ray Data's driver threads finish before ``ray.shutdown()``; the names still alive after
+    ``timeout_s``.
+
+    A finished execution's executor thread still reports its stats for a moment after the last
+    batch; a thread that reaches Ray after the shutdown makes Ray end the whole process ("The core
+    worker has already been shutdown ... The process will exit", exit status 1), after the run's
+    figures were measured. Collecting garbage first shuts down the executors of abandoned
+    iterators (their ``__del__``).
+    """
+    gc.collect()
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.name.startswith(RAY_DATA_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threading.enumerate() if t.is_alive() and t.name.startswith(RAY_DATA_THREADS)]
