@@ -35,6 +35,17 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
+def display_text(text: str) -> str:
+    """``text`` with every path under the cache root or the home directory written as ``display_path``
+    writes it (``<cache>/...``, ``~/...``), wherever in the text it stands: a sentence of advice names
+    files too."""
+    from feeding.cache import cache_root
+
+    for prefix, shown in ((str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")):
+        text = text.replace(prefix + os.sep, shown + os.sep)
+    return text
+
+
 def display_path(path: str | os.PathLike) -> str:
     """A path for results: the cache root as ``<cache>``, the home directory as ``~``.
 

@@ -260,3 +260,17 @@ def test_a_manifest_typo_row_is_reported_and_copies_across_groups_are_a_leak(pet
     markdown = next(out.glob("inspect-labels-*.md")).read_text()
     assert f"{manifest}:6" in markdown and "## Images per group" in markdown and "in different groups" in markdown
     assert "people" not in markdown and "competition" not in markdown  # its wording is about the user's groups
+
+
+def test_the_report_names_files_under_the_cache_as_cache_not_as_this_machines_path(messy, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEEDBENCH_CACHE", str(messy["root"].parent))  # the data now lies in the cache
+    out = tmp_path / "results"
+    assert inspect_main([str(messy["root"]), "--out", str(out), "--workers", "0"]) == 0
+    [record] = out.glob("inspect-*.json")
+    text, markdown = record.read_text(), record.with_suffix(".md").read_text()
+    machine_dir = str(messy["root"].parent.resolve())
+    assert machine_dir not in text and machine_dir not in markdown
+    stats = json.loads(text)
+    assert all(path.startswith("<cache>/masks/") for paths in stats["thumbnails"].values() for path in paths)
+    assert stats["unreadable"][0]["path"] == "<cache>/masks/" + str(messy["truncated"].relative_to(messy["root"]))
+    assert "<cache>/masks/" in markdown

@@ -9,7 +9,7 @@ from bench.inspect_data.files import OUTLIER_FACTOR, OUTLIER_IQR, THUMBNAILS_PER
 from bench.inspect_data.labels import group_word, plural
 from bench.inspect_data.plots import figures, write_png
 from bench.provenance import provenance
-from feeding.io import write_atomic, write_json
+from feeding.io import display_text, write_atomic, write_json
 from feeding.sources import AGE_NAMES, GENDER_NAMES
 
 MARKDOWN_ROWS = 50  # longer lists are cut in the Markdown; the JSON keeps them whole
@@ -200,6 +200,17 @@ def report_tag(stats: dict) -> str:
     return f"{stats['dataset']['name']}-{stats['dataset']['images']}img"
 
 
+def with_display_paths(value):
+    """The stats with every path under the cache or the home directory written as ``<cache>/...`` or
+    ``~/...`` (``feeding.io.display_text``), in file lists and sentences alike: reports are committed and
+    must not carry this machine's directories (pure)."""
+    if isinstance(value, dict):
+        return {k: with_display_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_display_paths(v) for v in value]
+    return display_text(value) if isinstance(value, str) else value
+
+
 def write_report(stats: dict, out_dir: Path, tag: str) -> list[Path]:
     """Write ``inspect-<tag>.md``, ``.json`` (stats plus provenance) and ``-<plot>.png``, each atomically.
 
@@ -209,6 +220,7 @@ def write_report(stats: dict, out_dir: Path, tag: str) -> list[Path]:
     stem = f"inspect-{tag}"
     info = provenance()
     plots = {name: write_png(fig, out_dir / f"{stem}-{name}.png") for name, fig in figures(stats).items()}
+    stats = with_display_paths(stats)  # the plots read the files; the Markdown and JSON only name them
     record = write_json(out_dir / f"{stem}.json", {**stats, **info})
     markdown = write_atomic(out_dir / f"{stem}.md", render_markdown(stats, info, plots).encode("utf-8"))
     return [markdown, record, *plots.values()]
