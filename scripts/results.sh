@@ -23,5 +23,5 @@ raw=$(mktemp --suffix .json)
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
 .venv/bin/python scripts/ray_vs_dataloader.py 5 "$OUT"   # needs the ray extra (make venv installs it)
 .venv/bin/python scripts/verdict_regimes.py "$OUT"   # predicted against measured, sim:R and a CPU model (~20 min)
-# Not here: results/gpu/ and results/executors-h100-16c.md need a lent GPU machine
-# (bash scripts/gpu_check.sh there; scripts/executors_e2e.py).
+# Not here: results/gpu/ needs a lent GPU machine (bash scripts/gpu_check.sh there; and
+# scripts/executors_e2e.py for threads against processes on a many-core host).

@@ -278,7 +278,8 @@ def _worker_init(worker_id: int) -> None:
     get_worker_info().dataset.transform.setup_worker(in_worker=True)
 
 
-# "auto" takes threads only on small machines. Measured (results/executors-*.txt): on 2
+# "auto" takes threads only on small machines. Measured (scripts/executors_e2e.py; the 16-core run is in
+# git history at f1e425b, not in results/, as it was not made from a clean commit): on 2
 # cores, 2-3 threads deliver ~10% more than as many processes (no batch pickling or
 # shared-memory copy); on a 16-core GPU host, 8 threads deliver a quarter of what 8
 # processes do, and 4 threads halve the end-to-end rate of a CUDA training loop whose
