@@ -35,13 +35,23 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
+def write_record_and_table(stem: Path, record: dict, markdown: str) -> list[Path]:
+    """``stem``.json and ``stem``.md, each atomically, the JSON first: a table that exists has its record."""
+    return [write_json(stem.with_suffix(".json"), record), write_atomic(stem.with_suffix(".md"), markdown.encode())]
+
+
+def _shown_roots() -> tuple[tuple[str, str], ...]:
+    """The directories results show by name: the cache root as ``<cache>``, the home directory as ``~``."""
+    from feeding.cache import cache_root
+
+    return (str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")
+
+
 def display_text(text: str) -> str:
     """``text`` with every path under the cache root or the home directory written as ``display_path``
     writes it (``<cache>/...``, ``~/...``), wherever in the text it stands: a sentence of advice names
     files too."""
-    from feeding.cache import cache_root
-
-    for prefix, shown in ((str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")):
+    for prefix, shown in _shown_roots():
         text = text.replace(prefix + os.sep, shown + os.sep)
     return text
 
@@ -51,10 +61,8 @@ def display_path(path: str | os.PathLike) -> str:
 
     Results are committed; they should not carry one machine's directories.
     """
-    from feeding.cache import cache_root
-
     text = str(Path(path).resolve()) if str(path) else str(path)
-    for prefix, shown in ((str(cache_root().resolve()), "<cache>"), (str(Path.home().resolve()), "~")):
+    for prefix, shown in _shown_roots():
         if text == prefix or text.startswith(prefix + os.sep):
             return shown + text[len(prefix):]
     return text

@@ -53,7 +53,7 @@ def markdown(table: list[dict], report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.provenance import provenance
-    from feeding.io import write_atomic, write_json
+    from feeding.io import write_record_and_table
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = {"benchmarks": table, **provenance()}
     stem = out / f"benchmarks-{os.cpu_count()}c"
-    write_json(stem.with_suffix(".json"), report)
-    write_atomic(stem.with_suffix(".md"), markdown(table, report).encode())
+    write_record_and_table(stem, report, markdown(table, report))
     print(f"wrote {stem}.md, {stem}.json")
     return 0
 

@@ -205,7 +205,7 @@ def markdown(report: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.provenance import display_command, provenance
-    from feeding.io import write_atomic, write_json
+    from feeding.io import write_record_and_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="results", help="folder for the table (.md) and its .json")
@@ -215,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {**run(out, args.budget_s), **provenance()}
     stem = out / f"verdict-regimes-{os.cpu_count()}c"
     command = display_command("python scripts/verdict_regimes.py", list(argv if argv is not None else sys.argv[1:]))
-    write_json(stem.with_suffix(".json"), report)
-    write_atomic(stem.with_suffix(".md"), markdown(report, command).encode())
+    write_record_and_table(stem, report, markdown(report, command))
     print(f"wrote {stem}.md, {stem}.json")
     return 0
 

@@ -12,7 +12,7 @@ from bench.compare.config import DECODE_ONLY, FEEDBENCH_CPU, GPU_LIBRARY_ON_CPU,
 from bench.compare.measuring import Row
 from bench.provenance import provenance
 from feeding.errors import BadFile
-from feeding.io import display_path, write_atomic, write_json
+from feeding.io import display_path, write_atomic, write_record_and_table
 
 
 def ratio(row: Row | None, other: Row | None) -> float | None:
@@ -217,8 +217,7 @@ def output_stem(data_name: str, config: CompareConfig) -> str:
 def write_outputs(report: dict, config: CompareConfig) -> list[Path]:
     """``<stem>.json``, ``.md`` and (where a row has a rate) ``.png`` under ``config.out``; the paths."""
     stem = Path(config.out) / output_stem(report["data_name"], config)
-    written = [write_json(stem.with_suffix(".json"), report)]
-    written.append(write_atomic(stem.with_suffix(".md"), compare_markdown(report).encode()))
+    written = write_record_and_table(stem, report, compare_markdown(report))
     if _charted(report["rows"]):
         written.append(write_atomic(stem.with_suffix(".png"), chart_png(report)))
     return written
