@@ -1,6 +1,6 @@
 """The ``feedbench`` command: run a pipeline and measure what it delivers.
 
-    feedbench [run] --pipeline dali --batch 64 --workers 8 [--data DIR] [--size HxW] [--json FILE]
+    feedbench [run] --pipeline dali --batch 64 --workers 8 [--data DIR] [--size HxW | --spec FILE] [--json FILE]
     feedbench data sample DIR [--people N] [--seed S]
     feedbench data inspect DIR [--out results]
 
@@ -16,9 +16,10 @@ from bench.run import BenchConfig, format_result, run_bench
 from feeding.backends import BACKENDS, PIPELINES
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.feeder import EXECUTORS, ON_BAD, FeedConfig
-from feeding.options import HelpFormatter, non_negative_int, positive_int
+from feeding.options import HelpFormatter, add_spec_argument, non_negative_int, positive_int, spec_from_args
 from feeding.options import size as size_arg
 from feeding.spec import train_spec
+from feeding.spec_file import SpecFile
 
 COMMANDS = """\
 commands (each has its own --help):
@@ -49,6 +50,7 @@ def make_run_parser() -> argparse.ArgumentParser:
     # A string default goes through size_arg like typed text, so the help shows "224", not a tuple.
     parser.add_argument("--size", type=size_arg, default="224", help="output size N, or HxW (height x width)")
     parser.add_argument("--rotate", type=float, default=10.0, help="rotate by up to +-this many degrees")
+    add_spec_argument(parser)  # its train section is measured; it sets what --size and --rotate would
     parser.add_argument("--batches", type=positive_int, default=10, help="batches per timed window")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed windows")
     parser.add_argument("--warmup", type=non_negative_int, default=2, help="batches before timing")
@@ -57,7 +59,11 @@ def make_run_parser() -> argparse.ArgumentParser:
                         "report each, or fail naming the first")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the random augmentations")
     parser.add_argument("--decode-device", default="cpu", help="cpu, or cuda[:N] for DALI's GPU decode")
-    parser.add_argument("--literal-order", action="store_true", help="run ops in the written order (no planner)")
+    parser.add_argument("--literal-order", action="store_true",
+                        help="run each op as its own step, in the written order (no fused warp)")
+    parser.add_argument("--reorder", action="store_true",
+                        help="let the planner run shrinking ops first (a rotation after a resize): cheaper step by "
+                             "step, but a different picture (--show-plan says what moved)")
     parser.add_argument("--show-plan", action="store_true", help="print the planned op order and costs")
     parser.add_argument("--stages", action="store_true",
                         help="break the time down by stage (read, decode, augment, collate/IPC) and rerun "
@@ -90,29 +96,32 @@ def make_data_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """The run that ``feedbench [run]``'s arguments ask for (ValueError where one is out of range)."""
+def bench_config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> BenchConfig:
+    """The run that ``feedbench [run]``'s arguments ask for (ValueError where one is out of range);
+    ``spec``: the ``--spec`` file, whose train section is measured instead of the benchmark spec."""
     feed = FeedConfig(
         pipeline=args.pipeline,
         batch_size=args.batch,
         workers=args.workers,
         executor=args.executor,
-        spec=train_spec(args.size, degrees=args.rotate),
+        spec=spec.train if spec else train_spec(args.size, degrees=args.rotate),
         seed=args.seed,
         on_bad=args.on_bad,
         literal_order=args.literal_order,
+        reorder=args.reorder,
         decode_device=args.decode_device,
     )
     return BenchConfig(feed=feed, data=args.data, batches=args.batches, repeats=args.repeats,
                        warmup=args.warmup, json_path=args.json_path, show_plan=args.show_plan,
-                       stages=args.stages, isolate=args.isolate)
+                       stages=args.stages, isolate=args.isolate, spec_file=spec.name if spec else None)
 
 
 def run_main(argv: list[str]) -> int:
     """``feedbench [run] ARGS``; the exit code (2: bad input)."""
-    args = make_run_parser().parse_args(argv)
+    parser = make_run_parser()
+    args = parser.parse_args(argv)
     try:
-        config = bench_config_from_args(args)
+        config = bench_config_from_args(args, spec_from_args(parser, argv, fixed=("size", "rotate")))
         if config.isolate:
             from bench.isolate import in_fresh_process
 

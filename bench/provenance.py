@@ -27,7 +27,7 @@ def commit_info(repo: Path | None = None) -> dict:
     return {"id": commit, "dirty": bool(status) if status is not None else None}
 
 
-PATH_FLAGS = ("--data", "--out", "--json", "--recommendation")
+PATH_FLAGS = ("--data", "--out", "--json", "--recommendation", "--spec")
 
 
 def display_command(prog: str, argv: list[str]) -> str:

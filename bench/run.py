@@ -21,6 +21,7 @@ from feeding.feeder import FeedConfig
 from feeding.io import display_path
 from feeding.sample import resolve_data
 from feeding.sources import discover
+from feeding.spec_file import spec_provenance
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class BenchConfig:
     show_plan: bool = False
     stages: bool = False  # stage breakdown + RAM differential (the backends with stage timers)
     isolate: bool = False  # measure in a fresh interpreter
+    spec_file: str | None = None  # the --spec file whose train section ``feed.spec`` is, as results name it
 
     def __post_init__(self) -> None:
         checks.count("--batches", self.batches)
@@ -77,10 +79,12 @@ def run_bench(config: BenchConfig) -> dict:
         "first_batch_s": measured.first_batch_s.to_dict(),
         "windows_images_per_sec": list(measured.windows),
         "plan": [type(op).__name__ for op in feeder.plan.steps],
+        **spec_provenance(train=config.feed.spec, spec_file=config.spec_file),
         "executor": feeder.executor,
         "workers_description": feeder.describe_workers(),
         "jpeg_decoder": feeder.capabilities.describe_decoder(),
         "literal_order": config.feed.literal_order,
+        "reordered": feeder.plan.moved(),  # what --reorder moved (the picture then differs from the written order's)
         "decode_device": config.feed.decode_device,
         "on_bad": config.feed.on_bad,
         "skipped": [record.to_dict() for record in feeder.skipped],
@@ -109,7 +113,9 @@ def describe_plan(feeder, files: int = 64) -> str:
 
 def describe_workers(feeder) -> str:
     """Who makes the batches, and which library decodes the JPEGs (what the planner chose)."""
-    return f"workers: {feeder.describe_workers()}\nJPEG decoder: {feeder.capabilities.describe_decoder()}"
+    steps = feeder.describe_steps()
+    return (f"workers: {feeder.describe_workers()}\nJPEG decoder: {feeder.capabilities.describe_decoder()}"
+            + (f"\nruns: {steps}" if steps else ""))
 
 
 def format_result(result: dict) -> str:
@@ -118,10 +124,12 @@ def format_result(result: dict) -> str:
     size = "x".join(map(str, result["size"]))
     pil = result["pil_build"]
     lines = [
-        f"data: {result['data']} ({result['layout']}, {result['dataset_images']} images)",
+        f"data: {result['data']} ({result['layout']}, {result['dataset_images']} images)"
+        + (f"; spec: {result['spec_file']}" if result.get("spec_file") else ""),
         f"PIL: {pil.get('distribution')} {pil.get('version')}"
         + (" (SIMD build)" if pil.get("simd") else " (not the SIMD build)"),
         f"plan: {' -> '.join(result['plan'])}" + (" (literal order)" if result["literal_order"] else "")
+        + (f" (reordered: {', '.join(result['reordered'])})" if result.get("reordered") else "")
         + (f"; workers: {result['workers_description']}" if result.get("workers_description") else ""),
         "",
         f"{'pipeline':<15}{'workers':>8}{'batch':>7}{'size HxW':>10}{'img/s median':>14}{'min':>9}{'max':>9}"

@@ -26,10 +26,12 @@ from feeding.spec import (
     eval_spec,
     train_spec,
 )
+from feeding.spec_file import SpecFile, SpecFileError, load_spec_file, spec_from_record, spec_record
 
 __all__ = [
     "PIPELINES", "AugSpec", "BadFile", "BadImageError", "Capabilities", "CenterCrop", "ColorJitter", "FeedConfig",
     "FeedError", "Feeder", "HorizontalFlip", "MissingDependencyError", "Normalize", "Plan",
-    "RandomResizedCrop", "Resize", "Rotate", "Samples", "capabilities", "create_feeder", "discover", "eval_spec",
-    "make_plan", "person_folds", "person_split", "train_spec",
+    "RandomResizedCrop", "Resize", "Rotate", "Samples", "SpecFile", "SpecFileError", "capabilities", "create_feeder",
+    "discover", "eval_spec", "load_spec_file", "make_plan", "person_folds", "person_split", "spec_from_record",
+    "spec_record", "train_spec",
 ]

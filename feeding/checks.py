@@ -36,6 +36,20 @@ def number(name: str, value, minimum: float | None = None, maximum: float | None
     return value
 
 
+def span(name: str, value, centre: float, minimum: float, maximum: float) -> tuple[float, float]:
+    """torchvision's range argument: a number x means [centre - x, centre + x] (clamped at ``minimum``),
+    a (low, high) pair itself; both ends within [minimum, maximum], low <= high."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}")
+        low, high = (number(name, v, minimum, maximum) for v in value)
+        if low > high:
+            raise ValueError(f"{name}: low must be <= high, got {tuple(value)!r}")
+        return float(low), float(high)
+    number(name, value, 0, maximum - centre)
+    return max(minimum, centre - float(value)), centre + float(value)
+
+
 def positive(name: str, value, maximum: float | None = None, open_maximum: bool = False) -> float:
     """``value`` as a real number > 0 (and within ``maximum``)."""
     number(name, value, minimum=0, maximum=maximum, open_maximum=open_maximum)

@@ -42,6 +42,7 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
+from feeding import affine
 from feeding.errors import BadImageError
 
 # The formats PIL may try. Naming them keeps PIL from running the parsers of
@@ -194,9 +195,10 @@ _APP1, _START_OF_SCAN = 0xE1, 0xDA  # EXIF and XMP (so any orientation) live in 
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length field
 
 
-def _has_app1(data: bytes) -> bool | None:
-    """Whether the JPEG's header segments include an APP1; None if they cannot be walked."""
-    pos = 2  # after SOI
+def _app1_segments(data: bytes) -> list[bytes] | None:
+    """The payloads of the JPEG's APP1 segments (EXIF, XMP) before its image data; None if the header
+    segments cannot be walked."""
+    pos, found = 2, []  # after SOI
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             return None
@@ -204,26 +206,69 @@ def _has_app1(data: bytes) -> bool | None:
         if marker == 0xFF:  # fill byte
             pos += 1
         elif marker == _START_OF_SCAN:
-            return False
+            return found
         elif marker in _STANDALONE_MARKERS:
             pos += 2
-        elif marker == _APP1:
-            return True
         else:
-            pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            if marker == _APP1:
+                found.append(data[pos + 4:pos + 2 + length])
+            pos += 2 + length
     return None
 
 
+def _has_app1(data: bytes) -> bool | None:
+    """Whether the JPEG's header segments include an APP1; None if they cannot be walked."""
+    segments = _app1_segments(data)
+    return None if segments is None else bool(segments)
+
+
+_EXIF_MAGIC, _ORIENTATION_TAG, _SHORT = b"Exif\0\0", 0x0112, 3
+
+
+def _exif_orientation(segments: list[bytes]) -> int | None:
+    """The orientation in an EXIF APP1's first IFD (1 when it has none, or an invalid value, as PIL reads
+    it), in plain bytes arithmetic: no PIL, no lock, no GIL-bound parsing of every tag. None where PIL
+    must decide: XMP (which may carry its own orientation), several EXIF blocks, a malformed one."""
+    exif = [s for s in segments if s.startswith(_EXIF_MAGIC)]
+    if len(exif) != 1 or len(exif) != len(segments):
+        return None
+    tiff = exif[0][len(_EXIF_MAGIC):]
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    number = functools.partial(int.from_bytes, byteorder=order)
+    ifd = number(tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return None
+    for i in range(number(tiff[ifd:ifd + 2])):
+        entry = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+        if len(entry) < 12:
+            return None
+        if number(entry[0:2]) == _ORIENTATION_TAG:
+            if number(entry[2:4]) != _SHORT or number(entry[4:8]) != 1:
+                return None
+            value = number(entry[8:10])
+            return value if value in _PIL_TRANSPOSE else 1
+    return 1
+
+
 def _plain_jpeg_header(path: str, max_pixels: int, data: bytes) -> _Header | None:
-    """The header of a JPEG that carries no EXIF or XMP, read by libjpeg-turbo; None: ask PIL.
+    """The header of a JPEG read by libjpeg-turbo, its orientation from its EXIF block; None: ask PIL.
 
     PIL parses every marker segment in Python (~0.1 ms, holding the GIL, which
-    worker threads then wait for); libjpeg-turbo reads the frame header in C. A
-    file that might carry an orientation, or that libjpeg-turbo cannot read, goes
-    to PIL, so the answer and the errors are PIL's wherever they could differ.
+    worker threads then wait for, and a process-wide lock around its warnings);
+    libjpeg-turbo reads the frame header in C and ``_exif_orientation`` finds the
+    one tag. A file whose orientation PIL might read otherwise (XMP, odd EXIF), or
+    that libjpeg-turbo cannot read, goes to PIL, so the answer and the errors are
+    PIL's wherever they could differ.
     """
     simplejpeg = _simplejpeg()
-    if simplejpeg is None or not data.startswith(b"\xff\xd8\xff") or _has_app1(data) is not False:
+    if simplejpeg is None or not data.startswith(b"\xff\xd8\xff"):
+        return None
+    segments = _app1_segments(data)
+    orientation = None if segments is None else _exif_orientation(segments) if segments else 1
+    if orientation is None:
         return None
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -232,7 +277,8 @@ def _plain_jpeg_header(path: str, max_pixels: int, data: bytes) -> _Header | Non
     problem = _size_problem(width, height, max_pixels)
     if problem:
         raise BadImageError(path, problem)
-    return _Header("JPEG", (height, width), 1)
+    size = (width, height) if orientation in _SWAPS_AXES else (height, width)
+    return _Header("JPEG", size, orientation)
 
 
 def probe(path: str, max_pixels: int, data: bytes | None = None) -> tuple[int, int]:
@@ -347,7 +393,7 @@ def decode_target(nbytes: int) -> np.ndarray:
 
 def load_cv2(
     path: str, max_pixels: int, reduction: int = 1, data: bytes | None = None, known: _Header | None = None,
-    rgbx: bool = False, scratch: Scratch | None = None,
+    rgbx: bool = False, scratch: Scratch | None = None, at_least: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """HxWx3 uint8 RGB, C-contiguous, EXIF orientation applied, decoded by libjpeg-turbo or OpenCV.
 
@@ -364,24 +410,36 @@ def load_cv2(
     CV2_FORMATS go through ``load_pil``, and so does any file both refuse: PIL then
     either names the problem or decodes it, so the verdict is the one the
     validation scan gave. ``known``: this file's ``header()``, if the caller has it.
+
+    ``at_least=(height, width)`` (delivered orientation), instead of ``reduction``: a JPEG
+    is decoded by libjpeg-turbo at the smallest DCT scale M/8 that keeps both sides at
+    least that (``feeding.affine.jpeg_scale``: 5/8 for 512x384 -> 224x224, where 1/2
+    would be too small); elsewhere at the largest of 1/2, 1/4, 1/8 that does.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction}")
     found = known or header(path, max_pixels, data)
-    pixels = _load_oriented(path, max_pixels, reduction, data, found, rgbx, scratch)
+    eighths = 8
+    if at_least is not None:
+        eighths, _ = affine.jpeg_scale(found.size, at_least)
+        reduction = next((f for f in (8, 4, 2) if all(s / f >= t for s, t in zip(found.size, at_least))), 1)
+    pixels = _load_oriented(path, max_pixels, reduction, data, found, rgbx, scratch, eighths)
     if rgbx and pixels.shape[2] == 3:
         return cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA)
     return pixels
 
 
 def _load_oriented(path: str, max_pixels: int, reduction: int, data: bytes | None, found: _Header,
-                   rgbx: bool, scratch: Scratch | None) -> np.ndarray:
+                   rgbx: bool, scratch: Scratch | None, eighths: int = 8) -> np.ndarray:
     if found.format not in CV2_FORMATS or (reduction > 1 and found.format not in JPEG_FORMATS):
         return _pil_array(path, max_pixels, reduction, data)
     if data is None:
         data = read_bytes(path)  # from bytes, not cv2.imread: this also handles non-ASCII paths
     colorspace = "RGBX" if rgbx else "RGB"
-    pixels = _turbo_jpeg(data, reduction, colorspace, scratch) if found.format in JPEG_FORMATS else None
+    pixels = None
+    if found.format in JPEG_FORMATS:
+        # Eighths are a DCT scale; the OpenCV and PIL fallbacks below only know 1/2, 1/4 and 1/8.
+        pixels = _turbo_jpeg(data, reduction, colorspace, scratch, eighths=eighths if eighths < 8 else None)
     if pixels is None:
         pixels = _cv2_decode(data, reduction)
     if pixels is None:
@@ -407,8 +465,8 @@ def _simplejpeg():
     return simplejpeg
 
 
-def _turbo_jpeg(data: bytes, reduction: int, colorspace: str = "RGB", scratch: Scratch | None = None
-                ) -> np.ndarray | None:
+def _turbo_jpeg(data: bytes, reduction: int, colorspace: str = "RGB", scratch: Scratch | None = None,
+                eighths: int | None = None) -> np.ndarray | None:
     """Stored-orientation RGB from libjpeg-turbo, or None to let OpenCV try.
 
     strict=True turns libjpeg's warnings (truncated or corrupt data) into errors,
@@ -420,7 +478,10 @@ def _turbo_jpeg(data: bytes, reduction: int, colorspace: str = "RGB", scratch: S
         return None
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        want = (math.ceil(height / reduction), math.ceil(width / reduction))
+        if eighths is not None:  # simplejpeg picks the smallest scale with both sides >= the minimum
+            want, reduction = (math.ceil(height * eighths / 8), math.ceil(width * eighths / 8)), 1
+        else:
+            want = (math.ceil(height / reduction), math.ceil(width / reduction))
         nbytes = want[0] * want[1] * len(colorspace)
         into = scratch.take(nbytes) if scratch is not None else decode_target(nbytes)
         rgb = simplejpeg.decode_jpeg(data, colorspace, min_height=want[0], min_width=want[1], min_factor=reduction,

@@ -46,8 +46,9 @@ class FeedConfig:
     seed: int = 0
     on_bad: str = "skip"
     prefetch_factor: int = 2
-    literal_order: bool = False  # keep the spec's op order (to measure what the planner gains)
+    literal_order: bool = False  # each op its own step, in the written order (to measure what fusing gains)
     fast_paths: bool = True  # let the planner fuse crop/resize/rotate/flip into one warp
+    reorder: bool = False  # let the planner run shrinking ops first: cheaper step by step, a different picture
     decode_device: str = "cpu"  # "cpu", or "cuda"/"cuda:N" for DALI's GPU ("mixed") decode
     shard_id: int = 0
     num_shards: int = 1
@@ -68,6 +69,8 @@ class FeedConfig:
         checks.count("max_pixels", self.max_pixels)
         checks.positive("worker_timeout_s", self.worker_timeout_s)
         checks.device("decode_device", self.decode_device)
+        if self.literal_order and self.reorder:
+            raise ValueError("literal_order runs the written order; it cannot also reorder")
         if self.decode_device != "cpu" and not backend.gpu_decode:
             gpu = " or ".join(name for name, b in BACKENDS.items() if b.gpu_decode)
             raise ValueError(f"only the {gpu} pipeline decodes on the GPU; use decode_device='cpu'")
@@ -78,7 +81,8 @@ class FeedConfig:
 
     @property
     def plan(self) -> Plan:
-        return make_plan(self.spec, literal=self.literal_order, fuse=self.fast_paths and not self.literal_order)
+        return make_plan(self.spec, literal=self.literal_order, fuse=self.fast_paths and not self.literal_order,
+                         reorder=self.reorder)
 
     @property
     def gpu_id(self) -> int | None:
@@ -185,6 +189,10 @@ class Feeder(ABC):
     def describe_workers(self) -> str:
         """Who makes the batches, in a few words (``--show-plan``, reports)."""
         return f"{self.config.workers} {self.capabilities.workers}"
+
+    def describe_steps(self) -> str:
+        """Which code runs the plan's steps, where the backend can say (``--show-plan``); "" elsewhere."""
+        return ""
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (and so the shuffle) that the next ``iter()`` delivers."""

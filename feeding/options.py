@@ -82,3 +82,32 @@ class FlattenList(argparse.Action):
 def plain_text(docstring: str) -> str:
     """A docstring as help text: RST's ``literal`` markup dropped (a terminal shows it verbatim)."""
     return docstring.replace("``", "")
+
+
+SPEC_HELP = ("augmentation spec, YAML or JSON, with train: and eval: sections (see README); default: the "
+             "benchmark spec")
+
+
+def add_spec_argument(parser: argparse.ArgumentParser, help_text: str = SPEC_HELP) -> None:
+    parser.add_argument("--spec", metavar="FILE", help=help_text)
+
+
+def spec_from_args(parser: argparse.ArgumentParser, argv: list[str], fixed: tuple[str, ...] = ()):
+    """The ``--spec`` file of ``argv``, loaded (``feeding.spec_file.SpecFile``), or None without one.
+
+    ``fixed``: the destinations of the options a spec decides (``--size``, ``--rotate``): given
+    as well, they are a ValueError, not silently ignored. To tell an option given from one left at
+    its default, ``argv`` is parsed again into a namespace that already holds a marker for each:
+    argparse fills in only the defaults a namespace lacks.
+    """
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(fixed, unset)))
+    if given.spec is None:
+        return None
+    from feeding.spec_file import load_spec_file
+
+    clashing = ["--" + dest.replace("_", "-") for dest in fixed if getattr(given, dest) is not unset]
+    if clashing:
+        raise ValueError(f"--spec {given.spec} sets the augmentation and its output size: drop "
+                         f"{' and '.join(clashing)}")
+    return load_spec_file(given.spec)

@@ -1,13 +1,16 @@
-"""Order a spec's ops by cost and decide decode-time downscaling.
+"""Decide how a spec's ops run: which leading steps one warp does, and decode-time downscaling.
 
-Pure functions only. The planner moves the ops that shrink the image (crop,
-resize) ahead of the ops whose cost grows with pixel count (rotate, flip,
-colour), so that the expensive ops run on the small image: a rotate at
-224x224 touches 4x fewer pixels than at 384x512. Pixel-wise ops commute with
-geometry, and rotate/flip about the centre commute with a resize up to
-resampling, so the reordered plan delivers the same kind of image.
+Pure functions only. The plan keeps the order the spec wrote: in one fused warp
+(``feeding.affine``) the order costs nothing, since a rotation before a resize is
+one matrix product, as cheap as after it, and the product of the written order is
+that order's own picture. Moving a rotation after an anisotropic resize would
+rotate the squashed image, a shear in the photo's frame (up to 13 degrees on
+384x512 -> 224x224 at 10 degrees), so the planner moves nothing unless told to:
+``reorder=True`` (``--reorder``) runs the shrinking ops first, as cheap as
+step by step can be, and ``describe`` says what moved and that the picture changes.
 
-``literal=True`` keeps the user's order, so the gain can be measured.
+``literal=True`` runs the written order step by step, no fused warp: the
+reference whose cost the fast paths are measured against.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from feeding import affine
 from feeding.affine import fusable_prefix
 from feeding.ops import Op, Shape
 from feeding.spec import AugSpec
@@ -39,11 +45,25 @@ class Plan:
     steps: tuple[Op, ...]
     literal: bool
     output_size: Shape
-    fuse: bool = True  # may a crop/resize and the rotates and flips after it run as one warp?
+    fuse: bool = True  # may the leading geometric steps run as one warp?
+    written: tuple[Op, ...] = ()  # the spec's own order, where ``steps`` moved some (reorder=True)
 
     @property
     def reordered(self) -> bool:
-        return not self.literal
+        """True where the steps do not run in the written order (the picture then differs)."""
+        return bool(self.written) and self.written != self.steps
+
+    def moved(self) -> list[str]:
+        """What the reordering moved, in words ("Rotate after Resize"), for describe() and reports."""
+        if not self.reordered:
+            return []
+        position = {id(op): i for i, op in enumerate(self.steps)}
+        words = []
+        for i, op in enumerate(self.written):
+            for later in self.written[i + 1:]:
+                if position[id(later)] < position[id(op)]:
+                    words.append(f"{type(op).__name__} after {type(later).__name__}")
+        return words
 
     @property
     def first_resamples(self) -> bool:
@@ -65,29 +85,64 @@ class Plan:
 
     def describe(self, source: Shape | None = None) -> str:
         """A readable account of the plan, for ``--show-plan`` and logs."""
-        order = "literal order (as written)" if self.literal else "planned order (cheap first)"
+        if self.literal:
+            order = "the written order, step by step (no fused warp)"
+        elif self.reordered:
+            order = (f"reordered (--reorder): {', '.join(self.moved())}; the picture differs from the "
+                     "written order's")
+        else:
+            order = "the written order"
         lines = [f"plan: {order}, output {self.output_size[0]}x{self.output_size[1]} uint8"]
         if source is None:
             lines += [f"  {i + 1}. {op}" for i, op in enumerate(self.steps)]
             return "\n".join(lines)
-        factor = self.decode_reduction(source) if self.first_resamples else 1
-        lines.append(
-            f"  0. decode {source[0]}x{source[1]}"
-            + (f" at 1/{factor} (decode-time downscale)" if factor > 1 else " at full size")
-        )
-        decoded = (math.ceil(source[0] / factor), math.ceil(source[1] / factor))
-        fused = self.fused_steps
-        for i, (name, out, cost) in enumerate(self.costs(decoded), start=1):
-            note = "  (fused: one affine warp)" if i <= fused else ""
-            lines.append(f"  {i}. {name:<18} -> {out[0]}x{out[1]}  cost {cost:.3f}{note}")
-        lines.append(f"  total relative cost {self.total_cost(decoded):.3f}")
+        if self.fused_steps:
+            lines += self._describe_warp(source)
+            shape, first = self.fused_output(source), self.fused_steps
+        else:
+            factor = self.decode_reduction(source) if self.first_resamples else 1
+            lines.append(f"  0. decode {source[0]}x{source[1]}"
+                         + (f" at 1/{factor} (decode-time downscale)" if factor > 1 else " at full size"))
+            shape, first = (math.ceil(source[0] / factor), math.ceil(source[1] / factor)), 0
+        rest = Plan(self.steps[first:], literal=True, output_size=self.output_size, fuse=False)
+        for i, (name, out, cost) in enumerate(rest.costs(shape), start=first + 1):
+            lines.append(f"  {i}. {name:<18} -> {out[0]}x{out[1]}  cost {cost:.3f}")
         return "\n".join(lines)
+
+    def fused_output(self, source: Shape) -> Shape:
+        return affine.fused_shape(self.steps[:self.fused_steps], source)
+
+    def _describe_warp(self, source: Shape) -> list[str]:
+        """The decode and the one warp, for an example draw of the random steps (seed 0)."""
+        steps = self.steps[:self.fused_steps]
+        piece, out = affine.draw_warp(steps, source, np.random.default_rng(0))
+        eighths, decoded = affine.jpeg_scale(source, affine.decode_floor(piece, source))
+        scale = (f"at 1/{8 // eighths} (libjpeg DCT scaling) -> {decoded[0]}x{decoded[1]}" if eighths < 8
+                 else "at full size")
+        local = affine.then(affine.from_decoded(decoded, source), piece)
+        gy, gx = affine.spread(local)
+        canvas = affine.filter_canvas(local, out)
+        names = ", ".join(type(op).__name__ for op in steps)
+        lines = [f"  0. decode {source[0]}x{source[1]} {scale}"]
+        example = " (one example draw)" if any(op.is_random for op in steps) else ""
+        whose = "these steps'" if self.reordered else "the written order's"
+        if affine.axis_box(local, decoded, out) is not None:
+            lines.append(f"  1-{len(steps)}. {names}: one antialiased crop-and-resize -> {out[0]}x{out[1]} "
+                         f"(no rotation: no warp){example}")
+        elif canvas is None:
+            lines.append(f"  1-{len(steps)}. {names}: one affine warp, {whose} matrix -> {out[0]}x{out[1]}{example}")
+        else:
+            lines.append(f"  1-{len(steps)}. {names}: one affine warp, {whose} matrix, into a {canvas[0]}x{canvas[1]} "
+                         f"canvas at the image's scale{example}")
+            lines.append(f"     antialiased resize -> {out[0]}x{out[1]} (a {gy:.2f}x{gx:.2f} shrink)")
+        return lines
 
     @functools.cached_property  # asked several times per image; the plan is frozen
     def fused_steps(self) -> int:
-        """How many leading steps run as one affine warp (0: none; a lone resize stays a resize)."""
-        count = fusable_prefix(self.steps) if self.fuse else 0
-        return count if count >= 2 else 0
+        """How many leading steps run as one affine map (0: none). A lone resize or crop is one too: its
+        box is drawn before the decode, which then runs at the DCT scale it needs, and without a rotation
+        the map runs as one antialiased crop-and-resize (``affine.axis_box``), not as a warp."""
+        return fusable_prefix(self.steps) if self.fuse else 0
 
     def decode_reduction(self, source: Shape, region: Shape | None = None) -> int:
         """Largest libjpeg reduction that keeps ``region`` (default: whole source) >= the first step's output.
@@ -101,12 +156,15 @@ class Plan:
         return reduction_factor(region or source, self.steps[0].out_shape(source))
 
 
-def make_plan(spec: AugSpec, literal: bool = False, fuse: bool | None = None) -> Plan:
-    """Order ``spec``'s host ops; stable within each cost rank. ``fuse`` defaults to ``not literal``."""
+def make_plan(spec: AugSpec, literal: bool = False, fuse: bool | None = None, reorder: bool = False) -> Plan:
+    """The plan of ``spec``'s host ops in the written order. ``fuse`` defaults to ``not literal``;
+    ``reorder``: shrinking ops first (stable within each cost rank), which changes the picture."""
+    if literal and reorder:
+        raise ValueError("literal=True runs the written order; it cannot also reorder")
     ops = spec.host_ops
-    steps = ops if literal else tuple(sorted(ops, key=_rank))
+    steps = tuple(sorted(ops, key=_rank)) if reorder else ops
     return Plan(steps=steps, literal=literal, output_size=spec.output_size,
-                fuse=(not literal) if fuse is None else fuse)
+                fuse=(not literal) if fuse is None else fuse, written=ops if reorder else ())
 
 
 def reduction_factor(region: Shape, target: Shape) -> int:

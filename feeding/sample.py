@@ -1,12 +1,19 @@
 """A deterministic synthetic stand-in for the mask-wearing competition data set.
 
 The benchmark needs data that decodes like the real photos (384x512 JPEGs of
-40-80 KB with natural texture: decode time grows with the entropy coded, so flat
-colours would decode too fast) and that a small CNN can learn (so a training
-curve means something), without a download. Each person is a drawn face over a
-noisy room-like background; the 18 classes have cues that survive a 64x64
-resize: the mask's extent (mask state), long or short hair (gender), hair
-colour and wrinkles (age group).
+60-100 KB, 74 on average, with natural texture and fine detail: decode time grows
+with the entropy coded, so flat colours would decode too fast) and that a small
+CNN can learn (so a training curve means something), without a download. Each
+person is a drawn face over a noisy room-like background; the 18 classes have
+cues that survive a 64x64 resize: the mask's extent (mask state), long or short
+hair (gender), hair colour and wrinkles (age group).
+
+The photos also carry the fine detail real ones have, for the fidelity tests of
+antialiasing (a warp that shrinks 512 -> 224 px without a prefilter aliases
+where a picture has power near Nyquist, which smooth drawings lack): shirts of
+2.2-4 px stripes, checks or knit, hair of 1 px strands, a printed poster of
+1-2 px glyph strokes and a plant of fine noise on the wall (the primitives are
+``feeding.detail``'s). None of it is a class cue: the strands only take the hair's colours.
 
 The same (people, seed, eval_people) gives byte-identical files: every image is
 drawn from a numpy Generator seeded by (seed, split, person, image).
@@ -32,10 +39,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from feeding.cache import cache_dir
+from feeding.detail import fine_noise, glyph_strokes, stripe_wave
 from feeding.errors import FeedError
 from feeding.sources import GENDER_NAMES, MASK_STEMS, age_group, mask_label
 
-SAMPLE_VERSION = 1  # bump when the drawing changes: the cache directory and .complete name it
+SAMPLE_VERSION = 2  # bump when the drawing changes: the cache directory and .complete name it
 
 WIDTH, HEIGHT = 384, 512
 JPEG_QUALITY = 90
@@ -49,7 +57,12 @@ MASK_COLOURS = (
 PATTERN_PROBABILITY = 0.25
 CHIN_PROBABILITY = 0.25  # share of incorrect masks worn on the chin rather than under the nose
 BACKDROP_MARGIN = 32  # pixels a person's room is larger than a photo, so the photos are framed apart
-GRAIN_SIGMA = 5.0  # sensor-like noise, in 8-bit levels: brings files into the 40-80 KB range
+GRAIN_SIGMA = 5.0  # sensor-like noise, in 8-bit levels
+SOFTEN_SIGMA = 0.5  # px, the camera's blur: leaves a 3 px period 58% of its contrast (version 1's 0.9: 17%)
+FABRIC_PERIODS = (2.2, 4.0)  # a shirt's stripe or check period, px: just above Nyquist (2 px)
+FABRIC_CONTRAST = 55.0  # levels either side of the shirt's colour
+HAIR_STRANDS = 1400  # 1 px strands over a full-frame hair texture: about a third of its area
+STRAND_CONTRAST = (18.0, 40.0)  # levels a dark or white hair strand is lighter or darker than the hair
 TRAIN_SPLIT, EVAL_SPLIT = 0, 1  # keeps train and eval people's random streams apart
 
 # Random streams, one tag per use. numpy seeds (1, 0) and (1, 0, 0) alike (trailing zeros
@@ -156,7 +169,8 @@ def fractal_noise(rng: np.random.Generator, size: tuple[int, int], channels: int
 
 
 def backdrop(rng: np.random.Generator, palette: tuple[Colour, Colour]) -> np.ndarray:
-    """A room, BACKDROP_MARGIN larger than a photo: two colours mixed by fractal noise, a few blurred objects.
+    """A room, BACKDROP_MARGIN larger than a photo: two colours mixed by fractal noise, a few blurred objects,
+    and a sharp poster and plant on opposite sides of the head.
 
     Each photo crops it at a different offset.
     """
@@ -172,7 +186,43 @@ def backdrop(rng: np.random.Generator, palette: tuple[Colour, Colour]) -> np.nda
         box = (x0, y0, x0 + rng.uniform(40, 220), y0 + rng.uniform(40, 260))
         fill = _colour(rng, rng.integers(20, 236, 3), 0)
         (draw.rectangle if rng.random() < 0.6 else draw.ellipse)(box, fill=fill)
-    return cv2.GaussianBlur(np.asarray(canvas), (0, 0), 2.0)
+    # Blurred like a room out of focus; the poster and the plant are in focus, for their fine detail.
+    room = cv2.GaussianBlur(np.asarray(canvas), (0, 0), 2.0)
+    side = 1 if rng.random() < 0.5 else -1  # the plant's; the poster goes on the other side
+    draw_foliage(room, rng, side)
+    canvas = Image.fromarray(room)
+    draw_poster(ImageDraw.Draw(canvas), rng, -side)
+    return np.asarray(canvas)
+
+
+def draw_poster(draw: ImageDraw.ImageDraw, rng: np.random.Generator, side: int) -> None:
+    """A printed sheet on the wall, left (side -1) or right of the head: a heading and lines of 1-2 px strokes."""
+    room_w = WIDTH + BACKDROP_MARGIN
+    width, height = rng.uniform(100, 170), rng.uniform(120, 210)
+    left = rng.uniform(0, 70) if side < 0 else room_w - width - rng.uniform(0, 70)
+    top = rng.uniform(0, 180)
+    paper = _colour(rng, (236, 234, 226), 8)
+    draw.rectangle((left, top, left + width, top + height), fill=paper, outline=_shade(paper, 0.5), width=2)
+    ink = _colour(rng, (35, 32, 40), 12)
+    heading = rng.uniform(11, 16)
+    glyph_strokes(draw, rng, (left + 8, top + 8, left + width - 8, top + 8 + heading), ink, heading, width=2)
+    line_height = rng.uniform(6, 10)
+    body = (left + 8, top + 16 + 1.4 * heading, left + width - 8, top + height - 8)
+    glyph_strokes(draw, rng, body, ink, line_height, width=2 if line_height >= 9 else 1)
+
+
+def draw_foliage(room: np.ndarray, rng: np.random.Generator, side: int) -> None:
+    """A pot plant or a knitted throw, left (side -1) or right, in place: a colour with fine noise, 45 levels rms."""
+    room_h, room_w = room.shape[:2]
+    width, height = int(rng.uniform(90, 160)), int(rng.uniform(120, 240))
+    left = int(rng.uniform(0, 60)) if side < 0 else int(room_w - width - rng.uniform(0, 60))
+    top = int(rng.uniform(room_h * 0.25, room_h - height))
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).ellipse((0, 0, width - 1, height - 1), fill=255)
+    base = np.asarray(_colour(rng, (70, 120, 60) if rng.random() < 0.6 else rng.integers(40, 216, 3), 12), np.float32)
+    texture = base + 45 * fine_noise(rng, (height, width))[..., None]
+    window = room[top : top + height, left : left + width]
+    window[...] = np.where(np.asarray(mask)[..., None] > 0, np.clip(texture, 0, 255).astype(np.uint8), window)
 
 
 def _crop(rng: np.random.Generator, room: np.ndarray) -> np.ndarray:
@@ -181,7 +231,7 @@ def _crop(rng: np.random.Generator, room: np.ndarray) -> np.ndarray:
 
 
 def hair_texture(rng: np.random.Generator, base: Colour, group: int) -> Image.Image:
-    """Vertical streaks; for 30-59 the streaks alternate dark and grey (salt and pepper)."""
+    """Vertical streaks under HAIR_STRANDS 1 px strands; for 30-59 both alternate dark and grey (salt and pepper)."""
     streaks = rng.random((HEIGHT // 2, WIDTH // 4), dtype=np.float32)
     streaks = cv2.resize(streaks, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)[..., None]
     base_array = np.asarray(base, np.float32)
@@ -190,10 +240,61 @@ def hair_texture(rng: np.random.Generator, base: Colour, group: int) -> Image.Im
         image = np.where(streaks < 0.45, dark, np.where(streaks > 0.6, light, base_array))
     else:
         image = base_array * (0.8 + 0.35 * streaks)
+    texture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    draw_strands(ImageDraw.Draw(texture), rng, base, group)
+    return texture
+
+
+def draw_strands(draw: ImageDraw.ImageDraw, rng: np.random.Generator, base: Colour, group: int) -> None:
+    """HAIR_STRANDS falling strands, 1 px wide and 20-90 px long, half darker and half lighter than ``base``
+    (for 30-59, dark and grey)."""
+    count = HAIR_STRANDS
+    x, y = rng.uniform(0, WIDTH, count), rng.uniform(-40, HEIGHT, count)
+    length, drift, bend = rng.uniform(20, 90, count), rng.normal(0, 8, count), rng.normal(0, 3, count)
+    lighter = rng.random(count) < 0.5
+    if group == 1:
+        shades = np.where(lighter[:, None], (200, 198, 195), (45, 38, 34))
+    else:  # dark or white hair stays low in contrast, or its strands would pass for salt and pepper
+        offset = np.where(lighter, 1, -1) * rng.uniform(*STRAND_CONTRAST, count)
+        shades = np.clip(np.asarray(base, np.float64) + offset[:, None], 0, 255)
+    # Three points a strand (top, a bent middle, the end), flat x, y as ImageDraw.line takes them.
+    polylines = np.stack([x, y, x + drift / 2 + bend, y + length / 2, x + drift, y + length], axis=1)
+    for points, shade in zip(polylines.tolist(), shades.astype(int).tolist()):
+        draw.line(points, fill=tuple(shade), width=1)
+
+
+def clothing_texture(rng: np.random.Generator, colour: Colour) -> Image.Image:
+    """A full-frame shirt fabric in ``colour``: fine stripes, checks (two stripe sets) or a knit (fine noise).
+
+    Stripe periods are FABRIC_PERIODS at any angle: the weave of clothes in a photo, close to Nyquist.
+    """
+    size = (HEIGHT, WIDTH)
+    kind = int(rng.integers(3))
+    angle = rng.uniform(0, math.pi)
+
+    def stripes(turn: float, square: bool = False) -> np.ndarray:
+        return stripe_wave(size, rng.uniform(*FABRIC_PERIODS), angle + turn, rng.uniform(0, 2 * math.pi), square)
+
+    if kind == 0:
+        pattern = stripes(0.0, square=rng.random() < 0.5)
+    elif kind == 1:
+        pattern = (stripes(0.0) + stripes(math.pi / 2)) / 2
+    else:
+        pattern = np.clip(fine_noise(rng, size) / 2, -1, 1)
+    image = np.asarray(colour, np.float32) + FABRIC_CONTRAST * pattern[..., None]
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
 # ---------------------------------------------------------------- drawing
+
+
+@dataclass(frozen=True)
+class Wardrobe:
+    """What one person's seven photos share: the room (BACKDROP_MARGIN larger), the hair and the shirt fabric."""
+
+    room: np.ndarray
+    hair: Image.Image
+    shirt: Image.Image
 
 
 @dataclass(frozen=True)
@@ -322,7 +423,7 @@ def draw_mask(canvas: Image.Image, rng: np.random.Generator, face: Face, state: 
 
 def photo_finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """Soften the drawn edges, light from one side, and add grain, as a phone camera would."""
-    soft = cv2.GaussianBlur(image, (0, 0), 0.9).astype(np.float32)
+    soft = cv2.GaussianBlur(image, (0, 0), SOFTEN_SIGMA).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     xs = np.linspace(-0.5, 0.5, WIDTH, dtype=np.float32)[None, :, None]
     ys = np.linspace(-0.5, 0.5, HEIGHT, dtype=np.float32)[:, None, None]
@@ -332,24 +433,26 @@ def photo_finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.clip(soft, 0, 255).astype(np.uint8)
 
 
-def render(person: Person, state: int, room: np.ndarray, hair: Image.Image, rng: np.random.Generator) -> np.ndarray:
+def render(person: Person, state: int, wardrobe: Wardrobe, rng: np.random.Generator) -> np.ndarray:
     """One HEIGHTxWIDTHx3 uint8 photo of ``person`` in mask state ``state`` (0 wear, 1 incorrect, 2 none).
 
-    ``room`` and ``hair`` are the person's backdrop and hair texture; ``rng`` draws
-    the framing, the mask and the grain.
+    ``wardrobe`` holds the person's room, hair and shirt; ``rng`` draws the
+    framing, the mask and the grain.
     """
     scale = person.scale * rng.uniform(0.95, 1.05)
     face = Face(person.face_x + rng.normal(0, 8), person.face_y + rng.normal(0, 8), 90 * scale, 118 * scale)
-    canvas = Image.fromarray(_crop(rng, room))
+    canvas = Image.fromarray(_crop(rng, wardrobe.room))
     draw = ImageDraw.Draw(canvas)
-    draw.ellipse(face.box(-2.2, 1.05, 2.2, 3.6), fill=person.clothes)  # shoulders
-    draw_hair(canvas, hair, face, person.gender, behind=True)
+    shoulders = Image.new("L", canvas.size, 0)
+    ImageDraw.Draw(shoulders).ellipse(face.box(-2.2, 1.05, 2.2, 3.6), fill=255)
+    canvas.paste(wardrobe.shirt, (0, 0), shoulders)
+    draw_hair(canvas, wardrobe.hair, face, person.gender, behind=True)
     draw.rectangle(face.box(-0.4, 0.5, 0.4, 1.3), fill=_shade(person.skin, 0.88))  # neck
     eyebrow = _shade(person.hair_base, 0.8) if person.age_group < 2 else (205, 203, 200)
     draw_head(draw, face, person, eyebrow)
     draw_wrinkles(draw, face, person)
     draw_mask(canvas, rng, face, state)
-    draw_hair(canvas, hair, face, person.gender, behind=False)
+    draw_hair(canvas, wardrobe.hair, face, person.gender, behind=False)
     return photo_finish(rng, np.asarray(canvas))
 
 
@@ -362,11 +465,13 @@ def _save_jpeg(image: np.ndarray, path: Path) -> None:
 
 def photos(person: Person) -> Iterator[tuple[str, int, np.ndarray]]:
     """(stem, mask state, image) for the person's seven photos, in MASK_STEMS order."""
-    # Drawn once a person: the competition's seven photos of a person share a room and a haircut.
+    # Drawn once a person: the competition's seven photos of a person share a room, a haircut and a shirt.
     shared = _rng(PERSON_SHARED, *person.key)
-    room, hair = backdrop(shared, person.palette), hair_texture(shared, person.hair_base, person.age_group)
+    room = backdrop(shared, person.palette)
+    hair = hair_texture(shared, person.hair_base, person.age_group)
+    wardrobe = Wardrobe(room, hair, clothing_texture(shared, person.clothes))
     for number, (stem, state) in enumerate(MASK_STEMS.items()):
-        yield stem, state, render(person, state, room, hair, _rng(PHOTO, *person.key, number))
+        yield stem, state, render(person, state, wardrobe, _rng(PHOTO, *person.key, number))
 
 
 def write_train(root: Path, people: list[Person]) -> None:

@@ -19,6 +19,7 @@ raw=$(mktemp --suffix .json)
 .venv/bin/python scripts/benchmarks_table.py "$raw" "$OUT" && rm -f "$raw"   # one group per technique
 "$FB" data inspect "$sample" --out "$OUT"
 "$FB" compare --out "$OUT"
+.venv/bin/python scripts/fidelity.py "$OUT"   # every pipeline's PSNR against the written order's reference
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
 .venv/bin/python scripts/ray_vs_dataloader.py 5 "$OUT"   # needs the ray extra (make venv installs it)

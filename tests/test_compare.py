@@ -99,8 +99,8 @@ def test_writes_markdown_chart_and_json_named_after_the_conditions(full_run):
 def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run):
     _, report, _ = full_run
     rows = {row["name"]: row for row in report["rows"]}
-    expected = ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "decode-only", USER_LOADER,
-                USER_DATASET]
+    expected = ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "literal", "decode-only",
+                USER_LOADER, USER_DATASET]
     assert list(rows) == expected
     assert report["rounds"] == 2
     for name in expected:
@@ -126,6 +126,23 @@ def test_every_row_has_a_rate_and_a_best_worker_count_within_the_sweep(full_run)
     small = (os.cpu_count() or 1) <= 4  # the planner's pick for a fully fused plan, on a small machine
     assert rows["albumentations"]["best_executor"] == ("thread" if small else "process")
     assert rows["pil"]["best_executor"] == "process"
+
+
+def test_each_row_says_what_it_does_and_how_faithful_its_picture_is(full_run):
+    _, report, out = full_run
+    rows = {row["name"]: row for row in report["rows"]}
+    assert "Normalize in the workers" in rows["naive"]["does"]
+    assert "one OpenCV warpAffine" in rows["albumentations"]["does"] and "training device" in rows["pil"]["does"]
+    assert "one call per op in the written order" in rows["literal"]["does"]
+    scored = [name for name in ("naive", "pil", "albumentations", "literal") if rows[name]["fidelity"]]
+    assert scored == ["naive", "pil", "albumentations", "literal"]
+    for name in ("pil", "albumentations"):  # the fused paths against the written order's reference
+        assert rows[name]["fidelity"]["worst_db"] >= 30.0, rows[name]["fidelity"]
+    assert rows["literal"]["fidelity"]["median_db"] >= 40.0  # the reference's own steps
+    assert rows["decode-only"]["fidelity"] is None and rows[USER_LOADER]["fidelity"] is None
+    md = next(out.glob("*.md")).read_text()
+    assert "PSNR dB median / worst" in md and "What each row does:" in md and "the draws pinned" in md
+    assert "Rotate(degrees=(10.0, 10.0))" in report["fidelity_spec"]
 
 
 def test_ratios_are_medians_of_the_paired_per_round_ratios(full_run):
@@ -263,7 +280,7 @@ def test_every_row_survives_a_truncated_jpeg_and_counts_it(broken_data, tmp_path
     assert code == 0, capsys.readouterr().err
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     rows = {row["name"]: row for row in report["rows"]}
-    assert list(rows) == ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "decode-only"]
+    assert list(rows) == ["naive", "pil", "albumentations", *(["dali"] if HAS_DALI else []), "literal", "decode-only"]
     for name, row in rows.items():
         assert row["failed"] is None and row["images_per_sec"]["median"] > 0, name
         assert row["skipped_files"] == 1, name  # the truncated file; the stray one is the listing's, not a row's

@@ -13,13 +13,16 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from feeding import decode  # noqa: E402
+from feeding import affine, decode, fidelity  # noqa: E402
 from feeding.backends.dali import DaliFeeder  # noqa: E402
 from feeding.backends.dali_files import dali_reads_as_pil, transcode_for_dali  # noqa: E402
-from feeding.backends.dali_graph import process_images  # noqa: E402
+from feeding.backends.dali_graph import fused_map, process_images, warp_steps  # noqa: E402
+from feeding.detail import detail_set, write_detail_jpegs  # noqa: E402
 from feeding.errors import FeedError  # noqa: E402
 from feeding.factory import create_feeder  # noqa: E402
 from feeding.feeder import FeedConfig  # noqa: E402
+from feeding.ops.geometry import dali_shape  # noqa: E402
+from feeding.plan import make_plan  # noqa: E402
 from feeding.sources import Samples, discover  # noqa: E402
 from feeding.spec import (  # noqa: E402
     AugSpec,
@@ -260,6 +263,229 @@ def test_center_crop_larger_than_the_image_pads_black(numbered):
     assert np.array_equal(image[4:-4, 8:-8], expected)
 
 
+# ---------------------------------------------------------------- the fused warp
+
+# Deterministic specs (every draw fixed), so the host, DALI and PIL's step by step make the same picture.
+WARPED_SPECS = {
+    "Rotate 10, Resize 224x224, flip": (Rotate((10, 10)), Resize((224, 224)), HorizontalFlip(1.0)),
+    "Resize 256, CenterCrop 224 (step by step in DALI)": (Resize(256), CenterCrop(224)),
+    "Rotate -7, Resize 96x128": (Rotate((-7, -7)), Resize((96, 128))),
+}
+
+
+def pixel_corners(piece) -> np.ndarray:
+    """A host piece (``feeding.affine``: pixel centres at integers) in DALI's coordinates, where the first
+    pixel's corner is (0, 0) and its centre (0.5, 0.5): the 2x3 matrix."""
+    shift = affine.as_matrix((1.0, 0.0, 0.5, 0.0, 1.0, 0.5))
+    return (shift @ affine.as_matrix(piece) @ np.linalg.inv(shift))[:2]
+
+
+def run_graph(build, batch: list[np.ndarray]) -> list:
+    """One batch of ``batch`` (HxWx3 uint8 arrays) through ``build(images)``, a graph function; its outputs
+    as lists of arrays, one list per output."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=len(batch), num_threads=1, device_id=None, exec_dynamic=True)
+    def graph():
+        images = fn.external_source(source=lambda: batch, batch=True, layout="HWC")
+        return build(images)
+
+    pipe = graph()
+    pipe.build()
+    return [[np.asarray(out[i]) for i in range(len(batch))] for out in pipe.run()]
+
+
+def graph_files(paths: list[str], steps, fused: int | None = None) -> list[np.ndarray]:
+    """The files through ``process_images`` on the CPU, in order: HxWx3 uint8 arrays."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=len(paths), num_threads=2, device_id=None, exec_dynamic=True)
+    def graph():
+        encoded, _ = fn.readers.file(files=paths, name="Reader")
+        return process_images(encoded, tuple(steps), "cpu", fused)
+
+    pipe = graph()
+    pipe.build()
+    out = pipe.run()[0]
+    return [np.asarray(out[i]) for i in range(len(paths))]
+
+
+@pytest.mark.parametrize("ops", [
+    *WARPED_SPECS.values(),
+    (CenterCrop((340, 520)), HorizontalFlip(1.0)),  # larger than the image: a negative, odd offset
+    (HorizontalFlip(1.0), Rotate((25, 25)), Resize(200)),  # a shorter-side resize after the turn
+], ids=[*WARPED_SPECS, "padding CenterCrop, flip", "flip, Rotate 25, Resize 200"])
+@pytest.mark.parametrize("source", [(512, 384), (333, 500)])
+def test_the_graphs_map_is_the_hosts_in_pixel_corner_coordinates(ops, source):
+    """The map is built in the graph from the decoded shape; it is the host's product of pieces, shifted
+    by the half pixel between the two coordinate conventions."""
+    from nvidia.dali import fn, types
+
+    def maps(images):
+        total, out = fused_map(ops, dali_shape(images))
+        sides = [types.Constant(float(side), dtype=types.FLOAT) if isinstance(side, int)
+                 else fn.cast(side, dtype=types.FLOAT) for side in out]
+        return total, fn.stack(*sides)
+
+    (matrix,), (out,) = run_graph(maps, [np.zeros((*source, 3), np.uint8)])
+    piece, expected_out = affine.draw_warp(ops, source, np.random.default_rng(0))
+    np.testing.assert_allclose(matrix, pixel_corners(piece), rtol=1e-5, atol=1e-3)
+    assert tuple(out) == expected_out
+
+
+def test_a_random_window_lies_in_the_image_with_the_area_and_aspect_asked_for():
+    """RandomResizedCrop's box, read back from the graph's map (x_out = (x - left) * 48 / width, and so on),
+    is inside the image, with an area fraction in ``scale`` and an aspect in ``ratio``, and differs per image."""
+    op = RandomResizedCrop((64, 48), scale=(0.3, 0.6), ratio=(0.8, 1.25))
+    (maps,) = run_graph(lambda images: (fused_map((op,), dali_shape(images))[0],),
+                          [np.zeros((333, 500, 3), np.uint8)] * 16)
+    boxes = []
+    for matrix in maps:
+        (kx, shear_x, cx), (shear_y, ky, cy) = matrix
+        assert shear_x == shear_y == 0
+        width, height, left, top = 48 / kx, 64 / ky, -cx / kx, -cy / ky
+        assert left >= -1e-3 and top >= -1e-3 and left + width <= 500 + 1e-3 and top + height <= 333 + 1e-3
+        assert 0.3 - 0.01 <= width * height / (333 * 500) <= 0.6 + 0.01  # whole pixels: the area rounds
+        assert 0.8 - 0.02 <= width / height <= 1.25 + 0.02
+        boxes.append((round(left), round(top), round(width), round(height)))
+    assert len(set(boxes)) > 8
+
+
+def test_one_warp_draws_what_opencv_draws_from_the_hosts_map():
+    """An enlargement (no canvas): the graph's warp of fine detail against OpenCV's warpAffine of the host's
+    map (pixel centres), black corners included, within one level; and the CPU's black frame is DALI's own
+    fill (within one level: the framed warp's coordinates are shifted by a pixel, and round apart)."""
+    import cv2
+    from nvidia.dali import fn, types
+
+    from feeding.backends import dali_graph
+
+    ops = (Rotate((10, 10)), Resize((600, 450)), HorizontalFlip(1.0))
+    image = detail_set(1, (512, 384))[0]
+    piece, out = affine.draw_warp(ops, image.shape[:2], np.random.default_rng(0))
+    expected = cv2.warpAffine(image, affine.as_matrix(piece)[:2], out[::-1], flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    def warps(images):
+        corners = pixel_corners(piece).ravel().tolist()
+        filled = fn.warp_affine(images, matrix=corners, size=[float(side) for side in out], fill_value=0,
+                                inverse_map=False, interp_type=types.INTERP_LINEAR)
+        matrix = types.Constant(np.array(corners, np.float32).reshape(2, 3))
+        framed = dali_graph._warp(images, dali_shape(images), matrix, out, "cpu")
+        return dali_graph.fused_warp(images, ops, "cpu"), filled, framed
+
+    (warped,), (filled,), (framed,) = run_graph(warps, [image])
+    assert np.abs(framed.astype(int) - filled).max() <= 1
+    assert warped.shape == (*out, 3) and np.abs(warped.astype(int) - expected).max() <= 1
+    assert (warped[0, 0] == 0).all() and (warped[-1, -1] == 0).all()  # the turned-out corners are black
+
+
+@pytest.fixture(scope="module")
+def detail_files(tmp_path_factory) -> Samples:
+    """8 fine-detail 512x384 (HxW) JPEGs (stripes, text, noise, photo), each its own label."""
+    paths = np.array([str(p) for p in write_detail_jpegs(tmp_path_factory.mktemp("detail"), 8)])
+    n = len(paths)
+    return Samples(paths=paths, labels=np.arange(n, dtype=np.int64), groups=np.arange(n, dtype=np.int64),
+                   classes=tuple(str(i) for i in range(n)), root=str(Path(paths[0]).parent), layout="csv")
+
+
+@pytest.mark.parametrize("name", WARPED_SPECS)
+def test_the_feeders_picture_is_pils_step_by_step_and_the_hosts(detail_files, name):
+    """PSNR on fine detail, image by image, against PIL's written order step by step (``fidelity.reference``)
+    and the host's fused path. Measured: 43.6, 56.1 and 45.9 dB worst against PIL; against the host 39.1,
+    34.3 and 31.6, which is as far as the host's own picture is from PIL's (38.6, 34.3 and 31.5 dB)."""
+    from feeding.backends.albu import AlbumentationsTransform
+
+    spec = AugSpec(WARPED_SPECS[name])
+    feeder = create_feeder(detail_files, config(spec=spec, shuffle=False, batch_size=4))
+    host = AlbumentationsTransform(make_plan(spec), feeder.config.max_pixels)
+    against_pil, against_host = [], []
+    try:
+        for images, labels in feeder:
+            for image, label in zip(images.numpy(), labels.tolist()):
+                path, picture = detail_files.paths[label], image.transpose(1, 2, 0)
+                against_pil.append(fidelity.psnr(picture, fidelity.reference(path, spec, fidelity.image_rng(0, label))))
+                against_host.append(fidelity.psnr(picture, host(path, fidelity.image_rng(0, label))))
+    finally:
+        host.close()
+    assert len(against_pil) == 8
+    assert min(against_pil) >= 42.0, against_pil
+    assert min(against_host) >= 30.0, against_host
+
+
+def arrow(shape: tuple[int, int]) -> np.ndarray:
+    """Black, with a white bar across the middle and a red block at its left end: it shows a turn's sense
+    (the bar's tilt) and a mirror (the block's side). HxWx3 uint8."""
+    height, width = shape
+    image = np.zeros((height, width, 3), np.uint8)
+    image[height // 2 - 6:height // 2 + 6, width // 8:width - width // 8] = 255
+    image[height // 2 - 20:height // 2 + 20, width // 16:width // 5] = (255, 0, 0)
+    return image
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_positive_angle_turns_counter_clockwise_and_the_flip_mirrors_left_right(tmp_path, flip):
+    """As PIL's rotate (counter-clockwise on screen) and FLIP_LEFT_RIGHT; the opposite sense scores far lower."""
+    path = tmp_path / "arrow.png"
+    Image.fromarray(arrow((200, 300))).save(path)
+    ops = (Rotate((10, 10)), Resize((200, 300))) + ((HorizontalFlip(1.0),) if flip else ())
+    (picture,) = graph_files([str(path)], make_plan(AugSpec(ops)).steps)
+    with Image.open(path) as source:
+        turned = {angle: source.convert("RGB").rotate(angle, resample=Image.BILINEAR) for angle in (10, -10)}
+    mirror = (lambda image: image.transpose(Image.FLIP_LEFT_RIGHT)) if flip else (lambda image: image)
+    right, wrong_sense = (np.asarray(mirror(turned[angle])) for angle in (10, -10))
+    assert fidelity.psnr(picture, right) >= 30.0
+    assert fidelity.psnr(picture, wrong_sense) < 20.0
+    if flip:
+        assert fidelity.psnr(picture, np.asarray(turned[10])) < 20.0  # not left unmirrored
+
+
+def tilt_and_side(image: np.ndarray) -> tuple[float, bool]:
+    """The white bar's tilt in degrees (counter-clockwise positive) and whether the red block is on the right."""
+    green = image[..., 1].astype(np.float64)  # the bar only: the block is pure red
+    columns = np.flatnonzero(green.sum(axis=0) > 255)
+    rows = np.arange(image.shape[0])
+    centres = [(green[:, c] * rows).sum() / green[:, c].sum() for c in columns]
+    slope = np.polyfit(columns, centres, 1)[0]
+    red = image[..., 0].astype(np.float64) - green
+    half = image.shape[1] // 2
+    return float(-np.degrees(np.arctan(slope))), bool(red[:, half:].sum() > red[:, :half].sum())
+
+
+def test_random_turns_and_flips_are_drawn_per_image(tmp_path):
+    """Rotate(10), Resize 64x64, HorizontalFlip(0.5) over one picture: the right shape, both flips, and
+    angles spread over +-10 degrees (a mirrored picture's tilt reads with the opposite sign)."""
+    path = tmp_path / "arrow.png"
+    Image.fromarray(arrow((256, 256))).save(path)
+    n = 32
+    samples = Samples(paths=np.array([str(path)] * n), labels=np.zeros(n, dtype=np.int64),
+                      groups=np.arange(n, dtype=np.int64), classes=("arrow",), root=str(tmp_path), layout="csv")
+    spec = AugSpec((Rotate(10), Resize((64, 64)), HorizontalFlip(0.5)))
+    images = torch.cat([batch for batch, _ in DaliFeeder(samples, config(spec=spec, shuffle=False))])
+    assert images.shape == (n, 3, 64, 64)
+    tilts, sides = zip(*(tilt_and_side(image.numpy().transpose(1, 2, 0)) for image in images))
+    assert 0 < sum(sides) < n
+    assert max(abs(tilt) for tilt in tilts) <= 11.0  # the estimate is good to about a degree
+    assert np.std(tilts) > 3.0 and min(tilts) < -3.0 and max(tilts) > 3.0
+
+
+@pytest.mark.parametrize("ops, warped", [
+    (train_spec().ops, 3),
+    ((Rotate(5), Resize(256), CenterCrop(224)), 2),  # the crop after the turn would reveal its corners
+    ((Rotate(30), RandomResizedCrop((64, 48)), HorizontalFlip(1.0)), 3),
+    ((Resize(256), CenterCrop(224)), 0),  # already one antialiased resize step by step
+    ((RandomResizedCrop((96, 80)), HorizontalFlip(0.5)), 0),  # a region decode and one resize
+])
+def test_dali_warps_where_step_by_step_would_resample_twice(numbered, ops, warped):
+    spec = AugSpec(ops)
+    plan = make_plan(spec)
+    assert warp_steps(plan.steps, plan.fused_steps) == warped
+    feeder = DaliFeeder(numbered, config(spec=spec))
+    literal = DaliFeeder(numbered, config(spec=spec, literal_order=True))
+    assert ("as one warp_affine" in feeder.describe_workers()) == bool(warped)
+    assert "geometry step by step" in literal.describe_workers()
+
+
 # ---------------------------------------------------------------- odd, transcoded and bad files
 
 
@@ -481,8 +707,6 @@ def test_gpu_graph_is_well_formed_without_a_gpu(ops):
     """The mixed-decode graph is defined (devices, argument placement) without running it."""
     from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
-
-    from feeding.plan import make_plan
 
     pipe = Pipeline(batch_size=2, num_threads=1, device_id=0)  # nothing touches CUDA before build()
     with pipe:

@@ -300,6 +300,24 @@ def test_jpeg_header_from_bytes_agrees_with_pil(odd, name):
         assert decode._has_app1(data) is True
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_jpegs_take_the_lock_free_header_with_pils_orientation(odd, orientation):
+    """A JPEG with EXIF needs neither PIL nor its warnings lock: thread workers do not take turns on it."""
+    pytest.importorskip("simplejpeg")
+    path = odd[f"exif{orientation}_jpeg"]
+    data = path.read_bytes()
+    fast = decode._plain_jpeg_header(str(path), MAX_PIXELS, data)
+    with decode._open(str(path), MAX_PIXELS, data) as image:
+        reference = decode._header(image)
+    assert fast is not None and (fast.size, fast.orientation) == (reference.size, reference.orientation)
+
+
+def test_xmp_and_broken_exif_still_go_to_pil():
+    assert decode._exif_orientation([b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>"]) is None
+    assert decode._exif_orientation([b"Exif\0\0XX\0*"]) is None  # no byte order
+    assert decode._exif_orientation([b"Exif\0\0II*\0\x08\0\0\0\x00\x00"]) == 1  # an empty IFD: no turn
+
+
 def test_jpeg_header_from_bytes_refuses_bombs(photo):
     pytest.importorskip("simplejpeg")
     data = photo.read_bytes()

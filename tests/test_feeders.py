@@ -101,7 +101,9 @@ def test_host_stream_does_not_depend_on_worker_count_or_executor(pipeline, image
 
 @pytest.mark.parametrize("pipeline, spec, executor", [
     ("albumentations", train_spec((48, 48)), "thread"),  # one fused warp: the GIL is released
-    ("albumentations", AugSpec((Resize((48, 48)), ColorJitter(0.2, 0.2, 0.2))), "process"),  # albumentations' Python
+    ("albumentations", AugSpec((Resize((48, 48)), ColorJitter(0.2, 0.2, 0.2))), "thread"),  # jitter as lookup tables
+    # A colour op between geometric ones ends the fast path: albumentations' Python runs the rest.
+    ("albumentations", AugSpec((Rotate(10), ColorJitter(0.2, 0.2, 0.2), Resize((48, 48)))), "process"),
     ("pil", train_spec((48, 48)), "process"),
 ])  # fmt: skip
 def test_auto_executor_takes_threads_only_where_the_gil_is_released(pipeline, spec, executor, image_folder,

@@ -34,14 +34,19 @@ def test_spec_knows_output_size_and_randomness():
     assert not train_spec().is_deterministic
 
 
-def test_planner_puts_cheap_shrinking_ops_first_and_keeps_literal_order_on_request():
+def test_planner_keeps_the_written_order_and_reorders_only_when_told():
     spec = AugSpec((Rotate(10), ColorJitter(0.2), HorizontalFlip(), Resize((224, 224)), Normalize()))
     planned = make_plan(spec)
-    assert [type(op) for op in planned.steps] == [Resize, Rotate, HorizontalFlip, ColorJitter]
-    literal = make_plan(spec, literal=True)
-    assert [type(op) for op in literal.steps] == [Rotate, ColorJitter, HorizontalFlip, Resize]
+    assert [type(op) for op in planned.steps] == [Rotate, ColorJitter, HorizontalFlip, Resize]
+    assert not planned.reordered and "reordered" not in planned.describe((512, 384))
+    cheap = make_plan(spec, reorder=True)
+    assert [type(op) for op in cheap.steps] == [Resize, Rotate, HorizontalFlip, ColorJitter]
+    assert cheap.reordered and "Rotate after Resize" in cheap.moved()
+    assert "the picture differs" in cheap.describe((512, 384))
     source = (512, 384)
-    assert planned.total_cost(source) < literal.total_cost(source) / 2
+    assert cheap.total_cost(source) < planned.total_cost(source) / 2
+    with pytest.raises(ValueError, match="literal"):
+        make_plan(spec, literal=True, reorder=True)
 
 
 def test_decode_reduction_only_when_target_is_at_most_half():
@@ -57,8 +62,9 @@ def test_decode_reduction_only_when_target_is_at_most_half():
 
 def test_describe_prints_the_plan_with_decode_scale():
     text = make_plan(AugSpec((Rotate(10), Resize((128, 128))))).describe((512, 384))
-    assert "decode 512x384 at 1/2" in text
-    assert text.index("Resize") < text.index("Rotate")
+    assert "decode 512x384 at 1/2 (libjpeg DCT scaling) -> 256x192" in text
+    assert text.index("Rotate") < text.index("Resize")  # the written order
+    assert "antialiased resize -> 128x128" in text  # the warp shrinks 2x1.5 from the 1/2 decode: filtered
 
 
 def test_crop_box_stays_inside_the_image():
@@ -81,12 +87,15 @@ def test_parse_size_rejects_bad_text(text):
 
 
 def test_planner_fuses_crop_resize_rotate_and_flip_into_one_warp():
-    spec = AugSpec((Rotate(10), ColorJitter(0.2), Resize((224, 224)), HorizontalFlip()))
-    assert make_plan(spec).fused_steps == 3  # Resize, Rotate, HorizontalFlip; the jitter runs after
+    spec = AugSpec((Rotate(10), Resize((224, 224)), HorizontalFlip(), ColorJitter(0.2)))
+    assert make_plan(spec).fused_steps == 3  # Rotate, Resize, HorizontalFlip; the jitter runs after
+    # A colour op between geometric ones ends the warp: nothing moves it (its contrast reads the whole image).
+    assert make_plan(AugSpec((Rotate(10), ColorJitter(0.2), Resize((224, 224))))).fused_steps == 1
     assert make_plan(spec, literal=True).fused_steps == 0
     assert make_plan(spec, fuse=False).fused_steps == 0
-    assert make_plan(AugSpec((Resize((224, 224)),))).fused_steps == 0  # a lone resize stays a resize
-    assert "fused: one affine warp" in make_plan(spec).describe((512, 384))
+    lone = make_plan(AugSpec((Resize((224, 224)),)))  # a lone resize: one antialiased crop-and-resize, no warp
+    assert lone.fused_steps == 1 and "one antialiased crop-and-resize" in lone.describe((512, 384))
+    assert "1-3. Rotate, Resize, HorizontalFlip: one affine warp" in make_plan(spec).describe((512, 384))
 
 
 def test_affine_pieces_map_pixel_centres():

@@ -6,7 +6,9 @@ a Namespace. ``batch``, ``workers`` and ``size`` may be left ``None``:
 (``--pipeline best``) or from the defaults below, and an explicit value always wins. So may the
 step's ``amp``, ``channels_last``, ``cudnn_benchmark`` and ``loss_every``:
 ``training.recommendation.resolve_step`` takes them from the recommendation's step, else the
-device's defaults (``training.step.StepConfig.for_device``).
+device's defaults (``training.step.StepConfig.for_device``). ``spec``, the ``--spec`` file, gives
+the training feed's augmentation (its train section) and the validation feed's (its eval section),
+and fixes ``size``; without it, the benchmark spec and ``eval_spec`` at ``size``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from feeding import checks
 from feeding.backends import PIPELINES
-from feeding.spec import Shape
+from feeding.spec import AugSpec, Shape
+from feeding.spec_file import SpecFile, train_and_eval
 from training.step import OPTIMIZERS
 
 BEST = "best"  # --pipeline best: what feedbench tune recommended
@@ -68,6 +71,7 @@ class FitConfig:
     device: str = "cpu"
     recommendation: str = DEFAULT_RECOMMENDATION
     on_bad: str = "skip"  # a file or listing row that cannot be used: left out and reported, or an error
+    spec: SpecFile | None = None  # the --spec file; None: the benchmark spec at ``size``
 
     def __post_init__(self) -> None:
         for name, choices in (("pipeline", FIT_PIPELINES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
@@ -84,8 +88,7 @@ class FitConfig:
         for name in ("batch", "early_stop_patience", "loss_every"):
             checks.count(name, getattr(self, name), allow_none=True)
         checks.count("workers", self.workers, minimum=0, allow_none=True)
-        if self.size is not None:
-            object.__setattr__(self, "size", checks.size("size", self.size))
+        self._check_size()
         for name in ("weight_decay", "warmup_epochs", "focal_gamma"):
             checks.number(name, getattr(self, name), minimum=0)
         checks.number("label_smoothing", self.label_smoothing, minimum=0, maximum=1, open_maximum=True)
@@ -104,12 +107,39 @@ class FitConfig:
             if not Path(self.pretrained_file).is_file():
                 raise ValueError(f"pretrained file {self.pretrained_file} does not exist")
 
+    def _check_size(self) -> None:
+        """``size``: the spec's output size where a spec is given (another size is an error), else as given."""
+        if self.spec is not None and not isinstance(self.spec, SpecFile):
+            raise TypeError(f"spec must be a SpecFile (feeding.spec_file.load_spec_file), got {self.spec!r}")
+        size = checks.size("size", self.size) if self.size is not None else None
+        if self.spec is not None:
+            fixed = self.spec.train.output_size
+            if size is not None and size != fixed:
+                raise ValueError(f"size {size[0]}x{size[1]}: the spec {self.spec.name} fixes it at "
+                                 f"{fixed[0]}x{fixed[1]}; drop --size (or --spec)")
+            size = fixed
+        object.__setattr__(self, "size", size)
+
+    @property
+    def train_augmentation(self) -> AugSpec:
+        """The training feed's spec: the spec file's train section, else the benchmark spec at ``size``."""
+        return train_and_eval(self.spec, self.size)[0]
+
+    @property
+    def eval_augmentation(self) -> AugSpec:
+        """The validation feed's spec: the spec file's eval section, else ``eval_spec`` at ``size``."""
+        return train_and_eval(self.spec, self.size)[1]
+
     @property
     def follows_recommendation(self) -> bool:
         """``--pipeline best``: the feed comes from the tuner's recommendation."""
         return self.pipeline == BEST
 
     def to_dict(self) -> dict:
+        """JSON types; the spec as its sections' records and the file's name apart, so that a resumed
+        run compares what it trains with (``spec``) apart from what the file is called (``spec_file``)."""
         record = asdict(self)
         record["size"] = list(self.size) if self.size else None
+        record["spec"] = self.spec.record() if self.spec is not None else None
+        record["spec_file"] = self.spec.name if self.spec is not None else None
         return record

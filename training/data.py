@@ -64,7 +64,7 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     """Training feed (this rank's shard) and validation feed (this rank's exact slice: no padding,
     so that the metrics reduced over ranks count every validation image once); ``channels_last``:
     both deliver their batches in that memory format (the training step's)."""
-    from feeding import FeedConfig, create_feeder, eval_spec, train_spec
+    from feeding import FeedConfig, create_feeder
     from feeding.backends import capabilities
     from feeding.device import DeviceFeeder
     from feeding.feeder import shard_indices
@@ -77,7 +77,7 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     decode_device = capabilities(config.pipeline).decode_device(str(device))
     common = {"pipeline": config.pipeline, "batch_size": config.batch, "workers": config.workers,
               "seed": config.seed, "decode_device": decode_device, "on_bad": config.on_bad}
-    train_config = distributed.shard_feed(FeedConfig(spec=train_spec(config.size), **common), ctx, device)
+    train_config = distributed.shard_feed(FeedConfig(spec=config.train_augmentation, **common), ctx, device)
     if config.balanced:
         labels = train.labels
         train_feeder = ResampledFeeder(train, train_config, lambda epoch: balanced_indices(labels, config.seed, epoch))
@@ -87,7 +87,7 @@ def create_feeders(config: FitConfig, train, val, ctx=None, device: torch.device
     try:  # a validation feed that cannot be built (or Ctrl-C now) must not leave the training workers behind
         if ctx.enabled:
             val = val.subset(shard_indices(len(val), ctx.rank, ctx.world_size))
-        val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=eval_spec(config.size), shuffle=False,
+        val_feed = DeviceFeeder(create_feeder(val, FeedConfig(spec=config.eval_augmentation, shuffle=False,
                                                               drop_last=False, **common)), device,
                                 channels_last=channels_last)
     except BaseException:

@@ -16,12 +16,13 @@ import argparse
 import sys
 
 from feeding.errors import FeedError, MissingDependencyError
+from feeding.spec_file import SpecFile
 from training.config import DEFAULT_OUT, FIT_PIPELINES, LOSSES, ON_BAD, OPTIMIZERS, SCHEDULERS, FitConfig
 from training.runs import EXIT_INTERRUPTED, RunInterrupted, choose_run_dir, interrupted_message
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from feeding.options import HelpFormatter
+    from feeding.options import HelpFormatter, add_spec_argument
 
     d = FitConfig()
     p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__, formatter_class=HelpFormatter)
@@ -37,6 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="images per batch (overrides the recommendation; else 32)")
     p.add_argument("--workers", type=int, help="loader workers (overrides the recommendation; else 2)")
     p.add_argument("--size", help="N or HxW pixels (overrides the recommendation; else 224)")
+    add_spec_argument(p)  # training feed: its train section; validation feed: its eval section; it sets --size
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate, per optimizer update")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="the optimizer's weight decay")
     p.add_argument("--opt", default=d.optimizer, choices=OPTIMIZERS, help="optimizer (timm's create_optimizer_v2)")
@@ -90,7 +92,8 @@ def add_step_arguments(p: argparse.ArgumentParser, d: FitConfig) -> None:
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="batches per optimizer step")
 
 
-def config_from_args(args: argparse.Namespace) -> FitConfig:
+def config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> FitConfig:
+    """The run ``args`` ask for; ``spec``: the ``--spec`` file, loaded (``feeding.options.spec_from_args``)."""
     from feeding.checks import parse_size
 
     return FitConfig(
@@ -103,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
         folds=args.folds, balanced=args.balanced,
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
-        device=args.device, recommendation=args.recommendation, on_bad=args.on_bad,
+        device=args.device, recommendation=args.recommendation, on_bad=args.on_bad, spec=spec,
     )
 
 
@@ -136,11 +139,13 @@ def fit(config: FitConfig, split: tuple | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    from feeding.options import spec_from_args
     from training.distributed import DistributedError
 
     try:
-        fit(config_from_args(args))
+        fit(config_from_args(args, spec_from_args(parser, argv, fixed=("size",))))
     except RunInterrupted as stop:  # the feeders are closed by now: no worker is left behind
         print(interrupted_message(stop, argv), file=sys.stderr)
         return EXIT_INTERRUPTED

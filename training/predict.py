@@ -43,6 +43,8 @@ import torch
 from feeding import checks
 from feeding.backends import PIPELINES, capabilities
 from feeding.errors import BadFile, FeedError
+from feeding.spec import AugSpec
+from feeding.spec_file import SpecFile
 from training.checkpoint import BEST, CheckpointError, load_checkpoint
 from training.predict_data import EVAL_LAYOUT, TestSet, read_test_set, true_classes
 
@@ -71,6 +73,7 @@ class PredictConfig:
     batch: int = 64
     workers: int = 2
     pipeline: str = "albumentations"  # one that keeps the file order (ORDERED_PIPELINES)
+    spec: SpecFile | None = None  # --spec: its eval section for every model; None: each checkpoint's own
 
     def __post_init__(self) -> None:
         checks.choice("vote", self.vote, VOTES)
@@ -84,6 +87,8 @@ class PredictConfig:
         checks.count("top_k", self.top_k)
         checks.count("workers", self.workers, minimum=0)
         checks.available_device("device", self.device)
+        if self.spec is not None and not isinstance(self.spec, SpecFile):
+            raise TypeError(f"spec must be a SpecFile (feeding.spec_file.load_spec_file), got {self.spec!r}")
         if self.out is not None and Path(self.out).suffix.lower() == ".json":
             raise ValueError(f"--out {self.out}: the run's JSON is written beside the output, so the output "
                              "must not be a .json file")
@@ -173,9 +178,10 @@ class ModelPass:
     notes: tuple[str, ...]
 
 
-def run_model(model, size, test: TestSet, config: PredictConfig, device: torch.device) -> ModelPass:
-    """Feed the test set through ``model`` in file order; an unreadable file is left out (skip) or raises."""
-    from feeding import FeedConfig, create_feeder, eval_spec
+def run_model(model, spec: AugSpec, test: TestSet, config: PredictConfig, device: torch.device) -> ModelPass:
+    """Feed the test set through ``model`` in file order, augmented by ``spec`` (deterministic
+    evaluation); an unreadable file is left out (skip) or raises."""
+    from feeding import FeedConfig, create_feeder
     from feeding.device import DeviceFeeder
     from feeding.sources import Samples
 
@@ -185,7 +191,7 @@ def run_model(model, size, test: TestSet, config: PredictConfig, device: torch.d
                       groups=np.arange(n, dtype=np.int64), classes=test.names, root=test.root, layout="test",
                       problems=test.problems)
     feed = FeedConfig(pipeline=config.pipeline, batch_size=config.batch, workers=config.workers,
-                      spec=eval_spec(size), shuffle=False, drop_last=False, on_bad=config.on_bad)
+                      spec=spec, shuffle=False, drop_last=False, on_bad=config.on_bad)
     with create_feeder(samples, feed) as feeder:
         probabilities, positions = model_probabilities(model, DeviceFeeder(feeder, device), config.tta)
         skipped, notes = tuple(feeder.skipped), tuple(feeder.notes)
@@ -217,8 +223,20 @@ class Ensemble:
     notes: tuple[str, ...]
 
 
+def checkpoint_eval_spec(path: Path, state: dict) -> AugSpec:
+    """What the run that made the checkpoint validated with: its spec file's eval section, else
+    ``eval_spec`` at its size."""
+    from feeding.spec import eval_spec
+    from feeding.spec_file import spec_from_record
+
+    recorded = state["config"].get("spec")
+    if recorded:
+        return spec_from_record(recorded["eval"], f"{path}: config.spec.eval")
+    return eval_spec(tuple(state["config"]["size"]))
+
+
 def load_models(checkpoints: list[Path], device: torch.device) -> tuple[list, tuple[str, ...]]:
-    """(path, model, input size) per checkpoint, and the classes they share."""
+    """(path, model, the eval spec it was validated with) per checkpoint, and the classes they share."""
     models, classes = [], None
     for path in checkpoints:
         model, state = _load_model(path, device)
@@ -226,15 +244,15 @@ def load_models(checkpoints: list[Path], device: torch.device) -> tuple[list, tu
             classes = checkpoint_classes(path, state)
         elif checkpoint_classes(path, state) != classes:
             raise CheckpointError(f"{path} has other classes than {checkpoints[0]}: an ensemble needs the same ones")
-        models.append((path, model, tuple(state["config"]["size"])))
+        models.append((path, model, checkpoint_eval_spec(path, state)))
     return models, classes
 
 
 def run_ensemble(models: list, classes: tuple[str, ...], test: TestSet, config: PredictConfig) -> Ensemble:
     device = torch.device(config.device)
     passes = []
-    for path, model, size in models:
-        passes.append(run_model(model, size, test, config, device))
+    for path, model, spec in models:
+        passes.append(run_model(model, config.spec.eval if config.spec else spec, test, config, device))
         if not np.array_equal(passes[-1].delivered, passes[0].delivered):
             raise FeedError(f"{path} was fed other files than {models[0][0]} (did a file change meanwhile?)")
     probabilities = [p.probabilities for p in passes]
@@ -306,6 +324,19 @@ def _write_confusion(out: Path, scores: dict, classes: tuple[str, ...]) -> Path:
     return path
 
 
+def eval_provenance(models: list, config: PredictConfig) -> dict:
+    """The result's ``spec`` (its eval section) and ``spec_file``: the --spec file's, else the
+    checkpoints' own (``eval`` None and ``eval_by_checkpoint`` where they differ)."""
+    from feeding.spec_file import spec_provenance, spec_record
+
+    if config.spec is not None:
+        return spec_provenance(eval=config.spec.eval, spec_file=config.spec.name)
+    specs = [spec for _, _, spec in models]
+    if all(spec == specs[0] for spec in specs):
+        return spec_provenance(eval=specs[0])
+    return {"spec": {"eval": None, "eval_by_checkpoint": [spec_record(spec) for spec in specs]}, "spec_file": None}
+
+
 def predict(config: PredictConfig) -> dict:
     """Predict the test set with every checkpoint (inference, not a predicted rate): the output CSV,
     its .json beside it (and the confusion PNG where the true classes are known); returns the .json's record."""
@@ -322,7 +353,7 @@ def predict(config: PredictConfig) -> dict:
               "images": len(test.paths), "predicted": len(ensemble.delivered),
               "skipped": [record.to_dict() for record in ensemble.skipped], "notes": list(ensemble.notes),
               "tta": config.tta, "vote": config.vote, "format": fmt, "output": str(out),
-              "classes": list(ensemble.classes)}
+              "classes": list(ensemble.classes), **eval_provenance(models, config)}
     if fmt == "full" and config.top_k > len(ensemble.classes):
         result["notes"].append(f"--top-k {config.top_k}: the model has only {len(ensemble.classes)} classes")
     if truth is not None:
@@ -339,7 +370,7 @@ def _sample_eval() -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from feeding.options import HelpFormatter, non_negative_int, positive_int
+    from feeding.options import HelpFormatter, add_spec_argument, non_negative_int, positive_int
 
     d = PredictConfig(checkpoints="")
     p = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__, formatter_class=HelpFormatter)
@@ -365,6 +396,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=non_negative_int, default=d.workers, help="data-loading workers (0: in process)")
     p.add_argument("--pipeline", default=d.pipeline, choices=ORDERED_PIPELINES,
                    help="host pipeline that decodes and resizes (both keep the file order)")
+    add_spec_argument(p, "augmentation spec, YAML or JSON, with train: and eval: sections (see README): its eval "
+                      "section is used for every model; default: each checkpoint's own (its run's spec file, "
+                      "else the benchmark eval spec at its size)")
     return p
 
 
@@ -386,9 +420,13 @@ def report_lines(result: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     try:
-        result = predict(PredictConfig(**vars(args)))
+        from feeding.options import spec_from_args
+
+        result = predict(PredictConfig(**{**vars(args), "spec": spec_from_args(parser, argv)}))
     except (FeedError, CheckpointError, ValueError) as error:
         print(f"training.predict: error: {error}", file=sys.stderr)
         return 2

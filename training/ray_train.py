@@ -48,7 +48,8 @@ from feeding import checks
 from feeding.checks import parse_size
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.feeder import FeedConfig, batches_per_epoch
-from feeding.spec import Normalize, Shape, train_spec
+from feeding.spec import AugSpec, Normalize, Shape
+from feeding.spec_file import SpecFile, train_and_eval
 
 WEIGHTS_FILE = "model.pt"  # the last epoch's checkpoint: the unwrapped model's state_dict
 
@@ -71,11 +72,15 @@ class RayTrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     out: str = "runs/ray_train"
+    spec: SpecFile | None = None  # the --spec file (train section: the Ray Data feed; eval: validation); sets size
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch", "workers", "actors"):
             checks.count(name, getattr(self, name))
-        object.__setattr__(self, "size", checks.size("size", self.size))
+        if self.spec is not None and not isinstance(self.spec, SpecFile):
+            raise TypeError(f"spec must be a SpecFile (feeding.spec_file.load_spec_file), got {self.spec!r}")
+        size = self.spec.train.output_size if self.spec is not None else self.size
+        object.__setattr__(self, "size", checks.size("size", size))
         for name in ("cpus_per_worker", "lr"):
             checks.positive(name, getattr(self, name))
         checks.positive("val_fraction", self.val_fraction, maximum=1, open_maximum=True)
@@ -83,6 +88,14 @@ class RayTrainConfig:
     @property
     def trainer_cpus(self) -> float:
         return self.workers * self.cpus_per_worker
+
+    @property
+    def train_augmentation(self) -> AugSpec:
+        return train_and_eval(self.spec, self.size)[0]
+
+    @property
+    def eval_augmentation(self) -> AugSpec:
+        return train_and_eval(self.spec, self.size)[1]
 
 
 def steps_per_epoch(images: int, batch: int, workers: int) -> int:
@@ -139,7 +152,8 @@ def train_loop(loop: dict) -> None:
     loss_fn = torch.nn.CrossEntropyLoss()
     shard = ray.train.get_dataset_shard("train")
     stream = ShardEpochs(iter(torch_batches(shard, loop["feed"])), loop["steps_per_epoch"])
-    train_feed = DeviceFeeder(stream, device, Normalize())
+    # The stream has no feeder config to read the spec's Normalize from: hand it over.
+    train_feed = DeviceFeeder(stream, device, loop["feed"].spec.normalize or Normalize())
     val_feed = _validation_feed(loop, rank, ray.train.get_context().get_world_size(), device)
     for epoch in range(config.epochs):
         stats = train_one_epoch(model, train_feed, optimizer, loss_fn, epoch)
@@ -167,13 +181,13 @@ def _checkpoint(folder: str, model: torch.nn.Module | None):
 
 def _validation_feed(loop: dict, rank: int, world_size: int, device: torch.device):
     """This rank's exact slice of the validation split, through the albumentations host pipeline in-process."""
-    from feeding import create_feeder, eval_spec
+    from feeding import create_feeder
     from feeding.device import DeviceFeeder
     from feeding.feeder import shard_indices
 
     config: RayTrainConfig = loop["config"]
     val = loop["val"].subset(shard_indices(len(loop["val"]), rank, world_size))
-    feed = FeedConfig(pipeline="albumentations", batch_size=config.batch, workers=0, spec=eval_spec(config.size),
+    feed = FeedConfig(pipeline="albumentations", batch_size=config.batch, workers=0, spec=config.eval_augmentation,
                       shuffle=False, drop_last=False, seed=config.seed)
     return DeviceFeeder(create_feeder(val, feed), device)
 
@@ -206,7 +220,7 @@ def run(config: RayTrainConfig) -> dict:
                            reserved_cpus=config.trainer_cpus,
                            num_cpus=math.ceil(config.trainer_cpus + config.actors))
     feed = FeedConfig(pipeline="ray", batch_size=config.batch, workers=config.actors,
-                      spec=train_spec(config.size), seed=config.seed)
+                      spec=config.train_augmentation, seed=config.seed)
     owns_ray = connect(ray_config)
     try:
         data_cpus = data_cpu_limit(cluster_cpus(), ray_config.reserved_cpus, ray_config.data_cpus)
@@ -220,7 +234,13 @@ def run(config: RayTrainConfig) -> dict:
     history = _history(result)
     if len(history) != config.epochs:
         raise FeedError(f"Ray Train reported {len(history)} of {config.epochs} epochs: see the log above")
-    return {"config": {**asdict(config), "size": list(config.size)}, "steps_per_epoch": steps,
+    from feeding.spec_file import spec_provenance
+
+    spec_file = config.spec.name if config.spec is not None else None
+    return {"config": {**asdict(config), "size": list(config.size),
+                       "spec": config.spec.record() if config.spec is not None else None},
+            **spec_provenance(config.train_augmentation, config.eval_augmentation, spec_file),
+            "steps_per_epoch": steps,
             "checkpoint": result.checkpoint.path if result.checkpoint else None,
             "train_images": len(train), "val_images": len(val), "data_cpus": data_cpus, "epochs": history}
 
@@ -257,7 +277,7 @@ def _history(result) -> list[dict]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from feeding.options import HelpFormatter, plain_text
+    from feeding.options import HelpFormatter, add_spec_argument, plain_text
 
     d = RayTrainConfig()
     p = argparse.ArgumentParser(prog="python -m training.ray_train",
@@ -267,6 +287,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train")
     p.add_argument("--batch", type=int, default=d.batch, help="images per worker and step")
     p.add_argument("--size", default="x".join(map(str, d.size)), help="N or HxW pixels")
+    add_spec_argument(p)  # the Ray Data feed runs its train section, validation its eval section; it sets --size
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     p.add_argument("--workers", type=int, default=d.workers, help="TorchTrainer workers")
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker,
@@ -282,12 +303,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     try:
+        from feeding.options import spec_from_args
+
+        spec = spec_from_args(parser, argv, fixed=("size",))
         config = RayTrainConfig(data=args.data, model=args.model, epochs=args.epochs, batch=args.batch,
                                 size=parse_size(args.size), lr=args.lr, workers=args.workers,
                                 cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, actors=args.actors,
-                                address=args.address, val_fraction=args.val_fraction, seed=args.seed, out=args.out)
+                                address=args.address, val_fraction=args.val_fraction, seed=args.seed, out=args.out,
+                                spec=spec)
         summary = run(config)
     except (FeedError, MissingDependencyError, ValueError) as error:
         print(f"ray_train: error: {error}", file=sys.stderr)

@@ -82,8 +82,23 @@ def prediction_notes(config: FitConfig, step: StepConfig, recommendation: dict |
             **step.to_dict()}
     theirs = {**{key: recommendation[key] for key in ("pipeline", "workers", "batch")},
               "size": list(recommendation["size"]), **StepConfig(**recommendation["step"]).to_dict()}
-    return [difference_note(flag, mine[key], theirs[key]) for key, flag in RATE_FLAGS.items()
-            if mine[key] != theirs[key]]
+    notes = [difference_note(flag, mine[key], theirs[key]) for key, flag in RATE_FLAGS.items()
+             if mine[key] != theirs[key]]
+    return notes + spec_notes(config, recommendation)
+
+
+def spec_notes(config: FitConfig, recommendation: dict) -> list[str]:
+    """A note where the run's training augmentation is not the one the tuner's feeds ran (its cost is
+    part of the predicted rate); none for a recommendation that does not record it."""
+    from feeding.spec_file import spec_record
+
+    recorded = recommendation.get("spec", {}).get("train")
+    if recorded is None or recorded == spec_record(config.train_augmentation):
+        return []
+    theirs = f"--spec {recommendation['spec_file']}" if recommendation.get("spec_file") else "the benchmark spec"
+    mine = f"--spec {config.spec.name}" if config.spec is not None else "the benchmark spec"
+    return [f"note: the augmentation ({mine}) differs from the recommendation's ({theirs}): its prediction "
+            "does not apply"]
 
 
 def tune_command(config: FitConfig) -> str:

@@ -13,7 +13,8 @@ def start_line(config, step, train_images: int, val_images: int, num_classes: in
     ranks = f", {ctx.world_size} ranks" if ctx.enabled else ""
     return (f"fit: {config.model} on {train_images} train / {val_images} val images ({num_classes} classes); "
             f"feed {config.pipeline}{' balanced' if config.balanced else ''}, {config.workers} workers, "
-            f"batch {config.batch}, {config.size[0]}x{config.size[1]}, device {device}{ranks}; "
+            f"batch {config.batch}, {config.size[0]}x{config.size[1]}"
+            f"{f' (spec {config.spec.name})' if config.spec is not None else ''}, device {device}{ranks}; "
             f"step: {step_description(step)}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from feeding.io import write_json
+from feeding.spec_file import spec_provenance
 from training import distributed
 from training.checkpoint import LAST, Progress, restore, save_epoch
 from training.config import FitConfig
@@ -161,7 +162,9 @@ def run_summary(config: FitConfig, step: StepConfig, samples, train, val, feeds,
     skipped = skipped_files(samples, *feeds)  # this rank's (rank 0's under DDP)
     summary = {"best_macro_f1": progress.best_f1, "epochs_run": len(progress.history), "train_images": len(train),
                "val_images": len(val), "history": progress.history, "skipped": [r.to_dict() for r in skipped],
-               "prediction": verdict, "config": config.to_dict(), "step": step.to_dict(), "ranks": ctx.world_size}
+               "prediction": verdict, "config": config.to_dict(), "step": step.to_dict(), "ranks": ctx.world_size,
+               **spec_provenance(train=config.train_augmentation, eval=config.eval_augmentation,
+                                 spec_file=config.spec.name if config.spec is not None else None)}
     if ctx.is_main:
         report_skipped(skipped, out / "summary.json")
         print(f"best val macro-F1 {progress.best_f1:.4f}; {verdict}")

@@ -1,10 +1,11 @@
 """``feedbench compare``: every pipeline, each at its best worker count, on the same files.
 
-    feedbench compare [--data DIR] [--workers-max N] [--batch 64] [--size 224] [--batches N]
+    feedbench compare [--data DIR] [--workers-max N] [--batch 64] [--size 224 | --spec FILE] [--batches N]
                       [--repeats R] [--rounds R] [--loader module:factory] [--out results]
                       [--pipelines ...]
 
-Rows, all measured in one process with the same spec (rotate ±10°, resize, flip):
+Rows, all measured in one process with the same spec (rotate ±10°, resize, flip; or the train
+section of ``--spec FILE``, which the naive row builds from torchvision transforms):
 
 - ``naive``: the reference, what a typical user writes (``NaiveTorchvisionDataset`` in a
   plain DataLoader): torchvision transforms on PIL images, float tensors normalized on the CPU.

@@ -10,8 +10,9 @@ from bench.compare.reporting import compare_markdown, write_outputs
 from bench.compare.run import run_compare
 from bench.provenance import display_command
 from feeding.errors import FeedError, MissingDependencyError
-from feeding.options import FlattenList, HelpFormatter, listed, whole_number
+from feeding.options import FlattenList, HelpFormatter, add_spec_argument, listed, spec_from_args, whole_number
 from feeding.options import size as size_arg
+from feeding.spec_file import SpecFile
 
 DESCRIPTION = """\
 Every pipeline, each at its best worker count, on the same files: the naive torchvision loader
@@ -34,6 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=whole_number, default=64, help="images per batch")
     parser.add_argument("--size", type=size_arg, default="224", help="output size N or HxW")
     parser.add_argument("--rotate", type=float, default=10.0, help="rotate by up to ± this many degrees")
+    add_spec_argument(parser)  # every row runs its train section; it sets what --size and --rotate would
     parser.add_argument("--batches", type=whole_number, default=10, help="batches per timed window")
     parser.add_argument("--repeats", type=whole_number, default=3, help="timed windows per sweep point")
     parser.add_argument("--warmup", type=whole_number, default=2, help="batches before timing")
@@ -49,26 +51,28 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    """The run ``args`` ask for; CompareError naming the option where one is out of range."""
+def config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> CompareConfig:
+    """The run ``args`` ask for (``spec``: the ``--spec`` file, loaded); CompareError naming the option
+    where one is out of range."""
     try:
         settings = Settings(args.batches, args.repeats, args.warmup, args.rounds)
         return CompareConfig(data=args.data, workers_max=args.workers_max, batch=args.batch, size=args.size,
                              degrees=args.rotate, settings=settings, pipelines=tuple(args.pipelines),
-                             loaders=tuple(args.loader or ()), out=args.out)
+                             loaders=tuple(args.loader or ()), out=args.out, spec=spec)
     except ValueError as error:
         raise CompareError(str(error)) from None
 
 
 def compare_main(argv: list[str]) -> int:
     """``feedbench compare ARGS``; returns the exit code (1: a row failed, 2: bad input, 130: interrupted)."""
+    parser = make_parser()
     try:
-        args = make_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse has printed usage and the reason (or --help)
         return int(exit_.code or 0)
     command = display_command("feedbench compare", argv)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, spec_from_args(parser, argv, fixed=("size", "rotate")))
         report, interrupted = run_compare(config, command)
     except (FeedError, MissingDependencyError, ValueError) as error:  # CompareError is a ValueError
         print(f"feedbench compare: error: {error}", file=sys.stderr)

@@ -15,18 +15,63 @@ from feeding.backends.host import HostFeeder, HostTransform
 from feeding.errors import BadFile, FeedError
 from feeding.feeder import FeedConfig, Feeder
 from feeding.plan import make_plan
-from feeding.spec import IMAGENET_MEAN, IMAGENET_STD, AugSpec, Resize, Shape
+from feeding.spec import AugSpec, Normalize, Resize, Shape, train_spec
 
 UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what PIL raises for a file it cannot open
+
+
+# The torchvision transform that does each op's work, as a tutorial writes it (torchvision's defaults,
+# e.g. RandomRotation's nearest-neighbour). An op not listed here is one the naive row cannot do: it
+# is left out and named (``torchvision_steps``), never replaced by other work.
+TORCHVISION_STEPS = {
+    "Resize": lambda T, op: T.Resize(op.size),
+    "RandomResizedCrop": lambda T, op: T.RandomResizedCrop(op.size, scale=op.scale, ratio=op.ratio),
+    "CenterCrop": lambda T, op: T.CenterCrop(op.size),
+    "Rotate": lambda T, op: T.RandomRotation(op.degrees),
+    "HorizontalFlip": lambda T, op: T.RandomHorizontalFlip(op.p),
+    "ColorJitter": lambda T, op: T.ColorJitter(brightness=op.brightness, contrast=op.contrast,
+                                               saturation=op.saturation),
+}
+
+
+def torchvision_steps(spec: AugSpec) -> tuple[list, tuple[str, ...]]:
+    """(the torchvision transforms that run ``spec`` in its written order, then ToTensor and Normalize
+    on the CPU; the names of the ops torchvision has no counterpart for here, left out)."""
+    from torchvision import transforms
+
+    steps, missing = [], []
+    for op in spec.host_ops:
+        make = TORCHVISION_STEPS.get(type(op).__name__)
+        if make is None:
+            missing.append(type(op).__name__)
+        else:
+            steps.append(make(transforms, op))
+    # What the feedbench rows' device step does (feeding.device.DeviceFeeder): the spec's Normalize, else the default.
+    normalize = spec.normalize or Normalize()
+    steps += [transforms.ToTensor(), transforms.Normalize(normalize.mean, normalize.std)]
+    return steps, tuple(missing)
+
+
+def naive_description(spec: AugSpec) -> str:
+    """The naive row's transforms in words, and what it leaves out of ``spec`` (for the report's notes)."""
+    steps, missing = torchvision_steps(spec)
+    text = f"torchvision {', '.join(type(step).__name__ for step in steps)}"
+    if missing:
+        text += (f"; torchvision has no counterpart here for {', '.join(missing)}: the naive row leaves "
+                 f"{'it' if len(missing) == 1 else 'them'} out, so it does less work than the other rows")
+    return text
 
 
 class NaiveTorchvisionDataset(Dataset):
     """REFERENCE ONLY, not a feedbench pipeline: the loader a typical user writes.
 
-    PIL opens each file, torchvision rotates the full-resolution image *before*
-    resizing it, and ``ToTensor``/``Normalize`` make float tensors on the CPU;
-    a plain DataLoader then collates them with ``default_collate``. Kept exactly
-    as written in tutorials: it is the baseline the other rows are compared with.
+    PIL opens each file, torchvision runs the spec's ops in their written order on
+    the full-resolution image (the benchmark spec rotates *before* resizing), and
+    ``ToTensor``/``Normalize`` make float tensors on the CPU; a plain DataLoader
+    then collates them with ``default_collate``. Kept as written in tutorials: it
+    is the baseline the other rows are compared with. ``spec``: what it runs
+    (default: the benchmark spec at ``size`` and ``degrees``); an op torchvision
+    has no counterpart for is left out, and named in ``unexpressed``.
 
     A file PIL cannot open is what a user's try/except does with it: skipped, and the
     next file taken in its place. Which files were skipped is kept in shared memory
@@ -34,7 +79,7 @@ class NaiveTorchvisionDataset(Dataset):
     """
 
     def __init__(self, paths: Iterable[str], labels: Iterable[int], size: Shape = (224, 224),
-                 degrees: float = 10.0) -> None:
+                 degrees: float = 10.0, spec: AugSpec | None = None) -> None:
         from torchvision import transforms
 
         self.paths = [str(path) for path in paths]
@@ -42,13 +87,8 @@ class NaiveTorchvisionDataset(Dataset):
         # Shared with the worker processes (handed to them when they start): 1 = skipped.
         self._unreadable = multiprocessing.Array("b", len(self.paths), lock=False)
         self._reasons: dict[str, str] = {}  # this process's record of why; workers only set the flags
-        self.transform = transforms.Compose([
-            transforms.RandomRotation(degrees),
-            transforms.Resize(size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        steps, self.unexpressed = torchvision_steps(spec or train_spec(size, degrees=degrees))
+        self.transform = transforms.Compose(steps)
 
     def __len__(self) -> int:
         return len(self.paths)

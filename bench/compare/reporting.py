@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from bench.compare.config import DECODE_ONLY, FEEDBENCH_CPU, GPU_LIBRARY_ON_CPU, NAIVE, CompareConfig
+from bench.compare.describe import TARGET_DB, meets_target
 from bench.compare.measuring import Row
+from bench.fidelity import format_db
 from bench.provenance import provenance
 from feeding.errors import BadFile
 from feeding.io import display_path, write_atomic, write_record_and_table
+from feeding.spec_file import describe_spec, spec_record
 
 
 def ratio(row: Row | None, other: Row | None) -> float | None:
@@ -40,13 +44,17 @@ def headline(rows: list[Row]) -> dict:
     }
 
 
-def row_record(row: Row, naive: Row | None, limit: Row | None) -> dict:
-    """One row for the JSON: its best point, its rate (img/s) and ratios, its skipped files, its sweep."""
+def row_record(row: Row, naive: Row | None, limit: Row | None, does: str | None = None,
+               fidelity: dict | None = None) -> dict:
+    """One row for the JSON: what it does, its best point, its rate (img/s) and ratios, its fidelity (PSNR
+    against the written order's reference), its skipped files, its sweep."""
     skipped = row.skipped
     best = row.best if row.measured else None
     return {
         "name": row.name,
         "kind": row.kind,
+        "does": does,
+        "fidelity": fidelity,
         "failed": row.failed,
         "best_workers": best.workers if best else None,
         "best_executor": best.executor if best else None,
@@ -100,14 +108,17 @@ def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
     naive, limit = by_name.get(NAIVE), by_name.get(DECODE_ONLY)
     return {
         **context,
-        "spec": {"size": list(config.size), "rotate_degrees": config.degrees, "flip": True,
-                 "batch": config.batch},
+        # The train section every row ran (spec_record), its output size, and the batch.
+        "spec": {"size": list(config.size), "batch": config.batch, "train": spec_record(config.augmentation),
+                 "described": describe_spec(config.augmentation)},
+        "spec_file": config.spec.name if config.spec else None,
         "workers_max": config.workers_max,
         "batches": config.settings.batches,
         "repeats": config.settings.repeats,
         "warmup": config.settings.warmup,
         "rounds": config.settings.rounds if any(row.rounds for row in rows) else 0,
-        "rows": [row_record(row, naive, limit) for row in rows],
+        "rows": [row_record(row, naive, limit, context.get("does", {}).get(row.name),
+                            context.get("fidelity", {}).get(row.name)) for row in rows],
         "ratios": headline(rows),
         "skipped": [file.to_dict() for file in all_skipped(rows)],
         **provenance(),
@@ -116,6 +127,17 @@ def build_report(rows: list[Row], config: CompareConfig, context: dict) -> dict:
 
 def _times(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
+
+
+def _fidelity_sentence(report: dict) -> str:
+    best = report["ratios"]["best_feedbench_cpu"]
+    score = next((row["fidelity"] for row in report["rows"] if row["name"] == best), None)
+    if not score or "median_db" not in score:
+        return "- Its fidelity was not measured."
+    held = meets_target(score)
+    return (f"- Its picture against the written order's antialiased reference: {format_db(score['median_db'])} dB "
+            f"median, {format_db(score['worst_db'])} dB worst over {score['images']} files "
+            f"({'meets' if held else '**misses**'} the target of {TARGET_DB[0]:g} / {TARGET_DB[1]:g} dB).")
 
 
 def _sentences(ratios: dict) -> list[str]:
@@ -144,6 +166,7 @@ def compare_markdown(report: dict) -> str:
     """The report as Markdown: the run's conditions, one table row per row, the headline, the notes."""
     machine, pil = report["machine"], report["machine"]["pil"]
     size = "x".join(map(str, report["spec"]["size"]))
+    spec_file = f" ({report['spec_file']})" if report.get("spec_file") else ""
     lines = [
         f"# feedbench compare: {report['data_name']}, {size}, batch {report['spec']['batch']}",
         "",
@@ -152,16 +175,21 @@ def compare_markdown(report: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores; PIL: {pil['distribution']} {pil['version']}"
         f"{' (SIMD)' if pil.get('simd') else ''}; DALI: {machine['dali'] or 'not installed'}.",
         f"Data: {report['data']} ({report['dataset_images']} images). "
-        f"Spec: rotate ±{report['spec']['rotate_degrees']:g}°, "
-        f"resize to {size}, flip. Workers swept 1..{report['workers_max']}; "
+        f"Spec{spec_file}: {report['spec']['described']}. Workers swept 1..{report['workers_max']}; "
         f"{report['repeats']} windows of {report['batches']} batches after {report['warmup']} warm-up batches.",
         _rounds_sentence(report),
         "",
-        "| pipeline | best workers | img/s median (min–max) | × naive | × decode-only | skipped files |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| pipeline | best workers | img/s median (min–max) | × naive | × decode-only | PSNR dB median / worst "
+        "| skipped files |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [_table_row(row) for row in report["rows"]]
-    lines += ["", *_sentences(report["ratios"]), ""]
+    lines += ["", *_sentences(report["ratios"]), _fidelity_sentence(report), ""]
+    lines += ["What each row does:", ""] + [f"- {row['name']}: {row['does']}" for row in report["rows"] if row["does"]]
+    if report.get("fidelity_spec"):
+        lines += ["", "PSNR: each row's picture against the written order, one PIL step at a time on a full decode "
+                  "(`feeding.fidelity.reference`), on files of this data, with the draws pinned so that every row "
+                  f"runs the same augmentation: {report['fidelity_spec']}.", ""]
     if report.get("chart") and _charted(report["rows"]):
         lines += [f"![img/s per pipeline]({report['chart']})", ""]
     lines += [f"Note: {note}" for note in report["notes"]]
@@ -172,11 +200,20 @@ def _table_row(row: dict) -> str:
     skipped = "not reported" if row["skipped_files"] is None else row["skipped_files"]
     if row["failed"]:
         error = row["failed"].replace("|", "\\|")  # a pipe would end the cell
-        return f"| {row['name']} | — | **failed**: {error} | — | — | {skipped} |"
+        return f"| {row['name']} | — | **failed**: {error} | — | — | — | {skipped} |"
     rate = row["images_per_sec"]
     workers = "as given" if row["best_workers"] is None else row["best_workers"]
     return (f"| {row['name']} | {workers} | {rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f}) "
-            f"| {_times(row['ratio_to_naive'])} | {_times(row['ratio_to_decode_only'])} | {skipped} |")
+            f"| {_times(row['ratio_to_naive'])} | {_times(row['ratio_to_decode_only'])} | {_psnr(row['fidelity'])} "
+            f"| {skipped} |")
+
+
+def _psnr(score: dict | None) -> str:
+    if not score:
+        return "—"
+    if "median_db" not in score:
+        return f"not scored ({score['skipped']})"
+    return f"{format_db(score['median_db'])} / {format_db(score['worst_db'])}"
 
 
 def _charted(rows: list[dict]) -> list[dict]:
@@ -209,9 +246,10 @@ def chart_png(report: dict) -> bytes:
 
 
 def output_stem(data_name: str, config: CompareConfig) -> str:
-    """The run's conditions as a file name: 'compare-<data>-<size>-b<batch>-<cores>c'."""
+    """The run's conditions as a file name: 'compare-<data>[-<spec file>]-<size>-b<batch>-<cores>c'."""
     size = str(config.size[0]) if config.size[0] == config.size[1] else "x".join(map(str, config.size))
-    return f"compare-{data_name}-{size}-b{config.batch}-{os.cpu_count()}c"
+    spec = f"-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(config.spec.name).stem)}" if config.spec else ""
+    return f"compare-{data_name}{spec}-{size}-b{config.batch}-{os.cpu_count()}c"
 
 
 def write_outputs(report: dict, config: CompareConfig) -> list[Path]:

@@ -10,10 +10,9 @@ from typing import Callable, Iterable
 
 from torch.utils.data import Dataset
 
-from bench.compare.config import DECODE_ONLY, KINDS, NAIVE, ROW_NAMES, CompareConfig, CompareError
+from bench.compare.config import DECODE_ONLY, KINDS, LITERAL, NAIVE, ROW_NAMES, CompareConfig, CompareError
 from bench.compare.reference import NaiveTorchvisionDataset, decode_only_feeder, plain_loader
 from feeding.backends import BACKENDS, capabilities
-from feeding.spec import train_spec
 
 LoaderMaker = Callable[[int, str | None], Iterable]  # (workers, executor) -> yields (images, labels) batches
 
@@ -33,13 +32,13 @@ class RowSpec:
         return [(workers, executor) for executor in self.executors for workers in self.workers]
 
 
-def _feeder_maker(samples, config: CompareConfig, pipeline: str) -> LoaderMaker:
+def _feeder_maker(samples, config: CompareConfig, pipeline: str, literal: bool = False) -> LoaderMaker:
     from feeding.factory import create_feeder
     from feeding.feeder import FeedConfig
 
     def make(workers: int, executor: str | None):
         feed = FeedConfig(pipeline=pipeline, batch_size=config.batch, workers=workers, executor=executor or "auto",
-                          spec=train_spec(config.size, degrees=config.degrees))
+                          spec=config.augmentation, literal_order=literal)
         return create_feeder(samples, feed)
 
     return make
@@ -51,10 +50,12 @@ def _dataset_maker(dataset: Dataset, batch: int) -> LoaderMaker:
 
 def _builtin_maker(name: str, samples, config: CompareConfig) -> LoaderMaker:
     if name == NAIVE:
-        naive = NaiveTorchvisionDataset(samples.paths.tolist(), samples.labels.tolist(), config.size, config.degrees)
+        naive = NaiveTorchvisionDataset(samples.paths.tolist(), samples.labels.tolist(), spec=config.augmentation)
         return _dataset_maker(naive, config.batch)
     if name == DECODE_ONLY:
         return lambda workers, executor: decode_only_feeder(samples, config.batch, workers, executor)
+    if name == LITERAL:
+        return _feeder_maker(samples, config, "pil", literal=True)
     return _feeder_maker(samples, config, name)
 
 

@@ -6,19 +6,23 @@ import re
 from pathlib import Path
 
 from bench.compare.config import CompareConfig, CompareError
+from bench.compare.describe import row_does, row_fidelity
+from bench.fidelity import pinned
 from bench.compare.measuring import measure_rows, paired_rounds
+from bench.compare.reference import naive_description
 from bench.compare.reporting import build_report, output_stem, skipped_notes
 from bench.compare.rows import builtin_rows, user_row
 from feeding import decode
 from feeding.io import display_path
 from feeding.sample import resolve_data
 from feeding.sources import discover
+from feeding.spec_file import describe_spec
 
 # What every report says about how its rows were run.
 METHOD_NOTES = (
-    "naive: NaiveTorchvisionDataset (PIL open, torchvision RandomRotation before Resize, ToTensor, "
-    "Normalize on the CPU) in DataLoader(shuffle=True, drop_last=True) with default collate; a file PIL "
-    "cannot open is skipped for the next one, as a user's try/except does.",
+    "naive: NaiveTorchvisionDataset (PIL open, then {naive} on the CPU, in the spec's order) in "
+    "DataLoader(shuffle=True, drop_last=True) with default collate; a file PIL cannot open is skipped for the "
+    "next one, as a user's try/except does.",
     "decode-only: full-resolution decode ({decoder} for JPEGs, as the OpenCV pipeline) by "
     "persistent worker processes and by worker threads, the better of the two; the pixels are dropped, so "
     "collating full-size images is not measured.",
@@ -48,7 +52,8 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
                            "no row can make a full batch; lower --batch")
     # The rows are given the listing without its problems: those are the data's, noted once, not the rows'.
     samples = dataclasses.replace(listed_samples, problems=())
-    notes = [note.format(decoder=decode.jpeg_decoder()) for note in METHOD_NOTES]
+    notes = [note.format(decoder=decode.jpeg_decoder(), naive=naive_description(config.augmentation))
+             for note in METHOD_NOTES]
     workers = tuple(range(1, config.workers_max + 1))
     users = [user_row(spec, config.batch, workers) for spec in config.loaders]  # bad input fails first
     specs = builtin_rows(samples, config, notes) + users
@@ -60,9 +65,13 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
         if interrupted:
             notes.append("interrupted during the paired rounds: the figures are the sweep's, not paired.")
     notes += skipped_notes(rows, listed_samples.problems, root)
+    names = [row.name for row in rows]
+    does = {name: row_does(name, config.augmentation) for name in names}
+    scores = {} if interrupted else row_fidelity(samples.paths, config.augmentation, names)
     name = data_name(config.data, root)
     context = {"command": command, "data": display_path(root), "data_name": name,
                "chart": output_stem(name, config) + ".png",
                "dataset_images": len(samples), "interrupted": interrupted, "notes": notes,
+               "does": does, "fidelity": scores, "fidelity_spec": describe_spec(pinned(config.augmentation)),
                "listing_problems": [problem.to_dict() for problem in listed_samples.problems]}
     return build_report(rows, config, context), interrupted

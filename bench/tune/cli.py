@@ -10,16 +10,18 @@ import os
 import sys
 from pathlib import Path
 
-from bench.tune.config import ON_BAD, TuneConfig
+from bench.tune.config import DEFAULT_SIZES, ON_BAD, TuneConfig
 from bench.tune.report import recommendation_path, summary_lines, write_reports
 from bench.tune.run import compare_with_tuner, tune
 from feeding.backends import PIPELINES
 from feeding.errors import FeedError, MissingDependencyError
+from feeding.options import spec_from_args
+from feeding.spec_file import SpecFile
 from training.step import OPTIMIZERS, StepConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from feeding.options import FlattenList, HelpFormatter, listed, plain_text, positive_int, size
+    from feeding.options import FlattenList, HelpFormatter, add_spec_argument, listed, plain_text, positive_int, size
 
     d = TuneConfig
     parser = argparse.ArgumentParser(prog="feedbench tune", description=plain_text(__doc__.split("\n\n")[0]),
@@ -31,9 +33,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda[:N], or sim:R: a simulated accelerator that trains R img/s at 224x224 "
                         "(would this host feed such a GPU?)")
     parser.add_argument("--sizes", nargs="+", type=listed(size), action=FlattenList,
-                        default=",".join(f"{h}" if h == w else f"{h}x{w}" for h, w in d.sizes),
+                        default=",".join(f"{h}" if h == w else f"{h}x{w}" for h, w in DEFAULT_SIZES),
                         help="candidate shapes (pixels; N or HxW), by commas or spaces: the largest the feed "
-                        "keeps up with is picked")
+                        "keeps up with is picked (with --spec: the spec's output size alone)")
+    add_spec_argument(parser)  # every measured feed runs its train section, at its output size
     parser.add_argument("--budget-s", type=float, default=d.budget_s, help="time for the search (seconds)")
     parser.add_argument("--pipelines", nargs="+", type=listed(str), action=FlattenList,
                         help="pipelines to tune, by commas or spaces (none given: pil, albumentations, dali, "
@@ -83,7 +86,9 @@ def step_from_args(args: argparse.Namespace) -> StepConfig:
                                  loss_every=args.loss_every)
 
 
-def config_from_args(args: argparse.Namespace) -> TuneConfig:
+def config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> TuneConfig:
+    """The run ``args`` ask for; ``spec``: the ``--spec`` file, loaded (it fixes the shape: ``--sizes``
+    is then left to it)."""
     if args.pipelines is None:
         from bench.ray_scale import ray_candidate
 
@@ -91,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
     else:
         pipelines = tuple(dict.fromkeys(args.pipelines))  # a pipeline named twice is tuned once
     return TuneConfig(
-        data=args.data, model=args.model, device=args.device, sizes=tuple(dict.fromkeys(args.sizes)),
+        data=args.data, model=args.model, device=args.device,
+        sizes=None if spec is not None else tuple(dict.fromkeys(args.sizes)), spec=spec,
         budget_s=args.budget_s, pipelines=pipelines, workers_max=args.workers_max,
         batches=tuple(dict.fromkeys(args.batches)) if args.batches else None,
         e2e_batches=args.e2e_batches, e2e_min_s=args.e2e_min_s, exhaustive=args.exhaustive, isolate=args.isolate,
@@ -100,9 +106,10 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
 
 
 def tune_main(argv: list[str]) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, spec_from_args(parser, argv, fixed=("sizes",)))
         record = tune(config)
         if config.exhaustive:
             record["exhaustive_check"] = compare_with_tuner(config, record)

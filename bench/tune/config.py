@@ -8,6 +8,8 @@ from feeding import checks
 from feeding.backends import PIPELINES, capabilities
 from feeding.checks import Shape
 from feeding.sim import is_sim
+from feeding.spec import AugSpec, train_spec
+from feeding.spec_file import SpecFile
 from training.step import StepConfig
 
 MIN_MEASURE_S = 20.0  # below this budget (seconds) nothing meaningful can be measured
@@ -15,6 +17,7 @@ ON_BAD = ("skip", "fail")
 # A pipeline that needs a cluster is tuned only where one answers (the CLI asks RAY_ADDRESS):
 # a local start of it is no tuning.
 LOCAL_PIPELINES = tuple(name for name in PIPELINES if not capabilities(name).needs_cluster)
+DEFAULT_SIZES: tuple[Shape, ...] = ((224, 224), (192, 192), (160, 160), (128, 128))
 
 
 def _host_cores() -> int:
@@ -23,12 +26,16 @@ def _host_cores() -> int:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """One tuning run; validated when built. Sizes are (height, width) in pixels, times in seconds."""
+    """One tuning run; validated when built. Sizes are (height, width) in pixels, times in seconds.
+
+    ``spec``: the ``--spec`` file, whose train section every measured feed runs; it fixes the
+    shape, so ``sizes`` is its output size alone (None: DEFAULT_SIZES, or the spec's).
+    """
 
     data: str | None = None
     model: str = "resnet18"
     device: str = "cpu"
-    sizes: tuple[Shape, ...] = ((224, 224), (192, 192), (160, 160), (128, 128))
+    sizes: tuple[Shape, ...] | None = None
     budget_s: float = 300.0
     pipelines: tuple[str, ...] = LOCAL_PIPELINES
     workers_max: int = field(default_factory=lambda: 2 * _host_cores())
@@ -45,11 +52,10 @@ class TuneConfig:
     on_bad: str = "skip"  # a bad listing row or unreadable file: "skip" (left out, reported) or "fail"
     step: StepConfig | None = None  # the training step measured (training.step); None: the device's defaults
     checked: int = 3  # the best predicted setups checked end to end with the real loop; the pick is the fastest
+    spec: SpecFile | None = None
 
     def __post_init__(self) -> None:
-        if not self.sizes:
-            raise ValueError("--sizes needs at least one size")
-        object.__setattr__(self, "sizes", tuple(checks.size("--sizes", size) for size in self.sizes))
+        self._check_sizes()
         for name in self.pipelines:
             checks.choice("pipeline", name, PIPELINES)
         checks.number("--budget-s", self.budget_s)
@@ -81,6 +87,24 @@ class TuneConfig:
         checks.count("--checked", self.checked)
         if self.simulated:
             self._check_simulated_rate()
+
+    def _check_sizes(self) -> None:
+        """The candidate shapes: the given ones, or the spec's output size alone (a spec fixes the shape)."""
+        if self.spec is not None and not isinstance(self.spec, SpecFile):
+            raise TypeError(f"spec must be a SpecFile (feeding.spec_file.load_spec_file), got {self.spec!r}")
+        fixed = (self.spec.train.output_size,) if self.spec is not None else None
+        sizes = self.sizes if self.sizes is not None else fixed or DEFAULT_SIZES
+        if not sizes:
+            raise ValueError("--sizes needs at least one size")
+        sizes = tuple(checks.size("--sizes", size) for size in sizes)
+        if fixed is not None and sizes != fixed:
+            raise ValueError(f"--sizes: the spec {self.spec.name} fixes the shape at {fixed[0][0]}x{fixed[0][1]}; "
+                             "drop --sizes (or --spec)")
+        object.__setattr__(self, "sizes", sizes)
+
+    def spec_at(self, size: Shape) -> AugSpec:
+        """What a measured feed at ``size`` runs: the spec file's train section, else the benchmark spec."""
+        return self.spec.train if self.spec is not None else train_spec(size)
 
     def _check_simulated_rate(self) -> None:
         """A simulated device so slow that its own steps outlast the budget cannot be measured against."""

@@ -14,7 +14,6 @@ from feeding.backends import capabilities
 from feeding.checks import Shape
 from feeding.errors import BadFile
 from feeding.feeder import FeedConfig
-from feeding.spec import train_spec
 
 
 class BudgetExceeded(Exception):
@@ -65,7 +64,7 @@ class Measurer:
             self.skipped.setdefault(record.path, record)
 
     def _feed_config(self, pipeline: str, workers: int, size: Shape, batch: int) -> FeedConfig:
-        return FeedConfig(pipeline=pipeline, batch_size=batch, workers=workers, spec=train_spec(size),
+        return FeedConfig(pipeline=pipeline, batch_size=batch, workers=workers, spec=self.config.spec_at(size),
                           seed=self.config.seed, decode_device=capabilities(pipeline).decode_device(self.config.device),
                           on_bad=self.config.on_bad)
 
@@ -218,7 +217,7 @@ def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> tuple[dic
     threads = consume_threads(c.workers, config.cores, config.device)
     consume = Measurer.consume_config_for(config, len(samples.classes), c.size, c.batch, threads).resolved()
     decode_device = capabilities(c.pipeline).decode_device(config.device)
-    feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=c.workers, spec=train_spec(c.size),
+    feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=c.workers, spec=config.spec_at(c.size),
                       seed=config.seed, drop_last=True, decode_device=decode_device, on_bad=config.on_bad)
     step_device = torch_device(config.device)
     with step_settings(consume.step, step_device, threads):
@@ -272,8 +271,8 @@ def loader_stage(config: TuneConfig, samples, best: Prediction) -> str:
     from bench.stages import measure_stages
     from feeding.factory import create_feeder
 
-    feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=max(1, c.workers), spec=train_spec(c.size),
-                      on_bad=config.on_bad)
+    feed = FeedConfig(pipeline=c.pipeline, batch_size=c.batch, workers=max(1, c.workers),
+                      spec=config.spec_at(c.size), on_bad=config.on_bad)
     with create_feeder(samples, feed) as feeder:
         _, breakdown = measure_stages(feeder, config.feed_batches, 1, 1, device=config.device, differential=False)
     return breakdown.bottleneck

@@ -87,12 +87,25 @@ def recommendation_markdown(record: dict, command: str, next_step: str | None = 
     return "\n".join(lines)
 
 
+def spec_line(record: dict) -> str | None:
+    """'the shape 64x64 is fixed by the spec spec.yaml (its train section: ...)'; None without a spec file."""
+    if not record.get("shape_fixed_by_spec"):
+        return None
+    from feeding.spec_file import describe_spec, spec_from_record
+
+    train = describe_spec(spec_from_record(record["spec"]["train"], "the record's spec"))
+    return (f"the shape {record['size'][0]}x{record['size'][1]} is fixed by the spec {record['spec_file']} "
+            f"(not searched); every feed ran its train section: {train}")
+
+
 def _recommendation_lines(record: dict, next_step: str | None) -> list[str]:
     end_to_end = record["end_to_end"]
+    spec = spec_line(record)
     return [
         f"- pipeline **{record['pipeline']}**, workers **{record['workers']}**, batch **{record['batch']}**, "
         f"size **{record['size'][0]}x{record['size'][1]}**"
         + (f", model threads {record['model_threads']}" if record["model_threads"] else ""),
+        *([f"- {spec}"] if spec else []),
         f"- feed {record['feed_ips']:.1f} img/s, consume {record['consume_ips']:.1f} img/s, "
         f"predicted {record['predicted_ips']:.1f} img/s"
         + (f" per rank; {record['ranks']} ranks sharing {record['machine']['cores']} cores: "
@@ -216,8 +229,10 @@ def recommendation_path(record: dict, out: Path) -> Path | None:
     return out / "recommendation.json" if record["search"]["mode"] == "climb" else None
 
 
-def next_command(recommendation: Path) -> str:
-    return f"python -m training.fit --pipeline best --recommendation {shlex.quote(str(recommendation))}"
+def next_command(recommendation: Path, spec_file: str | None = None) -> str:
+    """The training command that uses the recommendation (with the spec file the feeds ran, if any)."""
+    spec = f" --spec {shlex.quote(spec_file)}" if spec_file else ""
+    return f"python -m training.fit --pipeline best --recommendation {shlex.quote(str(recommendation))}{spec}"
 
 
 def write_reports(record: dict, out: Path, command: str) -> list[Path]:
@@ -226,7 +241,7 @@ def write_reports(record: dict, out: Path, command: str) -> list[Path]:
 
     tag = run_tag(record)
     recommendation = recommendation_path(record, out)
-    next_step = next_command(recommendation) if recommendation else None
+    next_step = next_command(recommendation, record.get("spec_file")) if recommendation else None
     written = [write_json(out / f"{tag}.json", record),
                write_atomic(out / f"{tag}.md", recommendation_markdown(record, command, next_step).encode()),
                write_atomic(out / f"{tag}.png", plot_png(record))]
@@ -244,6 +259,8 @@ def summary_lines(record: dict, recommendation: Path | None) -> list[str]:
              f"measured {record['measured_ips']:.1f} img/s ({100 * record['prediction_error']:+.1f}%), "
              f"data wait {100 * record['data_wait_fraction']:.0f}%",
              record["verdict"]]
+    spec = spec_line(record)
+    lines += [f"spec: {spec}"] if spec else []
     lines += [f"not picked: {line}" for line in dropped_lines(record)]
     lines += [f"note: {note}" for note in record["end_to_end"].get("notes", ())]
     lines += skipped_lines(record, limit=5)
@@ -253,7 +270,7 @@ def summary_lines(record: dict, recommendation: Path | None) -> list[str]:
     if "nodes" in ray_scale:
         lines.append(f"Ray: {ray_scale['sentence']}")
     if recommendation:
-        lines.append(f"next: {next_command(recommendation)}")
+        lines.append(f"next: {next_command(recommendation, record.get('spec_file'))}")
     else:
         lines.append("next: --exhaustive writes no recommendation.json; run without it to get one for "
                      "`python -m training.fit --pipeline best`")

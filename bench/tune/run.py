@@ -27,6 +27,7 @@ def tune(config: TuneConfig) -> dict:
     from feeding.io import display_path
     from feeding.sample import resolve_data
     from feeding.sources import dataset_fingerprint, discover
+    from feeding.spec_file import spec_provenance
     from training.models import build_model
 
     samples = discover(resolve_data(config.data), on_bad=config.on_bad)
@@ -57,6 +58,9 @@ def tune(config: TuneConfig) -> dict:
         "workers": best.setup.workers,
         "batch": best.setup.batch,
         "size": list(best.setup.size),
+        # What the measured feeds ran at the pick's shape; a --spec file fixes the shape (no shape searched).
+        **spec_provenance(train=config.spec_at(best.setup.size), spec_file=config.spec.name if config.spec else None),
+        "shape_fixed_by_spec": config.spec is not None,
         "feed_ips": best.feed_ips,
         "consume_ips": best.consume_ips,
         "predicted_ips": best.predicted_ips,

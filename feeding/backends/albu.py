@@ -60,6 +60,23 @@ class SingleThreadedOpenCV:
 MAIN_PROCESS_OPENCV = SingleThreadedOpenCV()
 
 
+def antialiased_shrink(image: np.ndarray, out, box=None) -> np.ndarray:
+    """PIL's antialiased bilinear resize (pillow-simd's SIMD code, outside the GIL) of an HxWx3 or RGBX
+    HxWx4 uint8 array to ``out`` (height, width). Not OpenCV's INTER_AREA: a box filter, it scored 30 dB
+    against PIL's triangle on fine stripes where this scores 47, and at 512x384 -> 224x224 it took 4x as long
+    (tests/benchmarks, group "antialiased shrink"). The array is wrapped, not copied. ``box``: the
+    (left, top, right, bottom) region to stretch onto ``out``, in pixel-edge units (default: all of it)."""
+    from PIL import Image
+
+    mode = "RGBX" if image.shape[2] == 4 else "RGB"  # not RGBA: PIL would premultiply by the padding byte
+    wrapped = Image.frombuffer(mode, (image.shape[1], image.shape[0]), image, "raw", mode, 0, 1)
+    return np.asarray(wrapped.resize((out[1], out[0]), Image.BILINEAR, box=box))
+
+
+def _has_opencv_form(op) -> bool:
+    return callable(getattr(op, "opencv", None))
+
+
 def compile_albumentations(plan: Plan, start: int | None = None):
     """An ``A.Compose`` that runs the plan's steps from ``start`` (default: after the fused prefix), in order."""
     A, _ = _import()
@@ -76,8 +93,12 @@ class AlbumentationsTransform(HostTransform):
         self.head = plan.fused_steps or int(first.keeps_aspect)
         # A random region is drawn inside albumentations, after the decode: only a fixed one can be reduced for.
         self.reduces_unfused = plan.first_resamples and not first.is_random
-        self.compose = compile_albumentations(plan, self.head)
-        # Every step is in the one warp: decode, warpAffine, and nothing for albumentations.
+        # After the warp, ops with an OpenCV uint8 form (ColorJitter: lookup tables) run as our own calls,
+        # drawing from the batch's stream as the PIL backend does; any other op hands the rest to albumentations.
+        tail = plan.steps[self.head:]
+        self.opencv_tail = tail if plan.fused_steps and all(_has_opencv_form(op) for op in tail) else ()
+        self.compose = compile_albumentations(plan, self.head + len(self.opencv_tail))
+        # Every step is ours: decode, warpAffine, lookup tables, and nothing for albumentations.
         self.fully_fused = plan.fused_steps > 0 and not self.compose.transforms
         self._scratch = decode.Scratch()  # the fully fused path decodes and warps into reused memory
         self._warped: np.ndarray | None = None
@@ -108,6 +129,32 @@ class AlbumentationsTransform(HostTransform):
         # Albumentations' own per-image Python would hold it (measured in tests/benchmarks).
         return self.fully_fused
 
+    def gil_holders(self) -> str:
+        steps = self.plan.steps[self.head + len(self.opencv_tail):]
+        names = ", ".join(type(op).__name__ for op in steps) or "the decode"
+        return f"albumentations' per-image Python ({names}: outside the fast path)"
+
+    def describe_steps(self) -> str:
+        """Which code runs each plan step, for --show-plan: what the fast path covers and what it does not."""
+        steps, parts = self.plan.steps, []
+        fused = steps[:self.plan.fused_steps]
+        if any(op.warp_role in affine.REVEALS for op in fused):
+            parts.append(f"steps 1-{len(fused)}: one OpenCV warpAffine (+ PIL's antialiased resize where it "
+                         "shrinks), GIL released")
+        elif fused:
+            parts.append(f"steps 1-{len(fused)}: one PIL antialiased crop-and-resize (no rotation, no warp), "
+                         "GIL released")
+        elif self.head:
+            parts.append("step 1: an OpenCV area resize, GIL released")
+        for op in self.opencv_tail:
+            parts.append(f"step {steps.index(op) + 1} {type(op).__name__}: OpenCV lookup tables, GIL released")
+        rest = steps[self.head + len(self.opencv_tail):]
+        if rest:
+            first = len(steps) - len(rest) + 1
+            parts.append(f"steps {first}-{len(steps)} ({', '.join(type(op).__name__ for op in rest)}): "
+                         "albumentations, Python holding the GIL")
+        return "; ".join(parts)
+
     def write(self, image: np.ndarray, out: np.ndarray) -> None:
         if image.shape[2] == 4:  # RGBX from the fused warp: drop the padding while copying
             _, cv2 = _import()
@@ -117,7 +164,7 @@ class AlbumentationsTransform(HostTransform):
 
     def clone(self) -> "AlbumentationsTransform":
         twin = super().clone()
-        twin.compose = compile_albumentations(self.plan, self.head)  # its seeded generators are per thread
+        twin.compose = compile_albumentations(self.plan, self.head + len(self.opencv_tail))  # per-thread generators
         twin._scratch, twin._warped = decode.Scratch(), None  # so is the memory decoded and warped into
         return twin
 
@@ -132,30 +179,47 @@ class AlbumentationsTransform(HostTransform):
         self.compose.set_random_seed(int(rng.spawn(1)[0].integers(2**31)))
 
     def decode(self, path: str, data: bytes, rng: np.random.Generator):
-        """The decoded image (reduced where the plan allows), and for a fused warp its source and box."""
+        """The decoded image (reduced where the plan allows), its source size, and for a fused warp its map
+        (drawn first: how much the warp shrinks decides the DCT scale the JPEG is decoded at)."""
         found = decode.header(path, self.max_pixels, data)  # read once: the decode reuses it
         if self.plan.fused_steps:
-            box = self.plan.steps[0].region(found.size, rng)
-            reduction = self.plan.decode_reduction(found.size, box[2:])
+            drawn = affine.draw_warp(self.plan.steps[:self.plan.fused_steps], found.size, rng)
             fully = self.fully_fused  # then the warp consumes the pixels at once: scratch memory is safe
-            image = decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found,
-                                    rgbx=fully, scratch=self._scratch if fully else None)  # RGBX: a faster warp
-            return image, found.size, box
+            image = decode.load_cv2(path, self.max_pixels, data=data, known=found, rgbx=fully,  # RGBX: faster warp
+                                    scratch=self._scratch if fully else None,
+                                    at_least=affine.decode_floor(drawn[0], found.size))
+            return image, found.size, drawn
         reduction = self.plan.decode_reduction(found.size) if self.reduces_unfused else 1
         return decode.load_cv2(path, self.max_pixels, reduction=reduction, data=data, known=found), found.size, None
 
     def augment(self, decoded, rng: np.random.Generator) -> np.ndarray:
-        image, source, box = decoded
-        fused = self.plan.fused_steps
-        if fused:
-            _, cv2 = _import()
-            matrix = affine.warp_matrix(self.plan.steps[:fused], source, box, image.shape[:2], rng)
-            height, width = affine.fused_shape(self.plan.steps[:fused], source)
-            image = cv2.warpAffine(image, matrix[:2], (width, height), dst=self._warp_target(image, height, width),
-                                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        image, source, drawn = decoded
+        if self.plan.fused_steps:
+            image = self._warp(image, source, *drawn)
         elif self.head:
             image = resize_to(image, self.plan.steps[0].out_shape(source))
+        for op in self.opencv_tail:
+            image = op.opencv(image, op.draw(image.shape[:2], rng))
         return self.compose(image=image)["image"] if self.compose.transforms else image
+
+    def _warp(self, image: np.ndarray, source, piece: affine.Affine, out) -> np.ndarray:
+        """One warpAffine of the fused map; where it shrinks, into a canvas at the image's own scale that an
+        antialiased resize then shrinks to the output (the filtering a resize after a rotate gives)."""
+        _, cv2 = _import()
+        piece = affine.then(affine.from_decoded(image.shape[:2], source), piece)
+        aligned = affine.axis_box(piece, image.shape[:2], out)
+        if aligned is not None:  # no rotation: one antialiased crop-and-resize, no warp
+            box, mirrored = aligned
+            image = antialiased_shrink(image, out, box)
+            return cv2.flip(image, 1) if mirrored else image
+        canvas = affine.filter_canvas(piece, out)
+        size = canvas or out
+        if canvas is not None:
+            piece = affine.then(piece, affine.resize_piece(affine.whole(out), canvas))
+        warped = cv2.warpAffine(image, affine.as_matrix(piece)[:2], (size[1], size[0]),
+                                dst=self._warp_target(image, *size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+        return warped if canvas is None else antialiased_shrink(warped, out)
 
     def _warp_target(self, source: np.ndarray, height: int, width: int) -> np.ndarray | None:
         """Reused output memory for the fully fused warp (``write`` copies it out at once)."""

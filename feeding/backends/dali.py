@@ -38,7 +38,7 @@ import torch
 
 from feeding import decode
 from feeding.backends.dali_files import dali_paths
-from feeding.backends.dali_graph import OUTPUTS, READER, feed_pipeline, missing_dali
+from feeding.backends.dali_graph import OUTPUTS, READER, describe_geometry, feed_pipeline, missing_dali, warp_steps
 from feeding.errors import BadFile, FeedError
 from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
 from feeding.resources import check_dali_memory, free_memory_for
@@ -112,6 +112,7 @@ class DaliFeeder(Feeder):
             files=self._files,
             labels=self.samples.labels.tolist(),
             steps=cfg.plan.steps,
+            fused=self._warped_steps,  # 0 for a literal plan
             decoder="cpu" if cfg.gpu_id is None else "mixed",
             shard_id=cfg.shard_id,
             num_shards=cfg.num_shards,
@@ -221,6 +222,15 @@ class DaliFeeder(Feeder):
     @property
     def pipeline_depth(self) -> int:
         return self.config.prefetch_factor  # DALI's prefetch_queue_depth
+
+    @property
+    def _warped_steps(self) -> int:
+        """The plan's leading steps that the graph runs as one warp (``dali_graph.warp_steps``)."""
+        plan = self.config.plan
+        return warp_steps(plan.steps, plan.fused_steps)
+
+    def describe_workers(self) -> str:
+        return f"{super().describe_workers()}; {describe_geometry(self.config.plan.steps, self._warped_steps)}"
 
     def _release(self) -> None:
         """Stop the pipeline's threads and free its buffers now, whoever still holds a reference to it."""

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from feeding import decode, seeding
+from feeding.affine import REVEALS
 from feeding.errors import BadFile, BadImageError, FeedError
 from feeding.feeder import Batch, FeedConfig, Feeder, check_shards
 from feeding.backends.threads import ThreadBatches
@@ -96,6 +97,21 @@ class HostTransform(ABC):
         """True when decode and augment spend their time in C code that releases the GIL,
         so that threads scale like processes (the "auto" executor then picks threads)."""
         return False
+
+    def describe_steps(self) -> str:
+        """Which code runs each plan step (``Feeder.describe_steps``)."""
+        fused = self.plan.steps[:self.plan.fused_steps]
+        if not fused:
+            return "one PIL call per step"
+        if any(op.warp_role in REVEALS for op in fused):
+            head = f"steps 1-{len(fused)}: one PIL transform (+ its antialiased resize where it shrinks)"
+        else:
+            head = f"steps 1-{len(fused)}: one PIL antialiased crop-and-resize (no rotation, no warp)"
+        return head + ("; the rest: one PIL call each" if len(fused) < len(self.plan.steps) else "")
+
+    def gil_holders(self) -> str:
+        """What holds the GIL per image, in words, where ``releases_gil`` is False (reports, --show-plan)."""
+        return "PIL's per-image Python (decode set-up, each op's call)"
 
     def clone(self) -> "HostTransform":
         """A copy for another thread: shares the read-only parts (plan, byte cache), not library state."""
@@ -330,9 +346,14 @@ class HostFeeder(Feeder):
     def describe_workers(self) -> str:
         if self.executor == "main":
             return "the main process (0 workers)"
-        why = "decode and warp release the GIL" if self.executor == "thread" else "Python holds the GIL"
+        transform = self.dataset.transform
+        why = ("decode and every step release the GIL" if transform.releases_gil
+               else f"the GIL is held by {transform.gil_holders()}")
         noun = {"thread": "threads", "process": "processes"}[self.executor]
         return f"{self.workers} worker {noun} ({why})"
+
+    def describe_steps(self) -> str:
+        return self.dataset.transform.describe_steps()
 
     def use_bytes(self, cache: dict[str, bytes] | None) -> None:
         """Read files from ``cache`` (path -> bytes) instead of storage, or from storage again (None): what the

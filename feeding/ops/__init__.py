@@ -6,7 +6,7 @@ so the spec accepts it, the planner orders it, and the PIL, albumentations and D
 fused warp run it.
 """
 from feeding.affine import Box, Shape
-from feeding.ops.base import NO_SCALE, Op
+from feeding.ops.base import Op
 from feeding.ops.geometry import (  # before colour: Op.registry lists the ops in this order
     CenterCrop,
     HorizontalFlip,
@@ -22,7 +22,7 @@ from feeding.ops.geometry import (  # before colour: Op.registry lists the ops i
 from feeding.ops.colour import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Normalize
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "NO_SCALE", "Box", "CenterCrop", "ColorJitter", "HorizontalFlip", "Normalize",
+    "IMAGENET_MEAN", "IMAGENET_STD", "Box", "CenterCrop", "ColorJitter", "HorizontalFlip", "Normalize",
     "Op", "RandomResizedCrop", "Resize", "Rotate", "Shape", "center_box", "draw_crop_box", "resize_to",
     "shorter_side_shape", "whole",
 ]

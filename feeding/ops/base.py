@@ -27,7 +27,6 @@ from PIL import Image
 
 from feeding.affine import Affine, Box, Shape
 
-NO_SCALE = (1.0, 1.0)  # the input of a warp piece is the op's own input, not a reduced decode of it
 
 
 class Op:
@@ -51,6 +50,12 @@ class Op:
     def out_shape(self, shape: Shape) -> Shape:
         return shape
 
+    def pinned(self) -> "Op":
+        """This op with its randomness fixed at one representative draw (the far end of each range, a flip
+        always taken): the same augmentation for pipelines that draw from sources of their own, so their
+        pictures can be compared (``bench.fidelity``). Deterministic ops return themselves."""
+        return self
+
     def region(self, shape: Shape, rng: np.random.Generator) -> Box | None:
         """The box of its input that a crop or resize reads, drawn now where random; None for other ops.
 
@@ -62,9 +67,9 @@ class Op:
         """Its parameters for an input of ``shape``, drawn from ``rng`` (by default its region)."""
         return self.region(shape, rng)
 
-    def warp(self, shape: Shape, params, scale: tuple[float, float] = NO_SCALE) -> Affine | None:
-        """Its affine piece for an input of ``shape`` (None: the identity). ``scale``: the decoded
-        image's size over ``shape``, for a first step that reads a reduced decode."""
+    def warp(self, shape: Shape, params) -> Affine | None:
+        """Its affine piece for an input of ``shape`` pixels, mapping pixel centres (None: the identity).
+        A reduced decode is the warp's business (``feeding.affine.from_decoded``), not the op's."""
         raise TypeError(f"{self!r} has no affine form")
 
     def pil(self, image: Image.Image, shape: Shape, params) -> Image.Image:

@@ -6,6 +6,7 @@ an angle, the flip's a yes or no.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -16,7 +17,7 @@ from PIL import Image
 
 from feeding import affine, checks
 from feeding.affine import Box, Shape
-from feeding.ops.base import NO_SCALE, Op
+from feeding.ops.base import Op
 
 
 # ---------------------------------------------------------------- sizes and boxes
@@ -61,9 +62,7 @@ def shorter_side_shape(shape: Shape, shorter: int) -> Shape:
     return shorter * height // short, shorter * width // short
 
 
-def whole(shape: Shape) -> Box:
-    """The box of a whole ``shape`` image."""
-    return (0, 0, *shape)
+whole = affine.whole  # the box of a whole image
 
 
 def center_box(source: Shape, size: Shape) -> Box:
@@ -129,20 +128,75 @@ def _dali_resize(images, device: str, height, width):
                      antialias=True)
 
 
-def _dali_shorter_side_shape(images, shorter: int):
-    """Per-sample (height, width) of ``shorter_side_shape``, as float DALI nodes on the CPU.
+def dali_shape(images):
+    """Per-sample (height, width) in pixels of HWC ``images``: int64 DALI nodes on the CPU (named arguments
+    must live there)."""
+    shape = images.shape()
+    return shape[0], shape[1]
+
+
+def _dali_shorter_side_shape(shape, shorter: int):
+    """``shorter_side_shape`` of per-sample (height, width) int64 DALI nodes, as int64 nodes.
 
     Not ``fn.resize(resize_shorter=...)``: it rounds the longer side to the
     nearest pixel, where torchvision (and the host backends) truncate.
     """
-    from nvidia.dali import fn, types
     from nvidia.dali import math as dali_math
 
-    shape = images.shape()  # HWC, int64, on the CPU (named arguments must live there)
-    height, width = shape[0], shape[1]
+    height, width = shape
     short = dali_math.min(height, width)
-    return (fn.cast(shorter * height // short, dtype=types.FLOAT),
-            fn.cast(shorter * width // short, dtype=types.FLOAT))
+    return shorter * height // short, shorter * width // short
+
+
+# The DALI forms of the warp pieces. They are the pieces of ``Op.warp`` in the coordinates of DALI's
+# ``warp_affine`` and ``fn.transforms``: (x, y) order, (0, 0) at the first pixel's corner, so pixel centres
+# sit at +0.5 (the host's pieces map centres; tests/test_dali.py checks the two agree). There a resize is
+# a plain scale, a crop a shift, a rotation turns about (W / 2, H / 2) and a mirror maps x to W - x. Each
+# piece is a DALI transform appended to the running map (``fn.transforms.*`` take it as their input), and
+# each argument is a number where the shape is known when the graph is built, else a per-sample node.
+
+
+def _dali_xy(x, y):
+    """An (x, y) argument of DALI's transforms: a list of two numbers, or a per-sample float vector."""
+    from nvidia.dali import fn, types
+
+    if isinstance(x, numbers.Real) and isinstance(y, numbers.Real):
+        return [float(x), float(y)]
+    return fn.stack(*(types.Constant(float(v), dtype=types.FLOAT) if isinstance(v, numbers.Real)
+                      else fn.cast(v, dtype=types.FLOAT) for v in (x, y)))
+
+
+def _dali_then(total, transform, **arguments):
+    """``transform`` (an ``fn.transforms`` operator) applied after the map ``total`` (None: the identity)."""
+    return transform(**arguments) if total is None else transform(total, **arguments)
+
+
+def _dali_box_piece(total, box, out: Shape):
+    """``affine.resize_piece``: the box ((top, left), (height, width)) stretched onto ``out``, after ``total``."""
+    from nvidia.dali import fn
+
+    (top, left), (height, width) = box
+    return _dali_then(total, fn.transforms.crop, from_start=_dali_xy(left, top),
+                      from_end=_dali_xy(_plus(left, width), _plus(top, height)), to_start=[0.0, 0.0],
+                      to_end=_dali_xy(out[1], out[0]))
+
+
+def _plus(offset, length):
+    """``offset + length``, without a DALI node where the offset is the number 0."""
+    return length if isinstance(offset, numbers.Real) and offset == 0 else offset + length
+
+
+def _dali_crop_box(shape, scale, ratio):
+    """A RandomResizedCrop box of per-sample ``shape``: ((top, left), (height, width)) int nodes, drawn by
+    DALI's own sampler (the one ``fn.random_resized_crop`` uses): area uniform in ``scale``, log-uniform
+    aspect in ``ratio``, 10 tries, then a fallback of its own (not quite torchvision's)."""
+    from nvidia.dali import fn, types
+
+    height, width = shape
+    sizes = fn.stack(*(types.Constant(int(v), dtype=types.INT64) if isinstance(v, numbers.Integral) else v
+                       for v in (height, width)))
+    anchor, window = fn.random_crop_generator(sizes, random_area=list(scale), random_aspect_ratio=list(ratio))
+    return (anchor[0], anchor[1]), (window[0], window[1])
 
 
 # ---------------------------------------------------------------- the ops
@@ -189,8 +243,8 @@ class Resize(Op):
     def region(self, shape, rng):
         return whole(shape)
 
-    def warp(self, shape, box, scale=NO_SCALE):
-        return affine.resize_piece(box, self.out_shape(shape), scale)
+    def warp(self, shape, box):
+        return affine.resize_piece(box, self.out_shape(shape))
 
     def pil(self, image, shape, box):
         return _pil_resize_box(image, shape, box, self.out_shape(shape))
@@ -205,8 +259,16 @@ class Resize(Op):
         return [A.Resize(*self.size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image")]
 
     def dali(self, images, device):
-        height, width = _dali_shorter_side_shape(images, self.size) if self.keeps_aspect else self.size
-        return _dali_resize(images, device, height, width)
+        from nvidia.dali import fn, types
+
+        if not self.keeps_aspect:
+            return _dali_resize(images, device, *self.size)
+        height, width = _dali_shorter_side_shape(dali_shape(images), self.size)
+        return _dali_resize(images, device, fn.cast(height, dtype=types.FLOAT), fn.cast(width, dtype=types.FLOAT))
+
+    def dali_warp(self, total, shape):
+        out = _dali_shorter_side_shape(shape, self.size) if self.keeps_aspect else self.size
+        return _dali_box_piece(total, ((0, 0), shape), out), out
 
 
 @dataclass(frozen=True)
@@ -221,7 +283,6 @@ class RandomResizedCrop(Op):
     reduces = True
     fixes_size = True
     resamples = True
-    is_random = True
     warp_role = "window"
 
     def __post_init__(self) -> None:
@@ -236,11 +297,20 @@ class RandomResizedCrop(Op):
     def out_shape(self, shape: Shape) -> Shape:
         return self.size
 
+    @property
+    def is_random(self) -> bool:
+        """False only for the whole area at one aspect ratio: the box is then the same for every draw."""
+        return not (self.scale == (1.0, 1.0) and self.ratio[0] == self.ratio[1])
+
+    def pinned(self) -> "RandomResizedCrop":
+        """The whole area at the lower aspect ratio: the box every draw (and every library) agrees on."""
+        return dataclasses.replace(self, scale=(1.0, 1.0), ratio=(self.ratio[0], self.ratio[0]))
+
     def region(self, shape, rng):
         return draw_crop_box(shape, self.scale, self.ratio, rng)
 
-    def warp(self, shape, box, scale=NO_SCALE):
-        return affine.resize_piece(box, self.size, scale)
+    def warp(self, shape, box):
+        return affine.resize_piece(box, self.size)
 
     def pil(self, image, shape, box):
         return _pil_resize_box(image, shape, box, self.size)
@@ -258,6 +328,9 @@ class RandomResizedCrop(Op):
         return fn.random_resized_crop(images, device=device, size=self.size, random_area=self.scale,
                                       random_aspect_ratio=self.ratio, interp_type=types.INTERP_LINEAR,
                                       antialias=True)
+
+    def dali_warp(self, total, shape):
+        return _dali_box_piece(total, _dali_crop_box(shape, self.scale, self.ratio), self.size), self.size
 
     def dali_decode(self, encoded, decoder, device):
         from nvidia.dali import fn, types
@@ -288,8 +361,8 @@ class CenterCrop(Op):
     def region(self, shape, rng):
         return center_box(shape, self.size)
 
-    def warp(self, shape, box, scale=NO_SCALE):
-        return affine.shift_piece(box, scale)
+    def warp(self, shape, box):
+        return affine.shift_piece(box)
 
     def pil(self, image, shape, box):
         top, left, h, w = box
@@ -309,28 +382,53 @@ class CenterCrop(Op):
         return fn.crop(images, device=device, crop=self.size, rounding="truncate", out_of_bounds_policy="pad",
                        fill_values=0)
 
+    def dali_warp(self, total, shape):
+        from nvidia.dali import fn
+        from nvidia.dali import math as dali_math
+
+        # center_box's floor division: DALI's integer // truncates towards zero (a padding crop's is negative).
+        top, left = (dali_math.floor((side - size) / 2) for side, size in zip(shape, self.size))
+        return _dali_then(total, fn.transforms.translation, offset=_dali_xy(-left, -top)), self.size
+
 
 @dataclass(frozen=True)
 class Rotate(Op):
-    """Rotate about the centre by an angle drawn uniformly from ±``degrees``; black fill."""
+    """Rotate about the centre, counter-clockwise, by an angle drawn uniformly in degrees; black fill.
 
-    degrees: float
+    As torchvision's ``RandomRotation``: ``Rotate(10)`` draws from [-10, 10], ``Rotate((lo, hi))``
+    from [lo, hi], and ``Rotate((10, 10))`` always turns 10 degrees (and draws nothing).
+    """
+
+    degrees: float | tuple[float, float]
 
     relative_cost = 2.0
     warp_role = "turn"
 
     def __post_init__(self) -> None:
-        checks.number("Rotate.degrees", self.degrees, 0, 180)
+        limits = checks.span("Rotate.degrees", self.degrees, 0.0, -180.0, 180.0)
+        if not isinstance(self.degrees, (tuple, list)):
+            limits = (-limits[1], limits[1])  # a number is a symmetric range, whatever the clamp says
+        object.__setattr__(self, "degrees", limits if isinstance(self.degrees, (tuple, list)) else self.degrees)
+        object.__setattr__(self, "_limits", limits)
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        """(low, high) in degrees, counter-clockwise positive."""
+        return self._limits
 
     @property
     def is_random(self) -> bool:
-        return self.degrees > 0
+        return self.limits[0] != self.limits[1]
+
+    def pinned(self) -> "Rotate":
+        return Rotate((self.limits[1], self.limits[1]))
 
     def draw(self, shape, rng) -> float:
         """The angle in degrees, counter-clockwise."""
-        return float(rng.uniform(-self.degrees, self.degrees)) if self.degrees else 0.0
+        low, high = self.limits
+        return float(rng.uniform(low, high)) if low != high else low
 
-    def warp(self, shape, angle, scale=NO_SCALE):
+    def warp(self, shape, angle):
         return affine.rotation_piece(shape, angle) if angle else None
 
     def pil(self, image, shape, angle):
@@ -340,18 +438,32 @@ class Rotate(Op):
         import albumentations as A
         import cv2
 
-        if not self.degrees:
+        if self.limits == (0.0, 0.0):
             return []
-        return [A.Rotate(limit=(-self.degrees, self.degrees), interpolation=cv2.INTER_LINEAR,
+        # OpenCV's angles, as PIL's, turn counter-clockwise (y down, so getRotationMatrix2D's sign).
+        return [A.Rotate(limit=self.limits, interpolation=cv2.INTER_LINEAR,
                          border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)]
 
     def dali(self, images, device):
         from nvidia.dali import fn, types
 
-        if not self.degrees:
+        low, high = self.limits
+        if (low, high) == (0.0, 0.0):
             return images
-        return fn.rotate(images, device=device, angle=fn.random.uniform(range=(-self.degrees, self.degrees)),
-                         keep_size=True, fill_value=0, interp_type=types.INTERP_LINEAR)
+        angle = fn.random.uniform(range=(low, high)) if low != high else low
+        return fn.rotate(images, device=device, angle=angle, keep_size=True, fill_value=0,
+                         interp_type=types.INTERP_LINEAR)
+
+    def dali_warp(self, total, shape):
+        from nvidia.dali import fn
+
+        low, high = self.limits
+        if (low, high) == (0.0, 0.0):
+            return total, shape
+        # fn.transforms.rotation turns clockwise on screen (y down) for a positive angle: ours, negated.
+        angle = fn.random.uniform(range=(-high, -low)) if low != high else -low
+        height, width = shape
+        return _dali_then(total, fn.transforms.rotation, angle=angle, center=_dali_xy(width / 2, height / 2)), shape
 
 
 @dataclass(frozen=True)
@@ -370,11 +482,14 @@ class HorizontalFlip(Op):
     def is_random(self) -> bool:
         return 0 < self.p < 1
 
+    def pinned(self) -> "HorizontalFlip":
+        return HorizontalFlip(1.0 if self.p > 0 else 0.0)
+
     def draw(self, shape, rng) -> bool:
         """Whether this image is mirrored."""
         return bool(rng.random() < self.p)
 
-    def warp(self, shape, flip, scale=NO_SCALE):
+    def warp(self, shape, flip):
         return affine.mirror_piece(shape) if flip else None
 
     def pil(self, image, shape, flip):
@@ -392,6 +507,17 @@ class HorizontalFlip(Op):
 
     def dali_mirror(self):
         return 0 if self.p == 0 else self._dali_draw()
+
+    def dali_warp(self, total, shape):
+        from nvidia.dali import fn
+
+        if self.p == 0:
+            return total, shape
+        flip = self._dali_draw()  # 1, or a per-sample 0 or 1
+        sign = -1 if isinstance(flip, int) else 1 - 2 * flip
+        height, width = shape
+        return _dali_then(total, fn.transforms.scale, scale=_dali_xy(sign, 1),
+                          center=_dali_xy(width / 2, height / 2)), shape
 
     def _dali_draw(self):
         from nvidia.dali import fn

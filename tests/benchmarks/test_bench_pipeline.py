@@ -16,7 +16,7 @@ from PIL import Image
 
 from feeding import FeedConfig, create_feeder, decode, discover
 from feeding.device import normalize_uint8
-from feeding.spec import AugSpec, HorizontalFlip, Resize, Rotate, train_spec
+from feeding.spec import train_spec
 
 MAX_PIXELS = 64_000_000
 
@@ -193,34 +193,3 @@ def test_feeder_epoch(benchmark, pipeline, literal, executor, image_folder):
         next(iter(feeder))  # start the workers outside the timing
         images = benchmark.pedantic(lambda: sum(len(x) for x, _ in feeder), rounds=3, warmup_rounds=1)
     assert images == 24
-
-
-@pytest.mark.benchmark(group="geometry 384x512 -> 224: one fused warp vs step by step")
-@pytest.mark.parametrize("how", ["albumentations steps", "cv2 fused warp", "PIL steps", "PIL fused warp"])
-def test_fused_warp(benchmark, how, jpeg):
-    import cv2
-
-    from feeding import affine
-    from feeding.backends.albu import compile_albumentations
-    from feeding.plan import make_plan
-
-    spec = AugSpec((Rotate(10), Resize((224, 224)), HorizontalFlip(1.0)))
-    matrix = affine.compose([affine.box_to_size((0, 0, 512, 384), (224, 224)), affine.rotation((224, 224), 7.0),
-                             affine.mirror((224, 224))])
-    if how.startswith("PIL"):
-        image = decode.load_pil(jpeg, MAX_PIXELS)
-        if how == "PIL fused warp":
-            data = affine.pil_affine_data(matrix)
-            call = lambda: image.transform((224, 224), Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=(0, 0, 0))
-        else:
-            call = lambda: image.resize((224, 224), Image.BILINEAR).rotate(7.0, resample=Image.BILINEAR).transpose(
-                Image.FLIP_LEFT_RIGHT)
-    else:
-        array = decode.load_cv2(jpeg, MAX_PIXELS)
-        if how == "cv2 fused warp":
-            call = lambda: cv2.warpAffine(array, matrix[:2], (224, 224), flags=cv2.INTER_LINEAR)
-        else:
-            compose = compile_albumentations(make_plan(spec, fuse=False))
-            call = lambda: compose(image=array)["image"]
-    out = benchmark(call)
-    assert np.asarray(out).shape == (224, 224, 3)
