@@ -39,13 +39,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from feeding.cache import cache_dir
-from feeding.detail import fine_noise, glyph_strokes, stripe_wave
+from feeding.sample_textures import (
+    HEIGHT, WIDTH, backdrop, clothing_texture, crop_photo, hair_texture, jitter_colour, shade,
+)
 from feeding.errors import FeedError
 from feeding.sources import GENDER_NAMES, MASK_STEMS, age_group, mask_label
 
 SAMPLE_VERSION = 2  # bump when the drawing changes: the cache directory and .complete name it
 
-WIDTH, HEIGHT = 384, 512
 JPEG_QUALITY = 90
 AGE_RANGES = ((18, 29), (30, 59), (60, 80))  # one per age group, both ends included
 RACES = ("Asian", "Asian", "Asian", "White", "Black")  # mostly Asian, as in the competition
@@ -56,13 +57,8 @@ MASK_COLOURS = (
 )  # fmt: skip
 PATTERN_PROBABILITY = 0.25
 CHIN_PROBABILITY = 0.25  # share of incorrect masks worn on the chin rather than under the nose
-BACKDROP_MARGIN = 32  # pixels a person's room is larger than a photo, so the photos are framed apart
 GRAIN_SIGMA = 5.0  # sensor-like noise, in 8-bit levels
 SOFTEN_SIGMA = 0.5  # px, the camera's blur: leaves a 3 px period 58% of its contrast (version 1's 0.9: 17%)
-FABRIC_PERIODS = (2.2, 4.0)  # a shirt's stripe or check period, px: just above Nyquist (2 px)
-FABRIC_CONTRAST = 55.0  # levels either side of the shirt's colour
-HAIR_STRANDS = 1400  # 1 px strands over a full-frame hair texture: about a third of its area
-STRAND_CONTRAST = (18.0, 40.0)  # levels a dark or white hair strand is lighter or darker than the hair
 TRAIN_SPLIT, EVAL_SPLIT = 0, 1  # keeps train and eval people's random streams apart
 
 # Random streams, one tag per use. numpy seeds (1, 0) and (1, 0, 0) alike (trailing zeros
@@ -105,23 +101,18 @@ def _rng(stream: int, *numbers: int) -> np.random.Generator:
     return np.random.default_rng((stream, *numbers))
 
 
-def _colour(rng: np.random.Generator, base, spread: float) -> Colour:
-    jittered = np.asarray(base, np.float64) + rng.normal(0, spread, 3)
-    return tuple(int(v) for v in np.clip(jittered, 0, 255))
-
-
 def _hair_base(rng: np.random.Generator, group: int) -> Colour:
     """Dark under 30, mid grey 30-59 (salt and pepper is added by the texture), white at 60+."""
     if group == 0:
-        return _colour(rng, (38, 28, 22), 10)
+        return jitter_colour(rng, (38, 28, 22), 10)
     if group == 1:
-        return _colour(rng, (118, 114, 110), 6)
-    return _colour(rng, (232, 230, 226), 6)
+        return jitter_colour(rng, (118, 114, 110), 6)
+    return jitter_colour(rng, (232, 230, 226), 6)
 
 
 def _skin(rng: np.random.Generator, race: str) -> Colour:
     """Lighter or darker as a whole: independent channel noise would turn skin green or purple."""
-    return _colour(rng, np.asarray(SKIN_TONES[race]) * rng.uniform(0.88, 1.08), 4)
+    return jitter_colour(rng, np.asarray(SKIN_TONES[race]) * rng.uniform(0.88, 1.08), 4)
 
 
 def make_person(seed: int, split: int, index: int, gender: int, group: int) -> Person:
@@ -136,8 +127,8 @@ def make_person(seed: int, split: int, index: int, gender: int, group: int) -> P
         race=race,
         skin=_skin(rng, race),
         hair_base=_hair_base(rng, group),
-        clothes=_colour(rng, rng.integers(30, 226, 3), 0),
-        palette=(_colour(rng, rng.integers(40, 216, 3), 0), _colour(rng, rng.integers(40, 216, 3), 0)),
+        clothes=jitter_colour(rng, rng.integers(30, 226, 3), 0),
+        palette=(jitter_colour(rng, rng.integers(40, 216, 3), 0), jitter_colour(rng, rng.integers(40, 216, 3), 0)),
         face_x=float(WIDTH / 2 + rng.normal(0, 14)),
         face_y=float(HEIGHT * 0.44 + rng.normal(0, 14)),
         scale=float(rng.uniform(0.92, 1.12)),
@@ -148,141 +139,6 @@ def make_people(seed: int, split: int, count: int) -> list[Person]:
     """``count`` people with (gender, age group) spread evenly over the 6 combinations, in random order."""
     combos = _rng(PEOPLE_ORDER, seed, split).permutation(np.arange(count) % 6)
     return [make_person(seed, split, i, int(c) // 3, int(c) % 3) for i, c in enumerate(combos)]
-
-
-# ---------------------------------------------------------------- textures
-
-
-def fractal_noise(rng: np.random.Generator, size: tuple[int, int], channels: int, octaves: int,
-                  persistence: float = 0.55) -> np.ndarray:  # fmt: skip
-    """(height, width, channels) float32 noise in [0, 1]: smooth blobs plus finer detail, like a photo's backdrop."""
-    height, width = size
-    total = np.zeros((height, width, channels), np.float32)
-    amplitude = 1.0
-    for octave in range(octaves):
-        cells = 2 ** (octave + 2)
-        grid = rng.random((cells + 1, cells * width // height + 1, channels), dtype=np.float32)
-        total += amplitude * cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC).reshape(total.shape)
-        amplitude *= persistence
-    total -= total.min()
-    return total / max(float(total.max()), 1e-6)
-
-
-def backdrop(rng: np.random.Generator, palette: tuple[Colour, Colour]) -> np.ndarray:
-    """A room, BACKDROP_MARGIN larger than a photo: two colours mixed by fractal noise, a few blurred objects,
-    and a sharp poster and plant on opposite sides of the head.
-
-    Each photo crops it at a different offset.
-    """
-    size = (HEIGHT + BACKDROP_MARGIN, WIDTH + BACKDROP_MARGIN)
-    mix = fractal_noise(rng, size, 1, octaves=7)
-    tint = fractal_noise(rng, size, 3, octaves=4) - 0.5
-    first, second = (np.asarray(c, np.float32) for c in palette)
-    image = first * (1 - mix) + second * mix + 70 * tint
-    canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(2, 5))):  # furniture, frames, windows: edges a real photo has
-        x0, y0 = rng.uniform(-60, size[1]), rng.uniform(-60, size[0])
-        box = (x0, y0, x0 + rng.uniform(40, 220), y0 + rng.uniform(40, 260))
-        fill = _colour(rng, rng.integers(20, 236, 3), 0)
-        (draw.rectangle if rng.random() < 0.6 else draw.ellipse)(box, fill=fill)
-    # Blurred like a room out of focus; the poster and the plant are in focus, for their fine detail.
-    room = cv2.GaussianBlur(np.asarray(canvas), (0, 0), 2.0)
-    side = 1 if rng.random() < 0.5 else -1  # the plant's; the poster goes on the other side
-    draw_foliage(room, rng, side)
-    canvas = Image.fromarray(room)
-    draw_poster(ImageDraw.Draw(canvas), rng, -side)
-    return np.asarray(canvas)
-
-
-def draw_poster(draw: ImageDraw.ImageDraw, rng: np.random.Generator, side: int) -> None:
-    """A printed sheet on the wall, left (side -1) or right of the head: a heading and lines of 1-2 px strokes."""
-    room_w = WIDTH + BACKDROP_MARGIN
-    width, height = rng.uniform(100, 170), rng.uniform(120, 210)
-    left = rng.uniform(0, 70) if side < 0 else room_w - width - rng.uniform(0, 70)
-    top = rng.uniform(0, 180)
-    paper = _colour(rng, (236, 234, 226), 8)
-    draw.rectangle((left, top, left + width, top + height), fill=paper, outline=_shade(paper, 0.5), width=2)
-    ink = _colour(rng, (35, 32, 40), 12)
-    heading = rng.uniform(11, 16)
-    glyph_strokes(draw, rng, (left + 8, top + 8, left + width - 8, top + 8 + heading), ink, heading, width=2)
-    line_height = rng.uniform(6, 10)
-    body = (left + 8, top + 16 + 1.4 * heading, left + width - 8, top + height - 8)
-    glyph_strokes(draw, rng, body, ink, line_height, width=2 if line_height >= 9 else 1)
-
-
-def draw_foliage(room: np.ndarray, rng: np.random.Generator, side: int) -> None:
-    """A pot plant or a knitted throw, left (side -1) or right, in place: a colour with fine noise, 45 levels rms."""
-    room_h, room_w = room.shape[:2]
-    width, height = int(rng.uniform(90, 160)), int(rng.uniform(120, 240))
-    left = int(rng.uniform(0, 60)) if side < 0 else int(room_w - width - rng.uniform(0, 60))
-    top = int(rng.uniform(room_h * 0.25, room_h - height))
-    mask = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(mask).ellipse((0, 0, width - 1, height - 1), fill=255)
-    base = np.asarray(_colour(rng, (70, 120, 60) if rng.random() < 0.6 else rng.integers(40, 216, 3), 12), np.float32)
-    texture = base + 45 * fine_noise(rng, (height, width))[..., None]
-    window = room[top : top + height, left : left + width]
-    window[...] = np.where(np.asarray(mask)[..., None] > 0, np.clip(texture, 0, 255).astype(np.uint8), window)
-
-
-def _crop(rng: np.random.Generator, room: np.ndarray) -> np.ndarray:
-    top, left = rng.integers(0, BACKDROP_MARGIN + 1, 2)
-    return np.ascontiguousarray(room[top : top + HEIGHT, left : left + WIDTH])
-
-
-def hair_texture(rng: np.random.Generator, base: Colour, group: int) -> Image.Image:
-    """Vertical streaks under HAIR_STRANDS 1 px strands; for 30-59 both alternate dark and grey (salt and pepper)."""
-    streaks = rng.random((HEIGHT // 2, WIDTH // 4), dtype=np.float32)
-    streaks = cv2.resize(streaks, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)[..., None]
-    base_array = np.asarray(base, np.float32)
-    if group == 1:
-        dark, light = np.asarray((45, 38, 34), np.float32), np.asarray((200, 198, 195), np.float32)
-        image = np.where(streaks < 0.45, dark, np.where(streaks > 0.6, light, base_array))
-    else:
-        image = base_array * (0.8 + 0.35 * streaks)
-    texture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-    draw_strands(ImageDraw.Draw(texture), rng, base, group)
-    return texture
-
-
-def draw_strands(draw: ImageDraw.ImageDraw, rng: np.random.Generator, base: Colour, group: int) -> None:
-    """HAIR_STRANDS falling strands, 1 px wide and 20-90 px long, half darker and half lighter than ``base``
-    (for 30-59, dark and grey)."""
-    count = HAIR_STRANDS
-    x, y = rng.uniform(0, WIDTH, count), rng.uniform(-40, HEIGHT, count)
-    length, drift, bend = rng.uniform(20, 90, count), rng.normal(0, 8, count), rng.normal(0, 3, count)
-    lighter = rng.random(count) < 0.5
-    if group == 1:
-        shades = np.where(lighter[:, None], (200, 198, 195), (45, 38, 34))
-    else:  # dark or white hair stays low in contrast, or its strands would pass for salt and pepper
-        offset = np.where(lighter, 1, -1) * rng.uniform(*STRAND_CONTRAST, count)
-        shades = np.clip(np.asarray(base, np.float64) + offset[:, None], 0, 255)
-    # Three points a strand (top, a bent middle, the end), flat x, y as ImageDraw.line takes them.
-    polylines = np.stack([x, y, x + drift / 2 + bend, y + length / 2, x + drift, y + length], axis=1)
-    for points, shade in zip(polylines.tolist(), shades.astype(int).tolist()):
-        draw.line(points, fill=tuple(shade), width=1)
-
-
-def clothing_texture(rng: np.random.Generator, colour: Colour) -> Image.Image:
-    """A full-frame shirt fabric in ``colour``: fine stripes, checks (two stripe sets) or a knit (fine noise).
-
-    Stripe periods are FABRIC_PERIODS at any angle: the weave of clothes in a photo, close to Nyquist.
-    """
-    size = (HEIGHT, WIDTH)
-    kind = int(rng.integers(3))
-    angle = rng.uniform(0, math.pi)
-
-    def stripes(turn: float, square: bool = False) -> np.ndarray:
-        return stripe_wave(size, rng.uniform(*FABRIC_PERIODS), angle + turn, rng.uniform(0, 2 * math.pi), square)
-
-    if kind == 0:
-        pattern = stripes(0.0, square=rng.random() < 0.5)
-    elif kind == 1:
-        pattern = (stripes(0.0) + stripes(math.pi / 2)) / 2
-    else:
-        pattern = np.clip(fine_noise(rng, size) / 2, -1, 1)
-    image = np.asarray(colour, np.float32) + FABRIC_CONTRAST * pattern[..., None]
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
 # ---------------------------------------------------------------- drawing
@@ -314,10 +170,6 @@ class Face:
         return (*self.at(left, top), *self.at(right, bottom))
 
 
-def _shade(colour: Colour, factor: float) -> Colour:
-    return tuple(int(min(255, c * factor)) for c in colour)
-
-
 def draw_hair(canvas: Image.Image, texture: Image.Image, face: Face, gender: int, behind: bool) -> None:
     """Long hair falls behind the face to the shoulders (female); every head gets a top and sides."""
     shape = Image.new("L", canvas.size, 0)
@@ -340,8 +192,8 @@ def draw_head(draw: ImageDraw.ImageDraw, face: Face, person: Person, eyebrow: Co
     """Ears (short hair only: long hair hides them), face, eyes, brows, nose and mouth."""
     skin = person.skin
     if person.gender == 0:
-        draw.ellipse(face.box(-1.14, -0.3, -0.86, 0.22), fill=_shade(skin, 0.92))
-        draw.ellipse(face.box(0.86, -0.3, 1.14, 0.22), fill=_shade(skin, 0.92))
+        draw.ellipse(face.box(-1.14, -0.3, -0.86, 0.22), fill=shade(skin, 0.92))
+        draw.ellipse(face.box(0.86, -0.3, 1.14, 0.22), fill=shade(skin, 0.92))
     draw.ellipse(face.box(-1, -1, 1, 1), fill=skin)
     for side in (-1, 1):
         draw.ellipse(face.box(side * 0.38 - 0.17, -0.28, side * 0.38 + 0.17, -0.13), fill=(245, 245, 242))
@@ -350,9 +202,9 @@ def draw_head(draw: ImageDraw.ImageDraw, face: Face, person: Person, eyebrow: Co
         draw.ellipse((iris[0] - radius, iris[1] - radius, iris[0] + radius, iris[1] + radius), fill=(40, 30, 25))
         brow_width = max(3, int(0.07 * face.rx))
         draw.line([face.at(side * 0.2, -0.37), face.at(side * 0.58, -0.4)], fill=eyebrow, width=brow_width)
-    draw.polygon([face.at(0, -0.12), face.at(-0.16, 0.3), face.at(0.16, 0.3)], fill=_shade(skin, 0.78))
+    draw.polygon([face.at(0, -0.12), face.at(-0.16, 0.3), face.at(0.16, 0.3)], fill=shade(skin, 0.78))
     for side in (-1, 1):
-        draw.ellipse(face.box(side * 0.08 - 0.045, 0.25, side * 0.08 + 0.045, 0.31), fill=_shade(skin, 0.45))
+        draw.ellipse(face.box(side * 0.08 - 0.045, 0.25, side * 0.08 + 0.045, 0.31), fill=shade(skin, 0.45))
     draw.ellipse(face.box(-0.3, 0.47, 0.3, 0.64), fill=(178, 72, 78))
     draw.line([face.at(-0.28, 0.555), face.at(0.28, 0.555)], fill=(100, 35, 40), width=3)
 
@@ -361,7 +213,7 @@ def draw_wrinkles(draw: ImageDraw.ImageDraw, face: Face, person: Person) -> None
     """Forehead lines, crow's feet and nose-to-mouth folds: many at 60+, a few at 30-59, none under 30."""
     if person.age_group == 0:
         return
-    line = _shade(person.skin, 0.6)
+    line = shade(person.skin, 0.6)
     width = max(2, int(0.035 * face.rx))
     foreheads = (-0.47,) if person.age_group == 1 else (-0.47, -0.53, -0.59)
     for y in foreheads:
@@ -384,7 +236,7 @@ def mask_outline(face: Face, top: float) -> list[tuple[float, float]]:
 
 def print_pattern(draw: ImageDraw.ImageDraw, rng: np.random.Generator, face: Face, top: float) -> None:
     """Diagonal stripes or scattered dots in a second colour, over the mask's area."""
-    accent = _colour(rng, rng.integers(0, 256, 3), 0)
+    accent = jitter_colour(rng, rng.integers(0, 256, 3), 0)
     step = rng.uniform(10, 18)
     if rng.random() < 0.5:
         for x in np.arange(0, HEIGHT + WIDTH, step):
@@ -401,20 +253,20 @@ def draw_mask(canvas: Image.Image, rng: np.random.Generator, face: Face, state: 
         return
     chin = state == 1 and rng.random() < CHIN_PROBABILITY
     top = -0.1 if state == 0 else 0.72 if chin else 0.38
-    colour = _colour(rng, MASK_COLOURS[rng.integers(len(MASK_COLOURS))], 8)
+    colour = jitter_colour(rng, MASK_COLOURS[rng.integers(len(MASK_COLOURS))], 8)
     outline = mask_outline(face, top)
     shape = Image.new("L", canvas.size, 0)
     ImageDraw.Draw(shape).polygon(outline, fill=255)
     fabric = Image.new("RGB", canvas.size, colour)
     fabric_draw = ImageDraw.Draw(fabric)
-    fold = _shade(colour, 0.75) if sum(colour) > 200 else (70, 70, 75)  # a dark fold would not show on black
+    fold = shade(colour, 0.75) if sum(colour) > 200 else (70, 70, 75)  # a dark fold would not show on black
     if rng.random() < PATTERN_PROBABILITY:
         print_pattern(fabric_draw, rng, face, top)
     for level in np.linspace(top + 0.12, 0.95, 3 if not chin else 1):  # pleats
         fabric_draw.line([face.at(-1.1, level), face.at(1.1, level + 0.02)], fill=fold, width=3)
     canvas.paste(fabric, (0, 0), shape)
     loop = ImageDraw.Draw(canvas)
-    loop_colour = _shade(colour, 0.9)
+    loop_colour = shade(colour, 0.9)
     for side in (-1, 1):  # ear loops
         edge = face.at(side * 1.0, top + 0.15)
         loop.line([edge, face.at(side * 1.02, -0.15)], fill=loop_colour, width=3)
@@ -441,14 +293,14 @@ def render(person: Person, state: int, wardrobe: Wardrobe, rng: np.random.Genera
     """
     scale = person.scale * rng.uniform(0.95, 1.05)
     face = Face(person.face_x + rng.normal(0, 8), person.face_y + rng.normal(0, 8), 90 * scale, 118 * scale)
-    canvas = Image.fromarray(_crop(rng, wardrobe.room))
+    canvas = Image.fromarray(crop_photo(rng, wardrobe.room))
     draw = ImageDraw.Draw(canvas)
     shoulders = Image.new("L", canvas.size, 0)
     ImageDraw.Draw(shoulders).ellipse(face.box(-2.2, 1.05, 2.2, 3.6), fill=255)
     canvas.paste(wardrobe.shirt, (0, 0), shoulders)
     draw_hair(canvas, wardrobe.hair, face, person.gender, behind=True)
-    draw.rectangle(face.box(-0.4, 0.5, 0.4, 1.3), fill=_shade(person.skin, 0.88))  # neck
-    eyebrow = _shade(person.hair_base, 0.8) if person.age_group < 2 else (205, 203, 200)
+    draw.rectangle(face.box(-0.4, 0.5, 0.4, 1.3), fill=shade(person.skin, 0.88))  # neck
+    eyebrow = shade(person.hair_base, 0.8) if person.age_group < 2 else (205, 203, 200)
     draw_head(draw, face, person, eyebrow)
     draw_wrinkles(draw, face, person)
     draw_mask(canvas, rng, face, state)

@@ -21,7 +21,7 @@ from feeding.detail import detail_set, write_detail_jpegs  # noqa: E402
 from feeding.errors import FeedError  # noqa: E402
 from feeding.factory import create_feeder  # noqa: E402
 from feeding.feeder import FeedConfig  # noqa: E402
-from feeding.ops.geometry import dali_shape  # noqa: E402
+from feeding.ops.dali_forms import dali_shape  # noqa: E402
 from feeding.plan import make_plan  # noqa: E402
 from feeding.sources import Samples, discover  # noqa: E402
 from feeding.spec import (  # noqa: E402

@@ -11,7 +11,7 @@ import PIL
 import pytest
 from PIL import Image, ImageFile
 
-from feeding import decode
+from feeding import decode, exif
 from feeding.decode import load_cv2, load_pil, pil_build, pil_build_line, probe
 from feeding.errors import BadImageError
 from tests.imaging import psnr
@@ -297,7 +297,7 @@ def test_jpeg_header_from_bytes_agrees_with_pil(odd, name):
     assert (fast.size, fast.orientation) == (reference.size, reference.orientation)
     assert fast.format in decode.JPEG_FORMATS
     if name.startswith("exif"):
-        assert decode._has_app1(data) is True
+        assert exif.has_app1(data) is True
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -313,15 +313,15 @@ def test_exif_jpegs_take_the_lock_free_header_with_pils_orientation(odd, orienta
 
 
 def test_xmp_and_broken_exif_still_go_to_pil():
-    assert decode._exif_orientation([b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>"]) is None
-    assert decode._exif_orientation([b"Exif\0\0XX\0*"]) is None  # no byte order
-    assert decode._exif_orientation([b"Exif\0\0II*\0\x08\0\0\0\x00\x00"]) == 1  # an empty IFD: no turn
+    assert exif.exif_orientation([b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>"]) is None
+    assert exif.exif_orientation([b"Exif\0\0XX\0*"]) is None  # no byte order
+    assert exif.exif_orientation([b"Exif\0\0II*\0\x08\0\0\0\x00\x00"]) == 1  # an empty IFD: no turn
 
 
 def test_jpeg_header_from_bytes_refuses_bombs(photo):
     pytest.importorskip("simplejpeg")
     data = photo.read_bytes()
-    assert decode._has_app1(data) is False  # so the fast path is the one refusing
+    assert exif.has_app1(data) is False  # so the fast path is the one refusing
     with pytest.raises(BadImageError, match="max_pixels"):
         decode.header(str(photo), 1000, data)
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 from feeding import affine
 from feeding.errors import MissingDependencyError
 from feeding.ops import Op
-from feeding.ops.geometry import dali_shape
+from feeding.ops.dali_forms import dali_shape
 from feeding.plan import Plan
 
 

@@ -1,7 +1,8 @@
 """The augmentation ops, one class each: its spec, its random draws, its fused-warp piece and its form
 in every backend live together (``feeding.ops.base`` says what an op declares and implements).
 
-A new op is one class in one of these modules (geometry, colour): subclassing ``Op`` registers it,
+A new op is one class in one of these modules (geometry, colour; boxes and dali_forms hold the
+geometric ops' shared pieces): subclassing ``Op`` registers it,
 so the spec accepts it, the planner orders it, and the PIL, albumentations and DALI backends and the
 fused warp run it.
 """
@@ -13,12 +14,9 @@ from feeding.ops.geometry import (  # before colour: Op.registry lists the ops i
     RandomResizedCrop,
     Resize,
     Rotate,
-    center_box,
-    draw_crop_box,
     resize_to,
-    shorter_side_shape,
-    whole,
 )
+from feeding.ops.boxes import center_box, draw_crop_box, shorter_side_shape, whole
 from feeding.ops.colour import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Normalize
 
 __all__ = [

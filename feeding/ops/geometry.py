@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,82 +16,10 @@ from PIL import Image
 from feeding import affine, checks
 from feeding.affine import Box, Shape
 from feeding.ops.base import Op
-
-
-# ---------------------------------------------------------------- sizes and boxes
-
-
-def _plain(size):
-    """A size as ``checks.size`` takes it: a 1-item sequence is its item (torchvision's), NumPy ints are ints."""
-    if isinstance(size, (tuple, list)) and len(size) == 1:
-        size = size[0]
-    if isinstance(size, (tuple, list)):
-        return tuple(_plain_int(value) for value in size)
-    return _plain_int(size)
-
-
-def _plain_int(value):
-    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
-
-
-def _float_pair(name: str, value) -> tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
-def _check_range(name: str, lo: float, hi: float, lo_min: float) -> None:
-    if not (lo_min <= lo <= hi):
-        raise ValueError(f"{name}: need {lo_min} <= low <= high, got ({lo}, {hi})")
-
-
-def shorter_side_shape(shape: Shape, shorter: int) -> Shape:
-    """The (height, width) in pixels after scaling ``shape``'s shorter side to ``shorter``.
-
-    torchvision's rounding (``_compute_resized_output_size``): the longer side is
-    ``int(shorter * long / short)``. Floor division gives the same integer
-    (a non-integral quotient lies at least 1/short from any integer, far beyond
-    a float's error) and keeps the shorter side exact; the DALI graph uses it too.
-    """
-    height, width = shape
-    short = min(height, width)
-    return shorter * height // short, shorter * width // short
-
-
-whole = affine.whole  # the box of a whole image
-
-
-def center_box(source: Shape, size: Shape) -> Box:
-    """(top, left, height, width) of the central ``size`` window; may be negative if larger."""
-    return (source[0] - size[0]) // 2, (source[1] - size[1]) // 2, size[0], size[1]
-
-
-def draw_crop_box(source: Shape, scale: tuple[float, float], ratio: tuple[float, float],
-                  rng: np.random.Generator) -> Box:
-    """torchvision's RandomResizedCrop box: (top, left, height, width) in source pixels."""
-    height, width = source
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    # Fallback: central crop with the aspect clamped into range.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+from feeding.ops.boxes import center_box, check_range, draw_crop_box, float_pair, plain_size, shorter_side_shape, whole
+from feeding.ops.dali_forms import (
+    dali_box_piece, dali_crop_box, dali_resize, dali_shape, dali_shorter_side_shape, dali_then, dali_xy,
+)
 
 
 # ---------------------------------------------------------------- the backends' shared pieces
@@ -121,84 +47,6 @@ def _resize_shorter_side(image: np.ndarray, op: "Resize", **_params) -> np.ndarr
     return resize_to(image, op.out_shape(image.shape[:2]))
 
 
-def _dali_resize(images, device: str, height, width):
-    from nvidia.dali import fn, types
-
-    return fn.resize(images, device=device, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR,
-                     antialias=True)
-
-
-def dali_shape(images):
-    """Per-sample (height, width) in pixels of HWC ``images``: int64 DALI nodes on the CPU (named arguments
-    must live there)."""
-    shape = images.shape()
-    return shape[0], shape[1]
-
-
-def _dali_shorter_side_shape(shape, shorter: int):
-    """``shorter_side_shape`` of per-sample (height, width) int64 DALI nodes, as int64 nodes.
-
-    Not ``fn.resize(resize_shorter=...)``: it rounds the longer side to the
-    nearest pixel, where torchvision (and the host backends) truncate.
-    """
-    from nvidia.dali import math as dali_math
-
-    height, width = shape
-    short = dali_math.min(height, width)
-    return shorter * height // short, shorter * width // short
-
-
-# The DALI forms of the warp pieces. They are the pieces of ``Op.warp`` in the coordinates of DALI's
-# ``warp_affine`` and ``fn.transforms``: (x, y) order, (0, 0) at the first pixel's corner, so pixel centres
-# sit at +0.5 (the host's pieces map centres; tests/test_dali.py checks the two agree). There a resize is
-# a plain scale, a crop a shift, a rotation turns about (W / 2, H / 2) and a mirror maps x to W - x. Each
-# piece is a DALI transform appended to the running map (``fn.transforms.*`` take it as their input), and
-# each argument is a number where the shape is known when the graph is built, else a per-sample node.
-
-
-def _dali_xy(x, y):
-    """An (x, y) argument of DALI's transforms: a list of two numbers, or a per-sample float vector."""
-    from nvidia.dali import fn, types
-
-    if isinstance(x, numbers.Real) and isinstance(y, numbers.Real):
-        return [float(x), float(y)]
-    return fn.stack(*(types.Constant(float(v), dtype=types.FLOAT) if isinstance(v, numbers.Real)
-                      else fn.cast(v, dtype=types.FLOAT) for v in (x, y)))
-
-
-def _dali_then(total, transform, **arguments):
-    """``transform`` (an ``fn.transforms`` operator) applied after the map ``total`` (None: the identity)."""
-    return transform(**arguments) if total is None else transform(total, **arguments)
-
-
-def _dali_box_piece(total, box, out: Shape):
-    """``affine.resize_piece``: the box ((top, left), (height, width)) stretched onto ``out``, after ``total``."""
-    from nvidia.dali import fn
-
-    (top, left), (height, width) = box
-    return _dali_then(total, fn.transforms.crop, from_start=_dali_xy(left, top),
-                      from_end=_dali_xy(_plus(left, width), _plus(top, height)), to_start=[0.0, 0.0],
-                      to_end=_dali_xy(out[1], out[0]))
-
-
-def _plus(offset, length):
-    """``offset + length``, without a DALI node where the offset is the number 0."""
-    return length if isinstance(offset, numbers.Real) and offset == 0 else offset + length
-
-
-def _dali_crop_box(shape, scale, ratio):
-    """A RandomResizedCrop box of per-sample ``shape``: ((top, left), (height, width)) int nodes, drawn by
-    DALI's own sampler (the one ``fn.random_resized_crop`` uses): area uniform in ``scale``, log-uniform
-    aspect in ``ratio``, 10 tries, then a fallback of its own (not quite torchvision's)."""
-    from nvidia.dali import fn, types
-
-    height, width = shape
-    sizes = fn.stack(*(types.Constant(int(v), dtype=types.INT64) if isinstance(v, numbers.Integral) else v
-                       for v in (height, width)))
-    anchor, window = fn.random_crop_generator(sizes, random_area=list(scale), random_aspect_ratio=list(ratio))
-    return (anchor[0], anchor[1]), (window[0], window[1])
-
-
 # ---------------------------------------------------------------- the ops
 
 
@@ -219,7 +67,7 @@ class Resize(Op):
     warp_role = "resize"
 
     def __post_init__(self) -> None:
-        size = _plain(self.size)
+        size = plain_size(self.size)
         pair = isinstance(size, (tuple, list))
         try:
             size = checks.size("Resize.size", size) if pair else checks.count("Resize.size", size)
@@ -262,13 +110,13 @@ class Resize(Op):
         from nvidia.dali import fn, types
 
         if not self.keeps_aspect:
-            return _dali_resize(images, device, *self.size)
-        height, width = _dali_shorter_side_shape(dali_shape(images), self.size)
-        return _dali_resize(images, device, fn.cast(height, dtype=types.FLOAT), fn.cast(width, dtype=types.FLOAT))
+            return dali_resize(images, device, *self.size)
+        height, width = dali_shorter_side_shape(dali_shape(images), self.size)
+        return dali_resize(images, device, fn.cast(height, dtype=types.FLOAT), fn.cast(width, dtype=types.FLOAT))
 
     def dali_warp(self, total, shape):
-        out = _dali_shorter_side_shape(shape, self.size) if self.keeps_aspect else self.size
-        return _dali_box_piece(total, ((0, 0), shape), out), out
+        out = dali_shorter_side_shape(shape, self.size) if self.keeps_aspect else self.size
+        return dali_box_piece(total, ((0, 0), shape), out), out
 
 
 @dataclass(frozen=True)
@@ -286,13 +134,13 @@ class RandomResizedCrop(Op):
     warp_role = "window"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", checks.size("RandomResizedCrop.size", _plain(self.size)))
-        object.__setattr__(self, "scale", _float_pair("RandomResizedCrop.scale", self.scale))
-        object.__setattr__(self, "ratio", _float_pair("RandomResizedCrop.ratio", self.ratio))
-        _check_range("RandomResizedCrop.scale", *self.scale, lo_min=1e-6)
+        object.__setattr__(self, "size", checks.size("RandomResizedCrop.size", plain_size(self.size)))
+        object.__setattr__(self, "scale", float_pair("RandomResizedCrop.scale", self.scale))
+        object.__setattr__(self, "ratio", float_pair("RandomResizedCrop.ratio", self.ratio))
+        check_range("RandomResizedCrop.scale", *self.scale, lo_min=1e-6)
         if self.scale[1] > 1.0:
             raise ValueError(f"RandomResizedCrop.scale upper bound must be <= 1, got {self.scale}")
-        _check_range("RandomResizedCrop.ratio", *self.ratio, lo_min=1e-6)
+        check_range("RandomResizedCrop.ratio", *self.ratio, lo_min=1e-6)
 
     def out_shape(self, shape: Shape) -> Shape:
         return self.size
@@ -330,7 +178,7 @@ class RandomResizedCrop(Op):
                                       antialias=True)
 
     def dali_warp(self, total, shape):
-        return _dali_box_piece(total, _dali_crop_box(shape, self.scale, self.ratio), self.size), self.size
+        return dali_box_piece(total, dali_crop_box(shape, self.scale, self.ratio), self.size), self.size
 
     def dali_decode(self, encoded, decoder, device):
         from nvidia.dali import fn, types
@@ -338,7 +186,7 @@ class RandomResizedCrop(Op):
         # Region-of-interest decode: only the crop window is decoded.
         images = fn.decoders.image_random_crop(encoded, device=decoder, output_type=types.RGB,
                                                random_area=self.scale, random_aspect_ratio=self.ratio)
-        return _dali_resize(images, device, *self.size)
+        return dali_resize(images, device, *self.size)
 
 
 @dataclass(frozen=True)
@@ -353,7 +201,7 @@ class CenterCrop(Op):
     warp_role = "crop"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", checks.size("CenterCrop.size", _plain(self.size)))
+        object.__setattr__(self, "size", checks.size("CenterCrop.size", plain_size(self.size)))
 
     def out_shape(self, shape: Shape) -> Shape:
         return self.size
@@ -388,7 +236,7 @@ class CenterCrop(Op):
 
         # center_box's floor division: DALI's integer // truncates towards zero (a padding crop's is negative).
         top, left = (dali_math.floor((side - size) / 2) for side, size in zip(shape, self.size))
-        return _dali_then(total, fn.transforms.translation, offset=_dali_xy(-left, -top)), self.size
+        return dali_then(total, fn.transforms.translation, offset=dali_xy(-left, -top)), self.size
 
 
 @dataclass(frozen=True)
@@ -463,7 +311,7 @@ class Rotate(Op):
         # fn.transforms.rotation turns clockwise on screen (y down) for a positive angle: ours, negated.
         angle = fn.random.uniform(range=(-high, -low)) if low != high else -low
         height, width = shape
-        return _dali_then(total, fn.transforms.rotation, angle=angle, center=_dali_xy(width / 2, height / 2)), shape
+        return dali_then(total, fn.transforms.rotation, angle=angle, center=dali_xy(width / 2, height / 2)), shape
 
 
 @dataclass(frozen=True)
@@ -516,8 +364,8 @@ class HorizontalFlip(Op):
         flip = self._dali_draw()  # 1, or a per-sample 0 or 1
         sign = -1 if isinstance(flip, int) else 1 - 2 * flip
         height, width = shape
-        return _dali_then(total, fn.transforms.scale, scale=_dali_xy(sign, 1),
-                          center=_dali_xy(width / 2, height / 2)), shape
+        return dali_then(total, fn.transforms.scale, scale=dali_xy(sign, 1),
+                          center=dali_xy(width / 2, height / 2)), shape
 
     def _dali_draw(self):
         from nvidia.dali import fn
