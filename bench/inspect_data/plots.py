@@ -147,8 +147,16 @@ def figures(stats: dict) -> dict[str, Figure]:
 
 
 def write_png(fig: Figure, path: Path) -> Path:
-    """``fig`` as a PNG at ``path`` (100 dpi), written atomically."""
+    """``fig`` as a 256-colour PNG at ``path`` (100 dpi), written atomically. The palette keeps the charts
+    exact and the thumbnails of photos with fine detail small: as 24-bit PNG the sample's came to 2.2 MB."""
+    from PIL import Image
+
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=100)
-    return write_atomic(path, buffer.getvalue())
+    buffer.seek(0)
+    with Image.open(buffer) as rendered:
+        palette = rendered.convert("RGB").quantize(256)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    return write_atomic(path, out.getvalue())
