@@ -65,6 +65,16 @@ class DeviceFeeder:
         self.std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._position: tuple[int, int] | None = None  # (epoch, batches) handed out, while iterating
+
+    def state_dict(self) -> dict:
+        """The feeder's state at the last batch handed out here: the CUDA prefetch has taken one more
+        from the feeder, which a resumed run must deliver again."""
+        return self.feeder.state_dict() if self._position is None else self.feeder.state_at(self._position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.feeder.load_state_dict(state)
+        self._position = None
 
     def __len__(self) -> int:
         return len(self.feeder)
@@ -88,12 +98,24 @@ class DeviceFeeder:
 
     def set_epoch(self, epoch: int) -> None:
         self.feeder.set_epoch(epoch)
+        self._position = None
 
     def _finish(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         images = normalize_uint8(images, self.mean, self.std, self.dtype)
         return images.contiguous(memory_format=self.memory_format), labels
 
     def __iter__(self) -> Iterator[Batch]:
+        next_start = getattr(self.feeder, "next_start", None)  # a Feeder's; a feeder-like stream may lack it
+        if next_start is None:
+            yield from self._batches()
+            return
+        epoch, start = next_start()
+        for number, batch in enumerate(self._batches(), start + 1):
+            self._position = (epoch, number)
+            yield batch
+        self._position = None  # the epoch is over: the feeder's own state says so
+
+    def _batches(self) -> Iterator[Batch]:
         if self.device.type == "cuda":
             yield from self._cuda_prefetch()
             return

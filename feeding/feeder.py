@@ -4,6 +4,10 @@ A Feeder yields ``(images, labels)``: ``images`` a uint8 tensor of shape
 (N, 3, H, W) and ``labels`` an int64 tensor of shape (N,). It has a DataLoader's
 semantics: ``len()`` in batches, ``drop_last``, a fresh shuffle each time it is
 iterated (each epoch), and the same stream for the same seed.
+
+Its ``state_dict()`` says where that stream stands (``feeding.state``); a feeder given
+it by ``load_state_dict()`` delivers next exactly what the original would have, as
+torchdata's StatefulDataLoader does, but without decoding the batches it skips.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from feeding.errors import BadFile, FeedError
 from feeding.plan import Plan, make_plan
 from feeding.sources import Samples
 from feeding.spec import AugSpec, train_spec
+from feeding.spec_file import spec_record
+from feeding.state import check_state, state_record, stream_fingerprint
 
 ON_BAD = ("skip", "fail")
 # Who makes the CPU pipelines' batches: worker processes (a DataLoader), threads, or
@@ -131,6 +137,8 @@ class Feeder(ABC):
         self.skipped: list[BadFile] = []
         self.notes: list[str] = []  # settings worth a warning (the CLIs print them)
         self.epoch = 0  # the epoch the next ``iter()`` will deliver
+        self._position = (0, 0)  # (epoch, batches of it delivered): what state_dict() reports
+        self._resume_at: tuple[int, int] | None = None  # where the next iter() starts, if not a batch 0
 
     def _take_listing_problems(self) -> None:
         """The rows ``discover`` left out: skipped files to report, or (on_bad="fail") an error."""
@@ -195,13 +203,70 @@ class Feeder(ABC):
         return ""
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (and so the shuffle) that the next ``iter()`` delivers."""
+        """Choose the epoch (and so the shuffle) that the next ``iter()`` delivers: from its first batch,
+        or where a loaded state stands, if it stands in that epoch."""
         self.epoch = epoch
+        if self._resume_at is not None and self._resume_at[0] != epoch:
+            self._resume_at = None
+        self._position = self._resume_at or (epoch, 0)
+
+    def next_start(self) -> tuple[int, int]:
+        """(epoch, batch number) where the next ``iter()`` starts."""
+        resume = self._resume_at
+        return (self.epoch, resume[1] if resume is not None and resume[0] == self.epoch else 0)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch
+        epoch, start = self.next_start()
+        self._resume_at = None
         self.epoch += 1
-        yield from self._epoch_batches(epoch)
+        self._position = (epoch, start)
+        for number, batch in enumerate(self._epoch_batches(epoch, start), start + 1):
+            self._position = (epoch, number)  # before the yield: the consumer holds this batch now
+            yield batch
+
+    # -- state
+
+    def fingerprint(self) -> dict:
+        """What decides this feeder's stream (``feeding.state.stream_fingerprint``)."""
+        return stream_fingerprint(self.samples, self.config, spec_record(self.config.spec))
+
+    def _known_fingerprint(self) -> dict:
+        """``fingerprint()``, computed once: the samples and config are fixed, and hashing every path at each
+        step checkpoint would cost tens of ms on a large data set."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self.fingerprint()
+        return self._fingerprint
+
+    def state_dict(self) -> dict:
+        """Where the stream stands: the epoch and the batches of it delivered (an epoch's end is the next
+        one's start), with the fingerprint that ``load_state_dict`` checks. JSON-safe; small."""
+        return self.state_at(self._position)
+
+    def state_at(self, position: tuple[int, int]) -> dict:
+        """The state at ``position`` (epoch, batches delivered): ``state_dict()`` of a consumer that has taken
+        fewer batches than this feeder delivered (a prefetching wrapper, ``feeding.device``)."""
+        return state_record(position, self._known_fingerprint(), len(self), **self._extra_state(position))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (another feeder's ``state_dict()``, possibly with another worker count):
+        the next ``iter()`` delivers the batch after the last one that feeder delivered. A state from
+        another data set, spec, batch size, seed, shard or backend is refused (``FeederStateError``)."""
+        epoch, batches = check_state(state, self._known_fingerprint(), len(self))
+        self._load_extra_state(state, (epoch, batches))
+        self.start_at(epoch, batches)
+
+    def start_at(self, epoch: int, batches: int) -> None:
+        """Let the next ``iter()`` deliver ``epoch`` from its batch number ``batches`` on (unchecked)."""
+        self.epoch = epoch
+        self._position = (epoch, batches)
+        self._resume_at = (epoch, batches) if batches else None
+
+    def _extra_state(self, position: tuple[int, int]) -> dict:
+        """What a backend adds to its state at ``position`` (e.g. DALI's own checkpoint); JSON-safe."""
+        return {}
+
+    def _load_extra_state(self, state: dict, position: tuple[int, int]) -> None:
+        """Take what ``_extra_state`` added (raise ``FeederStateError`` where it does not fit)."""
 
     def _record_skips(self, records: list[BadFile]) -> None:
         for record in records:
@@ -209,8 +274,8 @@ class Feeder(ABC):
                 self.skipped.append(record)
 
     @abstractmethod
-    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        """Yield the batches of one epoch."""
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Yield the batches of one epoch from its batch number ``start`` on, without making those before."""
 
     def close(self) -> None:
         """Release workers or pipelines (optional)."""

@@ -51,9 +51,9 @@ class ResampledFeeder(Feeder):
     def pipeline_depth(self) -> int:
         return self._feeder_for(self.epoch).pipeline_depth
 
-    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         feeder = self._feeder_for(epoch)
-        feeder.set_epoch(epoch)  # the epoch's augmentation and order streams, as without resampling
+        feeder.start_at(epoch, start)  # the epoch's augmentation and order streams, as without resampling
         try:
             yield from feeder
         finally:

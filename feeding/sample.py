@@ -21,6 +21,7 @@ drawn from a numpy Generator seeded by (seed, split, person, image).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -404,6 +405,32 @@ def write_sample(out_dir: str | os.PathLike, people: int = 60, seed: int = 0, ev
     if _read_stamp(out_dir) == stamp:
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(out_dir):  # ranks of one torchrun job: one writes, the others wait for its stamp
+        if _read_stamp(out_dir) != stamp:
+            _build(out_dir, people, seed, eval_people, stamp)
+    return out_dir
+
+
+@contextlib.contextmanager
+def _writer_lock(out_dir: Path):
+    """An exclusive lock on ``out_dir``'s parent directory for as long as one process builds it (flock on the
+    directory itself: no lock file is left beside the data). Without it, a second process that found no
+    stamp would build too, and clearing the way for its copy would delete the finished one a first
+    process is already reading."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (one process at a time is then the user's to ensure)
+        yield
+        return
+    handle = os.open(out_dir.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
+def _build(out_dir: Path, people: int, seed: int, eval_people: int, stamp: dict) -> None:
     building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         write_train(building, make_people(seed, TRAIN_SPLIT, people))
@@ -418,7 +445,6 @@ def write_sample(out_dir: str | os.PathLike, people: int = 60, seed: int = 0, ev
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return out_dir
 
 
 def default_sample_dir(people: int = 60, seed: int = 0) -> Path:

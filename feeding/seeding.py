@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 # Distinct first words keep the streams of different purposes apart.
-_EPOCH_ORDER, _BATCH_DRAWS, _WORKER_GLOBALS = 0, 1, 2
+_EPOCH_ORDER, _BATCH_DRAWS, _WORKER_GLOBALS, _RANK_MODEL = 0, 1, 2, 3
 
 
 def _entropy(*words: int) -> np.random.SeedSequence:
@@ -43,6 +43,12 @@ def worker_seed(seed: int, epoch: int, worker_id: int, shard: int = 0) -> int:
     """A 32-bit seed for one worker (of one rank's shard) in one epoch."""
     words = (seed, epoch, worker_id) + ((shard,) if shard else ())
     return int(_entropy(_WORKER_GLOBALS, *words).generate_state(1)[0])
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A 32-bit seed for the model-side draws (dropout, drop-path) of one rank of a distributed run: the
+    ranks start from the same weights (DDP broadcasts rank 0's), then each draws its own masks."""
+    return int(_entropy(_RANK_MODEL, seed, rank).generate_state(1)[0])
 
 
 def seed_globals(value: int) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every figure in results/ on this machine (about 70 minutes on 2 cores).
+# Regenerate every figure in results/ on this machine (about 80 minutes on 2 cores).
 # Run with nothing else busy: the figures are rates, and a shared CPU lowers them.
 #   bash scripts/results.sh            (after `make venv`)
 set -euo pipefail
@@ -20,6 +20,7 @@ raw=$(mktemp --suffix .json)
 "$FB" data inspect "$sample" --out "$OUT"
 "$FB" compare --out "$OUT"
 .venv/bin/python scripts/fidelity.py "$OUT"   # every pipeline's PSNR against the written order's reference
+.venv/bin/python scripts/resume_timing.py "$OUT"   # a mid-epoch restore against an epoch start and a replay (~8 min)
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
 .venv/bin/python scripts/ray_vs_dataloader.py 5 "$OUT"   # needs the ray extra (make venv installs it)

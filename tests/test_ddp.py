@@ -115,24 +115,104 @@ def test_dali_reads_by_global_rank_on_the_local_gpu():
     assert (host.shard_id, host.num_shards, host.decode_device) == (9, 16, "cpu")
 
 
-@pytest.mark.timeout(240)
-def test_torchrun_two_cpu_ranks_train_and_only_rank_zero_writes(sample_dir, tmp_path):
-    """`torchrun --standalone --nproc-per-node 2 -m training.fit` with gloo on this CPU."""
-    import subprocess
+def _torchrun(sample_dir: Path, out: Path, *extra: str) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m training.fit` with gloo on this CPU: 3 batches a rank
+    an epoch, a step checkpoint after every update (so that the resumed run below has one mid-epoch)."""
     import sys
 
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "training.fit", "--pipeline", "pil", "--data", str(sample_dir), "--model",
-               "tests.test_training_fit:tiny_net", "--epochs", "2", "--size", "32", "--batch", "4",
-               "--workers", "0", "--val-fraction", "0.34", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=220, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "training.fit", "--pipeline", "pil", "--data", str(sample_dir), "--model",
+            "tests.test_training_fit:slow_tiny_net", "--epochs", "2", "--size", "32", "--batch", "4",
+            "--workers", "0", "--val-fraction", "0.34", "--checkpoint-every", "1", "--out", str(out), *extra]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended while we looked
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def _kill(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(sample_dir, tmp_path_factory):
+    import subprocess
+
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    result = subprocess.run(_torchrun(sample_dir, out), capture_output=True, text=True, timeout=220,
+                            env=TORCHRUN_ENV, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_two_cpu_ranks_train_and_only_rank_zero_writes(two_rank_run):
+    out, result = two_rank_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ranks"] == 2 and len(summary["history"]) == 2
     assert result.stdout.count("fit: ") == 1 and result.stdout.count("epoch 2/2") == 1  # rank 0 alone speaks
     assert (out / "best.pt").exists() and (out / "last.pt").exists()
     state = torch.load(out / "last.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in state["model"])  # saved unwrapped: loads without DDP
+    assert [entry["feeder"]["fingerprint"]["shard"] for entry in state["ranks"]] == [[0, 2], [1, 2]]
+    assert state["ranks"][0]["rng"]["torch"].tolist() != state["ranks"][1]["rng"]["torch"].tolist()
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_killed_mid_epoch_resumes_to_the_run_never_stopped(sample_dir, two_rank_run, tmp_path):
+    """SIGKILL to the whole job (torchrun and both ranks) inside epoch 2, then the same torchrun with
+    --resume: each rank takes its own RNG and feeder state back, and the job ends as the uninterrupted one."""
+    import subprocess
+    import time
+
+    reference, _ = two_rank_run
+    out = tmp_path / "run"
+    job = subprocess.Popen(_torchrun(sample_dir, out), env=TORCHRUN_ENV, cwd=Path(__file__).resolve().parents[1],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and job.poll() is None:
+            try:
+                state = torch.load(out / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+                if state["within_epoch"] and state["within_epoch"]["epoch"] == 1:
+                    break  # a step checkpoint inside epoch 2
+            except Exception:  # not written yet, or being replaced
+                pass
+            time.sleep(0.02)
+        assert job.poll() is None, "the job ended before it could be killed"
+        for pid in [*_descendants(job.pid), job.pid]:  # the ranks run in sessions of their own: kill each
+            _kill(pid)
+        job.wait(timeout=30)
+    finally:
+        for pid in [*_descendants(job.pid), job.pid]:
+            _kill(pid)
+    result = subprocess.run(_torchrun(sample_dir, out, "--resume"), capture_output=True, text=True, timeout=220,
+                            env=TORCHRUN_ENV, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed from" in result.stdout and ", batch " in result.stdout  # mid-epoch, not the epoch's start
+    keys = ("epoch", "loss", "lr", "macro_f1", "accuracy")
+    rows = [[{k: row[k] for k in keys} for row in json.loads((run / "summary.json").read_text())["history"]]
+            for run in (out, reference)]
+    assert rows[0] == rows[1]
+    weights = [torch.load(run / "last.pt", weights_only=True)["model"] for run in (out, reference)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -137,27 +136,6 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(data, straight_r
     assert main(fit_args(data, out)) == 130  # a Ctrl-C: a clean stop
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
     assert main(fit_args(data, out, "--resume")) == 0
-    straight_out, _ = straight_run
-    assert _metrics(out) == _metrics(straight_out)
-    _assert_same_weights(out, straight_out)
-
-
-def test_sigkill_mid_training_then_resume_gives_the_same_metrics(data, straight_run, tmp_path):
-    out = tmp_path / "killed"
-    command = [sys.executable, "-m", "training.fit", *fit_args(data, out, model=SLOW_TINY)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while not (out / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)  # during epoch 2: its forward passes take >= 0.6 s
-    finally:
-        process.wait(timeout=30)
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
-    resumed = subprocess.run(command + ["--resume"], check=False, cwd=REPO, capture_output=True, text=True,
-                             timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
     straight_out, _ = straight_run
     assert _metrics(out) == _metrics(straight_out)
     _assert_same_weights(out, straight_out)

@@ -1,11 +1,16 @@
 """Checkpoints: ``best.pt`` and ``last.pt``, written atomically, enough to resume exactly.
 
-A checkpoint holds the model, optimizer and scheduler states, the epoch it finished, the best
-validation metric so far, the early-stopping count, the RNG states (Python, NumPy, torch, CUDA),
-the run's config, the model name and num_classes. Killed at any moment, a run loses at most the
-epoch in progress: the file on disk is the previous one or the new one, never half of either.
+A checkpoint holds the model, optimizer and scheduler states, the epochs it finished, the best
+validation metric so far, the early-stopping count, the run's config, the model name and
+num_classes, and for each rank its RNG states (Python, NumPy, torch, CUDA) and its training
+feeder's state (``feeding.state``). A step checkpoint (``--checkpoint-every N``, or a SIGTERM)
+also holds where it stands inside an epoch (``EpochSoFar``): a resumed run starts at the next
+batch, with the draws the uninterrupted run would have made, so it ends with the same weights
+(bit for bit on the CPU). Killed at any moment, a run loses at most the updates since the last
+checkpoint: the file on disk is the previous one or the new one, never half of either. There is
+no loss scaler to save: autocast runs in bfloat16, which needs none.
 
-``Progress`` is where a run stands after an epoch: ``save_epoch`` writes it with the states,
+``Progress`` is where a run stands after an epoch: ``save_state`` writes it with the states,
 ``restore`` brings a resumed run back to it (its schedule stretched to a longer plan). Which
 directory a run writes to is ``training.runs``.
 """
@@ -23,24 +28,32 @@ import torch
 
 from feeding.io import write_atomic
 from feeding.errors import FeedError
+from training.engine import EpochSoFar
 from training.step import StepConfig
 
 if TYPE_CHECKING:
     from training.config import FitConfig
 
 LAST, BEST = "last.pt", "best.pt"
+# 1: epoch checkpoints, rank 0's RNG; 2: step checkpoints (within_epoch), every rank's RNG and feeder state.
+CHECKPOINT_FORMAT = 2
 
 
 class CheckpointError(FeedError):
     """A checkpoint that is missing, unreadable, or made for another model."""
 
 
-def saved_epochs(path: Path) -> int | None:
-    """Epochs finished in the checkpoint at ``path`` (memory-mapped: the weights are not read), or None."""
+def saved_position(path: Path) -> str | None:
+    """Where the checkpoint at ``path`` stands, in words ("epoch 2", "epoch 3, batch 8 (update 20)"), read
+    memory-mapped (the weights are not read); None where there is none to read."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        finished, within = int(state["epoch"]) + 1, state.get("within_epoch")
     except Exception:  # missing, half-written or foreign: nothing to report
         return None
+    if within:
+        return f"epoch {int(within['epoch']) + 1}, batch {int(within['batches'])} (update {int(state['updates'])})"
+    return f"epoch {finished}" if finished else None
 
 
 def rng_states() -> dict:
@@ -119,32 +132,64 @@ class Progress:
                         0 if improved else self.stale + 1, (*self.history, row), improved)
 
 
-def save_epoch(out: Path, config: FitConfig, classes, model, optimizer, scheduler, progress: Progress,
-               step: StepConfig | None = None) -> None:
-    """OUT/best.pt (when the epoch improved) before OUT/last.pt, each written atomically; ``step``:
-    the training step the run trains with (recorded, so that a resumed run can say if it changed)."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "epoch": progress.epoch - 1, "updates": progress.updates, "best_macro_f1": progress.best_f1,
-             "epochs_since_best": progress.stale, "rng": rng_states(), "config": config.to_dict(),
-             "num_classes": len(classes), "model_name": config.model, "classes": list(classes),
-             "history": list(progress.history), "step": step.to_dict() if step is not None else None}
-    if progress.improved:  # best before last: a kill in between only repeats this epoch on resume
+def rank_state(train_feed, so_far: EpochSoFar | None = None) -> dict:
+    """This rank's share of a checkpoint: its global RNG states, its training feeder's state and, in a step
+    checkpoint, its part of the epoch trained (each rank's losses are its own until the epoch's reduction)."""
+    return {"rng": rng_states(), "feeder": train_feed.state_dict(),
+            "so_far": so_far.to_dict() if so_far is not None else None}
+
+
+def save_state(out: Path, config: FitConfig, classes, model, optimizer, scheduler, progress: Progress,
+               ranks: list[dict], step: StepConfig | None = None, within: tuple[int, EpochSoFar] | None = None,
+               ) -> None:
+    """OUT/last.pt, written atomically: at an epoch's end (``within`` None; OUT/best.pt before it when the
+    epoch improved), or at an update inside epoch ``within[0]`` (0-based), ``within[1]`` trained of it.
+    ``ranks``: every rank's ``rank_state``, in rank order; ``step``: the training step the run trains
+    with (recorded, so that a resumed run can say if it changed)."""
+    so_far = within[1] if within is not None else None
+    state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "epoch": progress.epoch - 1,
+             "updates": progress.updates + (len(so_far.lrs) if so_far else 0), "best_macro_f1": progress.best_f1,
+             "epochs_since_best": progress.stale, "rng": ranks[0]["rng"], "ranks": ranks,
+             "within_epoch": {"epoch": within[0], **so_far.to_dict()} if within is not None else None,
+             "config": config.to_dict(), "num_classes": len(classes), "model_name": config.model,
+             "classes": list(classes), "history": list(progress.history),
+             "step": step.to_dict() if step is not None else None}
+    if progress.improved and within is None:  # best before last: a kill in between only repeats this epoch
         save_checkpoint(out / BEST, state)
     save_checkpoint(out / LAST, state)
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """What a resumed run continues from: the progress, the part of the epoch in progress trained (None
+    at an epoch's end) and this rank's training feeder state (None in a format-1 checkpoint)."""
+
+    progress: Progress
+    within: EpochSoFar | None
+    feeder_state: dict | None
+    where: str  # in words, for the console
+
+    def train_from(self, epoch: int) -> EpochSoFar | None:
+        """The part of ``epoch`` already trained: the checkpoint's for its epoch, nothing for later ones."""
+        return self.within if epoch == self.progress.epoch else None
+
+
 def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, scheduler,
-            announce: bool = True, step: StepConfig | None = None) -> Progress:
-    """Load OUT/last.pt into the model, optimizer, schedule and the global RNGs; where it stood.
+            announce: bool = True, step: StepConfig | None = None, rank: int = 0, world_size: int = 1) -> Resumed:
+    """Load OUT/last.pt into the model, optimizer, schedule and this ``rank``'s global RNGs; where it stood.
 
     The schedule was built for ``config.epochs``: a run resumed with more epochs than it planned
     has its schedule stretched to them (``restore_schedule``), and ``announce`` says so, as it
-    says where ``step`` differs from the step the run was trained with.
+    says where ``step`` differs from the step the run was trained with. The feeder state is the
+    caller's to load (``load_feed_state``).
     """
     from training.schedule import restore_schedule
 
     state = load_checkpoint(out / LAST, config.model, num_classes)
+    entry = _rank_entry(state, out / LAST, rank, world_size)
     done, planned = state["epoch"] + 1, state["config"].get("epochs", config.epochs)
+    within = state.get("within_epoch")
     if config.epochs <= done:
         raise CheckpointError(f"the run in {out} finished {done} epochs; pass --epochs > {done} to continue it")
     try:
@@ -155,7 +200,7 @@ def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, sc
         raise CheckpointError(f"checkpoint {out / LAST} does not fit this model, optimizer or schedule "
                               f"(--opt/--sched changed?): {str(err).splitlines()[0]}") from err
     changed = sorted(k for k, v in state["config"].items()
-                     if k not in ("resume", "epochs", "out") and config.to_dict().get(k) != v)
+                     if k not in ("resume", "epochs", "out", "checkpoint_every") and config.to_dict().get(k) != v)
     if changed and announce:
         print(f"warning: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
     if step is not None and state.get("step") and announce:
@@ -165,6 +210,37 @@ def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, sc
         change = "extended" if config.epochs > planned else "shortened"
         print(f"schedule {change} from {planned} to {config.epochs} epochs: lr {optimizer.param_groups[0]['lr']:.2e} "
               f"at update {state['updates']}")
-    set_rng_states(state["rng"])
-    return Progress(done, state["updates"], state["best_macro_f1"], state["epochs_since_best"],
-                    tuple(state["history"]))
+    set_rng_states(entry["rng"])
+    progress = Progress(done, state["updates"] - (len(within["lrs"]) if within else 0), state["best_macro_f1"],
+                        state["epochs_since_best"], tuple(state["history"]))
+    so_far = entry.get("so_far") or within  # this rank's part of the epoch (rank 0's is also within_epoch's)
+    return Resumed(progress, EpochSoFar.from_dict(so_far) if within else None, entry.get("feeder"),
+                   saved_position(out / LAST) or f"epoch {done}")
+
+
+def _rank_entry(state: dict, path: Path, rank: int, world_size: int) -> dict:
+    """This rank's RNG and feeder state in a checkpoint; a clear error for a newer format or another rank count."""
+    version = state.get("format", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {version!r}, newer than this feedbench reads "
+                              f"({CHECKPOINT_FORMAT}): resume it with the version that wrote it")
+    ranks = state.get("ranks")
+    if not ranks:  # format 1: rank 0's RNG, no feeder state; it resumes at an epoch's start
+        return {"rng": state["rng"], "feeder": None}
+    if len(ranks) != world_size:
+        raise CheckpointError(f"checkpoint {path} was written by a run of {len(ranks)} rank(s); this one has "
+                              f"{world_size}: resume with --nproc-per-node (x nodes) = {len(ranks)}")
+    return ranks[rank]
+
+
+def load_feed_state(train_feed, state: dict | None, path: Path) -> None:
+    """Bring the training feed to where the checkpoint's stood (a no-op for a format-1 checkpoint); a
+    ``CheckpointError`` naming what differs where the feed is not the one the checkpoint was made with."""
+    from feeding.state import FeederStateError
+
+    if state is None:
+        return
+    try:
+        train_feed.load_state_dict(state)
+    except FeederStateError as err:
+        raise CheckpointError(f"checkpoint {path} cannot resume this training feed: {err}") from err

@@ -68,6 +68,7 @@ class FitConfig:
     out: str | None = None  # None: DEFAULT_OUT, or the next free one (training.runs.choose_run_dir)
     early_stop_patience: int | None = None  # epochs without a better validation macro-F1
     resume: bool = False
+    checkpoint_every: int | None = None  # a step checkpoint (OUT/last.pt) every N optimizer updates
     device: str = "cpu"
     recommendation: str = DEFAULT_RECOMMENDATION
     on_bad: str = "skip"  # a file or listing row that cannot be used: left out and reported, or an error
@@ -85,7 +86,7 @@ class FitConfig:
         checks.available_device("device", self.device)
         for name in ("epochs", "accum_steps"):
             checks.count(name, getattr(self, name))
-        for name in ("batch", "early_stop_patience", "loss_every"):
+        for name in ("batch", "early_stop_patience", "loss_every", "checkpoint_every"):
             checks.count(name, getattr(self, name), allow_none=True)
         checks.count("workers", self.workers, minimum=0, allow_none=True)
         self._check_size()

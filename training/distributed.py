@@ -160,6 +160,20 @@ def broadcast_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def any_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """True on every rank where any rank's ``flag`` is (a SIGTERM that reached some ranks only)."""
+    return flag if not ctx.enabled else reduce_max(float(flag), ctx, device) > 0
+
+
+def gather_objects(value, ctx: DistContext) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank: ``[value]`` without DDP."""
+    if not ctx.enabled:
+        return [value]
+    gathered = [None] * ctx.world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         torch.distributed.barrier()

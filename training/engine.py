@@ -47,6 +47,28 @@ class EpochStats:
 
 
 @dataclass(frozen=True)
+class EpochSoFar:
+    """The part of an epoch trained before a step checkpoint: what the epoch's stats need from it when
+    a resumed run trains the rest (``run_epoch(resume=...)``). Seconds exclude the time between."""
+
+    batches: int = 0
+    loss_sum: float = 0.0  # loss x images, summed
+    images: int = 0
+    seconds: float = 0.0
+    data_wait_s: float = 0.0
+    lrs: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "loss_sum": self.loss_sum, "images": self.images, "seconds": self.seconds,
+                "data_wait_s": self.data_wait_s, "lrs": list(self.lrs)}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> EpochSoFar:
+        return cls(int(record["batches"]), float(record["loss_sum"]), int(record["images"]),
+                   float(record["seconds"]), float(record["data_wait_s"]), tuple(float(x) for x in record["lrs"]))
+
+
+@dataclass(frozen=True)
 class EvalMetrics:
     macro_f1: float  # the headline
     accuracy: float
@@ -86,7 +108,9 @@ def train_one_epoch(
 def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0,
               on_first_batch: Callable[[torch.Tensor], None] | None = None,
               max_batches: int | None = None,
-              on_batch_done: Callable[[int, float], None] | None = None) -> EpochStats:
+              on_batch_done: Callable[[int, float], None] | None = None,
+              resume: EpochSoFar | None = None,
+              on_update: Callable[[int, Callable[[], EpochSoFar]], None] | None = None) -> EpochStats:
     """One epoch of ``step`` (a ``TrainStep`` or ``SimStep``) on ``feeder``'s batches: what training.fit
     runs, and what feedbench tune's end-to-end check measures.
 
@@ -97,17 +121,34 @@ def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0
     ``max_batches``: stop after that many (a measurement); the epoch's iterator is closed.
     ``on_batch_done(images, perf_counter seconds)`` is told when each batch's work is done on the
     host (a measurement's clock; with ``loss_every`` 1 the device has finished it too).
+    ``resume``: the part of this epoch a step checkpoint holds; the feeder has been given that
+    checkpoint's state, so its first batch is batch ``resume.batches`` (``updates_done`` still counts
+    the updates before the epoch). ``on_update(n, so_far)`` is called after the epoch's update
+    number n (counted from its start), but its last; ``so_far()`` reads the pending losses back and
+    gives the epoch so far (what a step checkpoint saves).
     """
     config = step.config
     step.train()
     feeder.set_epoch(epoch)
+    done = resume or EpochSoFar()
     steps = len(feeder) if max_batches is None else min(len(feeder), max_batches)
-    pending, counts, total_loss, images_seen, data_wait, lrs = [], [], 0.0, 0, 0.0, []
+    pending, counts, lrs = [], [], list(done.lrs)
+    total_loss, images_seen, data_wait = done.loss_sum, done.images, done.data_wait_s
     step.synchronize()
-    started = waiting_since = time.perf_counter()
+    started = waiting_since = time.perf_counter() - done.seconds
     batches = iter(feeder)
+    number = done.batches - 1
+
+    def so_far() -> EpochSoFar:
+        nonlocal total_loss, pending, counts
+        if pending:
+            total_loss += step.read(pending, counts)
+            pending, counts = [], []
+        step.synchronize()
+        return EpochSoFar(number + 1, total_loss, images_seen, time.perf_counter() - started, data_wait, tuple(lrs))
+
     try:
-        for number, (images, labels) in enumerate(batches):
+        for number, (images, labels) in enumerate(batches, done.batches):
             data_wait += time.perf_counter() - waiting_since
             if number == 0 and on_first_batch is not None:
                 on_first_batch(images)
@@ -116,15 +157,17 @@ def run_epoch(step, feeder, epoch: int, *, scheduler=None, updates_done: int = 0
             pending.append(step.run(images, labels, accumulation_group(number, steps, config.accum_steps),
                                     sync_gradients=updates_now))
             counts.append(len(labels))
+            images_seen += len(labels)
             if updates_now:
                 lrs.append(step.lr)
                 step.update()
                 if scheduler is not None:
                     scheduler.step_update(updates_done + len(lrs))
-            images_seen += len(labels)
             if len(pending) == config.loss_every or number + 1 == steps:
                 total_loss += step.read(pending, counts)  # waits for the device: the steps are done
                 pending, counts = [], []
+            if updates_now and on_update is not None and number + 1 < steps:  # the last: the epoch's own checkpoint
+                on_update(len(lrs), so_far)
             waiting_since = time.perf_counter()
             if on_batch_done is not None:
                 on_batch_done(len(labels), waiting_since)

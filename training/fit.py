@@ -18,7 +18,15 @@ import sys
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.spec_file import SpecFile
 from training.config import DEFAULT_OUT, FIT_PIPELINES, LOSSES, ON_BAD, OPTIMIZERS, SCHEDULERS, FitConfig
-from training.runs import EXIT_INTERRUPTED, RunInterrupted, choose_run_dir, interrupted_message
+from training.runs import (
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    RunInterrupted,
+    RunPreempted,
+    choose_run_dir,
+    interrupted_message,
+    preempted_message,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,6 +75,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stop-patience", type=int, help="epochs without a better macro-F1 before stopping")
     p.add_argument("--resume", action="store_true",
                    help=f"continue from OUT/last.pt; without --out, the newest run of {DEFAULT_OUT}*")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also write OUT/last.pt every N optimizer updates, inside epochs (with each rank's RNG and "
+                   "feeder state): a kill loses at most N updates, and --resume continues at the update it holds, "
+                   "with the same result as a run never stopped; without it, at each epoch's end (and at the "
+                   "next update after a SIGTERM, which then exits 143)")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
     p.add_argument("--recommendation", default=d.recommendation, help="what --pipeline best reads")
     p.add_argument("--on-bad", default=d.on_bad, choices=ON_BAD,
@@ -106,6 +119,7 @@ def config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> 
         accum_steps=args.accum_steps, freeze_backbone=args.freeze_backbone, val_fraction=args.val_fraction,
         folds=args.folds, balanced=args.balanced,
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
         device=args.device, recommendation=args.recommendation, on_bad=args.on_bad, spec=spec,
     )
 
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as stop:  # the feeders are closed by now: no worker is left behind
         print(interrupted_message(stop, argv), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RunPreempted as stop:  # a step checkpoint was written, the feeders are closed
+        print(preempted_message(stop, argv), file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:  # before a run directory was chosen: nothing was written
         print("training.fit: interrupted before the run started; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -136,6 +136,7 @@ def load_recommendation(config: FitConfig, samples) -> dict:
         raise RecommendationError(f"--pipeline best: no recommendation at {path}; {hint}")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
+        check_complete(record, path, hint)  # before the keys: a partial record has no pick to read
         for key in ("pipeline", "workers", "batch", "size"):
             record[key]
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -147,6 +148,14 @@ def load_recommendation(config: FitConfig, samples) -> dict:
         raise RecommendationError(
             f"--pipeline best: {path} was made for other conditions:\n  {listed}\n{hint}")
     return record
+
+
+def check_complete(record, path: Path, hint: str) -> None:
+    """``RecommendationError`` for the partial record of an interrupted tuning run: it recommends nothing."""
+    if isinstance(record, dict) and record.get("partial"):
+        phase = (record.get("interrupted") or {}).get("phase", "run")
+        raise RecommendationError(f"--pipeline best: {path} is a partial tuning record (interrupted during the "
+                                  f"{phase}): it recommends nothing; {hint}")
 
 
 def check_recorded_step(record: dict, path: Path, hint: str) -> None:

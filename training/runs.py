@@ -8,15 +8,19 @@ into one line: where the run stood, what its last.pt holds, and the command that
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from feeding.errors import FeedError
-from training.checkpoint import BEST, LAST, saved_epochs
+from training.checkpoint import BEST, LAST, saved_position
 
 RUN_FILES = (LAST, BEST, "summary.json")  # any of them: the directory holds a run
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: what a scheduler that preempts the job expects back
 
 
 class RunDirectoryError(FeedError):
@@ -30,6 +34,15 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, checkpoint_dir: Path, epoch: int | None = None, fold: str | None = None):
         super().__init__(f"interrupted: {checkpoint_dir}")
         self.run_dir, self.checkpoint_dir, self.epoch, self.fold = Path(run_dir), Path(checkpoint_dir), epoch, fold
+
+
+class RunPreempted(Exception):
+    """A SIGTERM during a run, answered with a step checkpoint: ``checkpoint_dir``'s last.pt holds the update
+    it stopped at (``where``, in words). Not a KeyboardInterrupt: the run stopped as asked, at a step."""
+
+    def __init__(self, run_dir: Path, checkpoint_dir: Path, where: str, fold: str | None = None):
+        super().__init__(f"preempted: {checkpoint_dir}")
+        self.run_dir, self.checkpoint_dir, self.where, self.fold = Path(run_dir), Path(checkpoint_dir), where, fold
 
 
 # ---------------------------------------------------------------- run directories
@@ -109,12 +122,35 @@ def resume_command(argv: list[str], run_dir: Path) -> str:
     return shlex.join(["python", "-m", "training.fit", *kept, "--resume", "--out", str(run_dir)])
 
 
+@contextlib.contextmanager
+def sigterm_requests():
+    """While inside: a SIGTERM sets a flag (the function yielded reads it) instead of ending the process, so
+    that the training loop can checkpoint at its next update and stop. Outside the main thread (where
+    Python cannot take signals) the flag is never set."""
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked.set())
+    try:
+        yield asked.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def preempted_message(stop: RunPreempted, argv: list[str]) -> str:
+    """One line for a SIGTERM: the checkpoint written and the command that resumes the run from it."""
+    fold = f" ({stop.fold})" if stop.fold else ""
+    return (f"training.fit: stopped by SIGTERM{fold}; {stop.checkpoint_dir / LAST} holds {stop.where} "
+            f"(resume: {resume_command(argv, stop.run_dir)})")
+
+
 def interrupted_message(stop: RunInterrupted, argv: list[str]) -> str:
     """One line for a Ctrl-C: where the run was, what its last.pt holds, and how to resume it."""
     where = ", ".join(part for part in (stop.fold, f"epoch {stop.epoch}" if stop.epoch else None) if part)
     checkpoint = stop.checkpoint_dir / LAST
-    saved = saved_epochs(checkpoint)
-    held = f"{checkpoint} holds epoch {saved}" if saved else "no checkpoint yet"
+    saved = saved_position(checkpoint)
+    held = f"{checkpoint} holds {saved}" if saved else "no checkpoint yet"
     resumable = any(Path(name).name == LAST for name in run_files(stop.run_dir))
     how = f" (resume: {resume_command(argv, stop.run_dir)})" if resumable else ""
     return f"training.fit: interrupted{' in ' + where if where else ''}; {held}{how}"

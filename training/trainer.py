@@ -16,7 +16,7 @@ import torch
 from feeding.io import write_json
 from feeding.spec_file import spec_provenance
 from training import distributed
-from training.checkpoint import LAST, Progress, restore, save_epoch
+from training.checkpoint import LAST, Progress, load_feed_state, rank_state, restore, save_state
 from training.config import FitConfig
 from training.data import create_feeders, load_samples, split_data
 from training.engine import evaluate, run_epoch
@@ -30,7 +30,7 @@ from training.recommendation import (
     resolve_step,
 )
 from training.report import epoch_line, feed_warnings, report_skipped, skipped_files, start_line
-from training.runs import RunInterrupted
+from training.runs import RunInterrupted, RunPreempted, sigterm_requests
 from training.step import StepConfig, TrainStep, create_optimizer, step_settings
 
 
@@ -84,10 +84,12 @@ def trainer_threads(config: FitConfig, ctx, device: torch.device) -> int:
 
 
 def build_training(config: FitConfig, step: StepConfig, num_classes: int, train_labels, batches_per_epoch: int,
-                   device, announce: bool):
+                   device, announce: bool, rank: int | None = None):
     """(model, optimizer, schedule, loss) for this run, seeded; ``announce``: say what a pretrained file gave.
-    The model is in the step's memory format before its optimizer and DDP see its parameters."""
-    from feeding.seeding import seed_globals
+    The model is in the step's memory format before its optimizer and DDP see its parameters. ``rank``
+    (a distributed run's): the model is built from the seed alike on every rank, and then the rank's
+    global generators are reseeded for its own dropout and drop-path masks."""
+    from feeding.seeding import rank_seed, seed_globals
     from training.losses import create_loss
     from training.models import create_model
     from training.schedule import create_schedule
@@ -100,14 +102,17 @@ def build_training(config: FitConfig, step: StepConfig, num_classes: int, train_
     scheduler = create_schedule(config.scheduler, optimizer, config.epochs, updates_per_epoch, config.warmup_epochs)
     loss_fn = create_loss(config.loss, train_labels, num_classes, config.label_smoothing,
                           config.focal_gamma).to(device)
+    if rank is not None:
+        seed_globals(rank_seed(config.seed, rank))
     return model, optimizer, scheduler, loss_fn
 
 
 def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, train_feed, val_feed,
                  predicted: float | None, ctx, device) -> Progress:
     """Train (each batch a ``TrainStep`` of ``step``) and validate every epoch left (resumed from
-    OUT/last.pt with ``config.resume``), until the plan or early stopping ends it; a Ctrl-C raises
-    ``RunInterrupted`` naming the epoch."""
+    OUT/last.pt with ``config.resume``, at the update it holds), until the plan or early stopping ends
+    it; a step checkpoint every ``config.checkpoint_every`` updates. A Ctrl-C raises ``RunInterrupted``
+    naming the epoch; a SIGTERM writes a step checkpoint at the next update and raises ``RunPreempted``."""
     from torch.utils.tensorboard import SummaryWriter
 
     out, main, num_classes = Path(config.out), ctx.is_main, len(classes)
@@ -115,42 +120,80 @@ def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, tra
     epoch = None  # the epoch in progress (0-based), for what a Ctrl-C reports
     try:
         model, optimizer, scheduler, loss_fn = build_training(config, step, num_classes, train_labels,
-                                                              len(train_feed), device, announce=main)
+                                                              len(train_feed), device, announce=main,
+                                                              rank=ctx.rank if ctx.enabled else None)
+        resumed = None
         progress = Progress()
         if config.resume:
-            progress = restore(out, config, num_classes, model, optimizer, scheduler, announce=main, step=step)
+            resumed = restore(out, config, num_classes, model, optimizer, scheduler, announce=main, step=step,
+                              rank=ctx.rank, world_size=ctx.world_size)
+            load_feed_state(train_feed, resumed.feeder_state, out / LAST)
+            progress = resumed.progress
             if main:
-                print(f"resumed from {out / LAST} after epoch {progress.epoch}")
+                print(f"resumed from {out / LAST} at {resumed.where}")
         model = distributed.wrap(model, ctx, device)  # after loading: DDP broadcasts rank 0's weights
         train_step = TrainStep(model, optimizer, loss_fn, step, device)
         if main:
             writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=progress.updates if config.resume else None)
-        for epoch in range(progress.epoch, config.epochs):
-            first_batch = grid_logger(writer, train_feed, progress.updates) if epoch == 0 and main else None
-            stats = run_epoch(train_step, train_feed, epoch, scheduler=scheduler, updates_done=progress.updates,
-                              on_first_batch=first_batch)
-            stats = distributed.reduce_epoch_stats(stats, ctx, device)
-            metrics = evaluate(distributed.unwrap(model), val_feed, num_classes, step.amp)  # reduced by torchmetrics
-            scheduler.step(epoch + 1, metrics.macro_f1)
-            progress = progress.after(epoch, stats, metrics, predicted)
-            stop = bool(config.early_stop_patience and progress.stale >= config.early_stop_patience)
-            if distributed.broadcast_flag(stop, ctx, device) and not main:
-                break  # the same decision on every rank: none is left waiting in a collective
-            if not main:
-                continue
-            log_epoch(writer, stats, metrics, progress)
-            write_confusion(out, classes, metrics, progress)
-            save_epoch(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress, step)
-            print(epoch_line(epoch, config.epochs, stats, metrics, predicted), flush=True)
-            if stop:
-                print(f"early stop: no better macro-F1 for {progress.stale} epochs")
-                break
+        with sigterm_requests() as sigterm:
+            for epoch in range(progress.epoch, config.epochs):
+                so_far = resumed.train_from(epoch) if resumed is not None else None
+                first_batch = grid_logger(writer, train_feed, progress.updates) if (
+                    epoch == 0 and main and so_far is None) else None
+                checkpoint = step_checkpointer(config, classes, model, optimizer, scheduler, progress, step,
+                                               train_feed, epoch, sigterm, ctx, device)
+                stats = run_epoch(train_step, train_feed, epoch, scheduler=scheduler, updates_done=progress.updates,
+                                  on_first_batch=first_batch, resume=so_far, on_update=checkpoint)
+                stats = distributed.reduce_epoch_stats(stats, ctx, device)
+                # reduced over ranks by torchmetrics
+                metrics = evaluate(distributed.unwrap(model), val_feed, num_classes, step.amp)
+                scheduler.step(epoch + 1, metrics.macro_f1)
+                progress = progress.after(epoch, stats, metrics, predicted)
+                stop = bool(config.early_stop_patience and progress.stale >= config.early_stop_patience)
+                ranks = distributed.gather_objects(rank_state(train_feed), ctx)
+                if main:
+                    log_epoch(writer, stats, metrics, progress)
+                    write_confusion(out, classes, metrics, progress)
+                    save_state(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress,
+                               ranks, step)
+                    print(epoch_line(epoch, config.epochs, stats, metrics, predicted), flush=True)
+                if distributed.any_flag(sigterm(), ctx, device) and epoch + 1 < config.epochs:
+                    raise RunPreempted(out, out, f"epoch {epoch + 1}")
+                if distributed.broadcast_flag(stop, ctx, device):  # the same decision on every rank
+                    if main:
+                        print(f"early stop: no better macro-F1 for {progress.stale} epochs")
+                    break
     except KeyboardInterrupt:
         raise RunInterrupted(out, out, None if epoch is None else epoch + 1) from None
     finally:
         if writer is not None:
             writer.close()
     return progress
+
+
+def step_checkpointer(config: FitConfig, classes, model, optimizer, scheduler, progress: Progress,
+                      step: StepConfig, train_feed, epoch: int, sigterm, ctx, device):
+    """``run_epoch``'s ``on_update`` for ``epoch`` (0-based), begun at ``progress``: a step checkpoint every
+    ``config.checkpoint_every`` updates, and at the first update after a SIGTERM (on any rank), after
+    which it raises ``RunPreempted``. Every rank takes part (each saves its RNG and feeder state); rank 0
+    writes. Inside the epoch only: its last update's checkpoint is the epoch's own, after validation."""
+    every, out = config.checkpoint_every, Path(config.out)
+
+    def on_update(updates_in_epoch: int, so_far) -> None:
+        due = bool(every) and (progress.updates + updates_in_epoch) % every == 0
+        stopping = distributed.any_flag(sigterm(), ctx, device)
+        if not (due or stopping):
+            return
+        within = (epoch, so_far())
+        ranks = distributed.gather_objects(rank_state(train_feed, within[1]), ctx)
+        if ctx.is_main:
+            save_state(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress, ranks,
+                       step, within)
+        if stopping:
+            raise RunPreempted(out, out, f"epoch {epoch + 1}, batch {within[1].batches} "
+                                         f"(update {progress.updates + updates_in_epoch})")
+
+    return on_update
 
 
 def run_summary(config: FitConfig, step: StepConfig, samples, train, val, feeds, progress: Progress,
@@ -209,6 +252,8 @@ def fit_folds(config: FitConfig) -> dict:
         fold_config = replace(config, folds=None, out=str(fold_out), resume=resume)
         try:
             runs.append(fit_run(fold_config, split=split, samples=samples))
+        except RunPreempted as stop:
+            raise RunPreempted(config.out, fold_out, stop.where, f"fold {k + 1}/{config.folds}") from None
         except KeyboardInterrupt as stop:
             raise RunInterrupted(config.out, fold_out, getattr(stop, "epoch", None),
                                  f"fold {k + 1}/{config.folds}") from None

@@ -13,7 +13,7 @@ The package, one idea a module (each imports only those above it):
 * ``measure``: the Measurer (each feed and consume point once, inside the budget),
   the pick at every shape, the end-to-end check and the loader's slowest stage;
 * ``search``: the worker climb, the exhaustive grid, the ranking and the grid check;
-* ``run``: one tuning run, from the data to the record;
+* ``run``: one tuning run, from the data to the record (or, after a Ctrl-C, the partial record);
 * ``report``: the record as JSON, Markdown, a plot and stdout;
 * ``cli``: the command line.
 
@@ -24,11 +24,12 @@ from bench.tune.config import TuneConfig
 from bench.tune.forecast import Prediction, Setup, explain_bottleneck, forecast, wait_fraction, workers_phrase
 from bench.tune.measure import BudgetExceeded, Measurer
 from bench.tune.report import recommendation_markdown, ray_scale_lines, summary_lines, write_reports
-from bench.tune.run import compare_with_tuner, ray_nodes, tune
+from bench.tune.run import TuneInterrupted, compare_with_tuner, ray_nodes, tune
 from bench.tune.search import SearchLog, dropped_pipelines, grid_check, rank
 
 __all__ = [
-    "BudgetExceeded", "Measurer", "Prediction", "SearchLog", "Setup", "TuneConfig", "compare_with_tuner",
+    "BudgetExceeded", "Measurer", "Prediction", "SearchLog", "Setup", "TuneConfig", "TuneInterrupted",
+    "compare_with_tuner",
     "config_from_args", "dropped_pipelines", "explain_bottleneck", "forecast", "grid_check", "make_parser",
     "ray_nodes", "ray_scale_lines", "rank", "recommendation_markdown", "summary_lines", "tune", "tune_main",
     "wait_fraction", "workers_phrase", "write_reports",

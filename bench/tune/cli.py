@@ -1,7 +1,7 @@
 """``feedbench tune``: pick pipeline, workers, batch and image shape from feed against consumption.
 
 The command line only: ``make_parser`` builds the options, ``config_from_args`` turns them
-into a TuneConfig (which validates them), ``tune_main`` runs and reports. Exit 2 on bad input.
+into a TuneConfig (which validates them), ``tune_main`` runs and reports (``EXIT_CODES``).
 """
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ from pathlib import Path
 
 from bench.tune.config import DEFAULT_SIZES, ON_BAD, TuneConfig
 from bench.tune.report import recommendation_path, summary_lines, write_reports
-from bench.tune.run import compare_with_tuner, tune
+from bench.tune.run import TuneInterrupted, tune
 from feeding.backends import PIPELINES
 from feeding.errors import FeedError, MissingDependencyError
 from feeding.options import spec_from_args
 from feeding.spec_file import SpecFile
 from training.step import OPTIMIZERS, StepConfig
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C (feedbench compare and training.fit too)
+
+EXIT_CODES = """\
+exit codes: 0 done; 2 bad input; 130 interrupted (Ctrl-C): what was measured so far is
+written as a partial report (tune-...-partial.json and .md), and no recommendation.json."""
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -25,7 +31,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     d = TuneConfig
     parser = argparse.ArgumentParser(prog="feedbench tune", description=plain_text(__doc__.split("\n\n")[0]),
-                                     formatter_class=HelpFormatter)
+                                     epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument("--data", help="data set: an ImageFolder, a CSV manifest or the competition layout "
                         "(none given: the generated sample)")
     parser.add_argument("--model", default=d.model, help="timm model name or module:factory")
@@ -106,13 +112,17 @@ def config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> 
 
 
 def tune_main(argv: list[str]) -> int:
+    """``feedbench tune ARGS``; the exit code (``EXIT_CODES``)."""
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args, spec_from_args(parser, argv, fixed=("sizes",)))
         record = tune(config)
-        if config.exhaustive:
-            record["exhaustive_check"] = compare_with_tuner(config, record)
+    except TuneInterrupted as stop:  # the feeders are closed by now: no worker is left behind
+        record = stop.record
+    except KeyboardInterrupt:  # before the first measurement, or again while the partial record was made
+        print("feedbench tune: interrupted; no report written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (FeedError, MissingDependencyError, ValueError) as error:
         print(f"feedbench tune: error: {error}", file=sys.stderr)
         return 2
@@ -120,8 +130,17 @@ def tune_main(argv: list[str]) -> int:
 
     command = display_command("feedbench tune", argv)
     out = Path(config.out)
-    for path in write_reports(record, out, command):
+    try:
+        written = write_reports(record, out, command)
+    except KeyboardInterrupt:  # a second Ctrl-C: every write is atomic (feeding.io.write_atomic)
+        print(f"feedbench tune: interrupted while writing the reports; each file in {out} is whole or not written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for path in written:
         print(f"wrote {path}")
     for line in summary_lines(record, recommendation_path(record, out)):
         print(line)
+    if record.get("partial"):
+        print(f"feedbench tune: {record['interrupted']['note']}; no recommendation: rerun for one", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

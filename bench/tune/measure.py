@@ -6,7 +6,12 @@ them in a fresh interpreter (bench.isolate).
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bench.tune.config import TuneConfig
 from bench.tune.forecast import ConsumePoint, FeedPoint, Prediction, Setup, consume_threads, forecast
@@ -20,13 +25,83 @@ class BudgetExceeded(Exception):
     """The tuning budget is spent; the search stops with what it has."""
 
 
-class Measurer:
-    """Runs feed and consume measurements once each, inside the time budget; keeps a log of them."""
+# Seconds before a swallowed Ctrl-C is sent again: long enough for the main thread to have left the
+# hook that swallowed it (microseconds; another worker's fork, tens of ms, only swallows it again).
+REDELIVER_S = 0.05
 
-    def __init__(self, config: TuneConfig, samples, progress) -> None:
+
+class CtrlC:
+    """While ``installed``, a Ctrl-C raises KeyboardInterrupt at once, as Python's own handler does,
+    and is remembered; one that Python swallows is sent again.
+
+    Python swallows an exception raised inside an at-fork hook or a ``__del__`` ("Exception ignored
+    in ..."), and a Ctrl-C that lands while a DataLoader forks its workers is raised there. The
+    workers, which got the Ctrl-C too, have quit, counting on the main process to stop: without
+    a second raise it would wait ``worker_timeout_s`` for their batches. So the swallowed
+    KeyboardInterrupt, which reaches ``sys.unraisablehook``, is sent again to the main thread; and
+    ``check`` raises it at the next measurement where other code caught it (``except BaseException``).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous_hook = sys.unraisablehook
+        self._handled = threading.Event()  # the run has taken the interrupt: a resend still pending is dropped
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def _on_unraisable(self, unraisable) -> None:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self._previous_hook(unraisable)
+            return
+        # Not from here: the hook is still inside the code that swallows what it raises.
+        again = threading.Timer(REDELIVER_S, self._send_again)
+        again.daemon = True
+        again.start()
+
+    def _send_again(self) -> None:
+        # Only while the watch is installed: once the run has left it (taking the interrupt another way, a
+        # worker's error after the Ctrl-C, say), a resend would land in the writing of the partial record.
+        if not self._handled.is_set():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def check(self) -> None:
+        """KeyboardInterrupt where a Ctrl-C was pressed (called between measurements)."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handler (and the hook) in place of Python's default ones; left out where another
+        handler (or SIG_IGN: a job started in the background) is in place, or off the main thread."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+        self._previous_hook = sys.unraisablehook
+        self._handled.clear()
+        signal.signal(signal.SIGINT, self._on_sigint)
+        sys.unraisablehook = self._on_unraisable
+        try:
+            yield
+        finally:
+            self._handled.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.unraisablehook = self._previous_hook
+
+
+class Measurer:
+    """Runs feed and consume measurements once each, inside the time budget; keeps a log of them.
+
+    ``ctrl_c``: the run's ``CtrlC``, checked before every new measurement (None: a Ctrl-C is only
+    Python's own KeyboardInterrupt)."""
+
+    def __init__(self, config: TuneConfig, samples, progress, ctrl_c: CtrlC | None = None) -> None:
         self.config = config
         self.samples = samples
         self.progress = progress
+        self.ctrl_c = ctrl_c or CtrlC()
         self.started = time.perf_counter()
         self.feed: dict[tuple[str, int, Shape, int], FeedPoint] = {}  # by (pipeline, workers, size, batch)
         self.consume: dict[tuple[Shape, int, int], ConsumePoint] = {}  # by (size, batch, threads)
@@ -38,7 +113,9 @@ class Measurer:
         return self.config.budget_s - (time.perf_counter() - self.started)
 
     def check_budget(self) -> None:
-        """BudgetExceeded once the budget is spent (called before every new measurement)."""
+        """BudgetExceeded once the budget is spent (called before every new measurement); first, the
+        KeyboardInterrupt of a Ctrl-C that Python swallowed during the last one (``CtrlC``)."""
+        self.ctrl_c.check()
         if self.remaining_s() <= 0:
             raise BudgetExceeded(f"the {self.config.budget_s:g} s budget is spent")
 
@@ -182,21 +259,21 @@ def consume_point(config) -> ConsumePoint:
     return ConsumePoint(measured.images_per_sec.median, measured.host_ms_per_step / 1000, measured.cpu_s_per_image)
 
 
-def shape_profile(measurer: Measurer, pick: Setup) -> list[Prediction]:
-    """The pick's pipeline, workers and batch at every candidate shape, for the report.
+def shape_profile(measurer: Measurer, pick: Setup) -> Iterator[Prediction]:
+    """The pick's pipeline, workers and batch at every candidate shape, for the report, one shape
+    at a time (a Ctrl-C keeps those measured); it ends early where the budget is spent.
 
     Measured after the search (and timed apart from it): the search stops at
     the largest shape the feed keeps up with, the report shows all of them.
     """
-    rows = []
     for size in measurer.config.sizes:
         try:
             batches = measurer.fitting_batches(size)
             batch = pick.batch if pick.batch in batches else max(batches)
-            rows.append(measurer.prediction(Setup(pick.pipeline, pick.workers, batch, size)))
+            row = measurer.prediction(Setup(pick.pipeline, pick.workers, batch, size))
         except BudgetExceeded:
-            break
-    return rows
+            return
+        yield row
 
 
 def check_end_to_end(config: TuneConfig, samples, best: Prediction) -> tuple[dict, list[BadFile]]:

@@ -1,7 +1,9 @@
 """What a tuning run writes and says: the JSON record, the Markdown report, the plot, and stdout.
 
 Everything here reads the record ``bench.tune.run.tune`` returns (plain JSON types), so a
-record read back from a file is reported the same way.
+record read back from a file is reported the same way. A partial record (an interrupted run,
+``bench.tune.run.partial_record``) has no pick: it gets its own Markdown and stdout lines, no plot
+and no recommendation.json, under a name that ends in ``-partial``.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from bench.tune.forecast import workers_phrase
 
 
 def run_tag(record: dict) -> str:
-    """The run's conditions, for file names."""
+    """The run's conditions, for file names; a partial run's names end in -partial, so that it does
+    not write over the complete report of an earlier run."""
     data = Path(record["dataset"]["root"]).name or "data"
-    mode = record["search"]["mode"]
-    return f"tune-{data}-{record['model']}-{record['device'].replace(':', '')}-{record['machine']['cores']}c-{mode}"
+    run = record["search"]["mode"] + ("-partial" if record.get("partial") else "")
+    return f"tune-{data}-{record['model']}-{record['device'].replace(':', '')}-{record['machine']['cores']}c-{run}"
 
 
 def plot_png(record: dict) -> bytes:
@@ -55,14 +58,8 @@ def plot_png(record: dict) -> bytes:
 
 def recommendation_markdown(record: dict, command: str, next_step: str | None = None) -> str:
     """The Markdown report; ``next_step``: the training command that uses the recommendation written."""
-    m = record["machine"]
     lines = [
-        f"# feedbench tune: {record['model']} on {record['device']}",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, GPU {m['gpu']}; torch {m['torch']}, "
-        f"{m['dali']}, PIL {m['pil']['distribution']} {m['pil']['version']}  ",
-        f"Commit: {record['commit']['id']} (dirty: {record['commit']['dirty']}), {record['created']}",
+        *_header_lines(record, command),
         "",
         "## Recommendation",
         "",
@@ -75,7 +72,7 @@ def recommendation_markdown(record: dict, command: str, next_step: str | None = 
         "",
         *checked_table(record),
         "",
-        *_ranked_table(record),
+        *_ranked_table(record["search"]),
         "",
         *_shape_table(record),
         *ray_scale_lines(record.get("ray_scale")),
@@ -85,6 +82,58 @@ def recommendation_markdown(record: dict, command: str, next_step: str | None = 
                   *[f"- {line}" for line in grid_check_lines(record["exhaustive_check"])]]
     lines += ["", f"![feed and consumption]({run_tag(record)}.png)", ""]
     return "\n".join(lines)
+
+
+def _header_lines(record: dict, command: str, title_end: str = "") -> list[str]:
+    """The title, the command, the machine and the commit."""
+    m = record["machine"]
+    return [
+        f"# feedbench tune: {record['model']} on {record['device']}{title_end}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, GPU {m['gpu']}; torch {m['torch']}, "
+        f"{m['dali']}, PIL {m['pil']['distribution']} {m['pil']['version']}  ",
+        f"Commit: {record['commit']['id']} (dirty: {record['commit']['dirty']}), {record['created']}",
+    ]
+
+
+PARTIAL_NO_RECOMMENDATION = ("no recommendation: recommendation.json is not written (one already in the folder "
+                             "is an earlier run's, left as it was), and `training.fit --pipeline best` refuses "
+                             "this partial record")
+
+
+def partial_markdown(record: dict, command: str) -> str:
+    """The Markdown report of an interrupted run: where it stopped, and the measurements it kept."""
+    search, tuner = record["search"], record.get("tuner_search")
+    lines = [
+        *_header_lines(record, command, " (partial: interrupted)"),
+        "",
+        "## Interrupted",
+        "",
+        f"- {record['interrupted']['note']}",
+        f"- {PARTIAL_NO_RECOMMENDATION}",
+        *([f"- spec: {record['spec_file']}"] if record.get("spec_file") else []),
+        *(["", *_ranked_table(search)] if search["ranked"] else []),
+        *(["", *checked_table(record)] if record["checked"] else []),
+        *(["", *_shape_table(record)] if record["shape_profile"]["rows"] else []),
+        "",
+        *measurements_table(search["measurements"]),
+        *skipped_lines(record, heading=True),
+    ]
+    if tuner is not None:  # the exhaustive check had begun the tuner's own search
+        lines += ["", *measurements_table(tuner["measurements"], "The tuner's search for the exhaustive check")]
+    return "\n".join([*lines, ""])
+
+
+def measurements_table(measurements: list[dict], title: str = "Measurements") -> list[str]:
+    """Every feed and model-side point in the order measured (img/s; the largest batch that fits has none)."""
+    lines = [f"## {title} ({len(measurements)})", "",
+             "| side | pipeline | workers | batch | size | img/s |", "|---|---|---:|---:|---|---:|"]
+    for m in measurements:
+        rate = f"{m['images_per_sec']:.1f}" if "images_per_sec" in m else ""
+        lines.append(f"| {m['side']} | {m.get('pipeline', '')} | {m.get('workers', '')} | {m['batch']} | "
+                     f"{m['size'][0]}x{m['size'][1]} | {rate} |")
+    return lines
 
 
 def spec_line(record: dict) -> str | None:
@@ -148,9 +197,8 @@ def checked_table(record: dict) -> list[str]:
     return lines
 
 
-def _ranked_table(record: dict, shown: int = 25) -> list[str]:
-    """The search's first ``shown`` predictions, best first."""
-    search = record["search"]
+def _ranked_table(search: dict, shown: int = 25) -> list[str]:
+    """The search's (a record's ``search``) first ``shown`` predictions, best first."""
     stopped = f"; stopped early: {search['interrupted']}" if search["interrupted"] else ""
     lines = [f"## Candidates ({search['mode']} search, {search['seconds']:.0f} s, "
              f"{len(search['measurements'])} measurements{stopped})",
@@ -225,8 +273,10 @@ def ray_scale_lines(report: dict | None) -> list[str]:
 
 def recommendation_path(record: dict, out: Path) -> Path | None:
     """Where the recommendation that `training.fit --pipeline best` reads is written; None for
-    ``--exhaustive``, whose run checks the tuner rather than recommends."""
-    return out / "recommendation.json" if record["search"]["mode"] == "climb" else None
+    ``--exhaustive``, whose run checks the tuner rather than recommends, and for a partial run,
+    which has no pick."""
+    complete_climb = record["search"]["mode"] == "climb" and not record.get("partial")
+    return out / "recommendation.json" if complete_climb else None
 
 
 def next_command(recommendation: Path, spec_file: str | None = None) -> str:
@@ -236,10 +286,14 @@ def next_command(recommendation: Path, spec_file: str | None = None) -> str:
 
 
 def write_reports(record: dict, out: Path, command: str) -> list[Path]:
-    """The record's JSON, Markdown and plot under ``out`` (and recommendation.json), each written atomically."""
+    """The record's JSON, Markdown and plot under ``out`` (and recommendation.json), each written atomically;
+    for a partial record, its JSON and Markdown alone."""
     from feeding.io import write_atomic, write_json
 
     tag = run_tag(record)
+    if record.get("partial"):  # the JSON first: a report that exists has its record
+        return [write_json(out / f"{tag}.json", record),
+                write_atomic(out / f"{tag}.md", partial_markdown(record, command).encode())]
     recommendation = recommendation_path(record, out)
     next_step = next_command(recommendation, record.get("spec_file")) if recommendation else None
     written = [write_json(out / f"{tag}.json", record),
@@ -252,7 +306,9 @@ def write_reports(record: dict, out: Path, command: str) -> list[Path]:
 
 def summary_lines(record: dict, recommendation: Path | None) -> list[str]:
     """What stdout says after the run: the pick, the verdict, what lost and why, what was left out,
-    and the command that trains with the pick."""
+    and the command that trains with the pick (for a partial record: ``partial_summary_lines``)."""
+    if record.get("partial"):
+        return partial_summary_lines(record)
     lines = [f"recommendation: {record['pipeline']}, {workers_phrase(record['pipeline'], record['workers'])}, "
              f"batch {record['batch']}, "
              f"{record['size'][0]}x{record['size'][1]}: predicted {record['predicted_ips']:.1f} img/s, "
@@ -275,3 +331,16 @@ def summary_lines(record: dict, recommendation: Path | None) -> list[str]:
         lines.append("next: --exhaustive writes no recommendation.json; run without it to get one for "
                      "`python -m training.fit --pipeline best`")
     return lines
+
+
+def partial_summary_lines(record: dict) -> list[str]:
+    """What stdout says after an interrupted run: where it stopped, the best setup predicted so far
+    (not checked: no pick), and that nothing is recommended."""
+    lines = [f"partial: {record['interrupted']['note']}"]
+    if record["search"]["ranked"]:
+        best = record["search"]["ranked"][0]
+        lines.append(f"best predicted so far: {best['pipeline']}, {workers_phrase(best['pipeline'], best['workers'])}, "
+                     f"batch {best['batch']}, {best['size'][0]}x{best['size'][1]}: predicted "
+                     f"{best['predicted_ips']:.1f} img/s (a forecast, not a recommendation: the run did not finish)")
+    lines += skipped_lines(record, limit=5)
+    return [*lines, PARTIAL_NO_RECOMMENDATION]

@@ -1,6 +1,10 @@
 """One tuning run: search (or the full grid), measure the pick at every shape and end to end, and
 return the record that the reports, ``recommendation.json`` and ``training.fit --pipeline best`` read.
 
+A Ctrl-C stops the run in whichever phase it is (``SoFar.phase``): ``TuneInterrupted`` carries the
+partial record (``partial_record``) of what the run had measured until then. A partial record
+recommends nothing: it has no pick, and ``training.fit --pipeline best`` refuses it.
+
 ``ray_nodes`` adds, where a pipeline that needs a cluster was measured, how many of the
 cluster's CPU nodes would feed the pick's consumption (bench.ray_scale).
 """
@@ -9,7 +13,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 from bench.tune import measure
 from bench.tune.config import TuneConfig
@@ -19,39 +24,101 @@ from feeding.backends import capabilities
 from feeding.errors import FeedError
 
 
-def tune(config: TuneConfig) -> dict:
-    """Search, check the pick end to end, and return the recommendation record."""
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C once a tuning run had begun measuring; ``record``: its partial record (``partial_record``)."""
+
+    def __init__(self, record: dict) -> None:
+        super().__init__(record["interrupted"]["note"])
+        self.record = record
+
+
+@dataclass
+class SoFar:
+    """What a tuning run has measured, kept as each phase goes: what a Ctrl-C leaves to report."""
+
+    measurer: measure.Measurer
+    log: SearchLog = field(default_factory=SearchLog)
+    phase: str = "search"
+    search_stop: str | None = None  # why the search ended early: the budget spent
+    search_s: float | None = None  # None: the search is still running (a Ctrl-C stops it there)
+    predictions: list[Prediction] = field(default_factory=list)  # the search's, ranked
+    profile: list[Prediction] = field(default_factory=list)
+    profile_s: float = 0.0
+    checks: list[tuple[Prediction, dict]] = field(default_factory=list)
+
+    def enter(self, phase: str) -> None:
+        self.measurer.ctrl_c.check()
+        self.phase = phase
+        self.measurer.progress.set_postfix_str(phase)  # the bar says where the run is, and so where a Ctrl-C stops
+
+
+def tune(config: TuneConfig, ctrl_c: measure.CtrlC | None = None) -> dict:
+    """Search, check the pick end to end, and return the recommendation record; with ``--exhaustive``,
+    the grid's record with the tuner checked against it (``exhaustive_check``).
+
+    A Ctrl-C once measuring has begun raises ``TuneInterrupted`` with the partial record, and so does
+    an error that follows one (a worker it stopped); before that, it propagates as it came (nothing
+    was measured). ``ctrl_c``: the watch of an enclosing run (the exhaustive check's search is one
+    run with the grid's); None: this run's own.
+    """
     from tqdm import tqdm
 
-    from bench.provenance import provenance
-    from feeding.io import display_path
     from feeding.sample import resolve_data
-    from feeding.sources import dataset_fingerprint, discover
-    from feeding.spec_file import spec_provenance
+    from feeding.sources import discover
     from training.models import build_model
 
     samples = discover(resolve_data(config.data), on_bad=config.on_bad)
     build_model(config.model, len(samples.classes))  # an unknown model fails now, not after the feed sweep
+    ctrl_c = ctrl_c or measure.CtrlC()
+    so_far = None
+    try:
+        with ctrl_c.installed(), tqdm(desc="tune: measurements", unit="point", file=sys.stderr) as progress:
+            so_far = SoFar(measure.Measurer(config, samples, progress, ctrl_c))
+            record = measured_record(config, samples, so_far)
+            if config.exhaustive:
+                progress.close()  # the tuner's search shows a bar of its own
+                so_far.phase = "exhaustive check (the tuner's search)"
+                record["exhaustive_check"] = compare_with_tuner(config, record, ctrl_c)
+        return record
+    except KeyboardInterrupt as stop:
+        if so_far is None:
+            raise
+        tuner = stop.record if isinstance(stop, TuneInterrupted) else None  # the comparison's own search
+        raise TuneInterrupted(partial_record(config, samples, so_far, tuner)) from None
+    except Exception:
+        if so_far is None or not ctrl_c.pressed:
+            raise
+        # The Ctrl-C reached the loader's workers too: one it stopped as it started fails the measurement
+        # in hand ("a data-loading worker died") where this process's own KeyboardInterrupt was swallowed.
+        raise TuneInterrupted(partial_record(config, samples, so_far)) from None
+
+
+def measured_record(config: TuneConfig, samples, so_far: SoFar) -> dict:
+    """The run's phases in turn, each keeping what it measures in ``so_far``; the complete record."""
+    from feeding.spec_file import spec_provenance
+
+    measurer = so_far.measurer
+    so_far.enter("exhaustive grid" if config.exhaustive else "search")
+    try:
+        so_far.predictions = exhaustive(measurer) if config.exhaustive else search(measurer, so_far.log)
+    except measure.BudgetExceeded as stop:  # the search ends with what it has; the run goes on
+        so_far.search_stop = str(stop)
+        so_far.predictions = rank(measurer.measured_predictions())
+    so_far.search_s = time.perf_counter() - measurer.started
+    if not so_far.predictions:
+        raise FeedError(f"nothing was measured before the budget ran out ({so_far.search_stop}); raise --budget-s")
+    so_far.enter("shape profile")
     started = time.perf_counter()
-    with tqdm(desc="tune: measurements", unit="point", file=sys.stderr) as progress:
-        measurer = measure.Measurer(config, samples, progress)
-        log = SearchLog()
-        try:
-            predictions = exhaustive(measurer) if config.exhaustive else search(measurer, log)
-            interrupted = None
-        except (measure.BudgetExceeded, KeyboardInterrupt) as stop:
-            interrupted = str(stop) or "interrupted"
-            predictions = rank(measurer.measured_predictions())
-    search_s = time.perf_counter() - started
-    if not predictions:
-        raise FeedError(f"nothing was measured before the budget ran out ({interrupted}); raise --budget-s")
-    profile_started = time.perf_counter()
-    profile = measure.shape_profile(measurer, predictions[0].setup)
-    profile_s = time.perf_counter() - profile_started
-    checks_made = check_candidates(config, samples, predictions, measurer)
-    best, check = pick_measured(checks_made)
+    for row in measure.shape_profile(measurer, so_far.predictions[0].setup):
+        so_far.profile.append(row)
+    so_far.profile_s = time.perf_counter() - started
+    so_far.enter("end-to-end check")
+    for made in check_candidates(config, samples, so_far.predictions, measurer):
+        so_far.checks.append(made)
+    so_far.enter("loader stage breakdown")
+    best, check = pick_measured(so_far.checks)
     ray_scale = ray_nodes(measurer.feed, best, config.ranks)
-    bottleneck, sentence = explain_bottleneck(best, [*predictions, *profile])
+    bottleneck, sentence = explain_bottleneck(best, [*so_far.predictions, *so_far.profile])
     stage = measure.loader_stage(config, samples, best) if bottleneck == "input" else "(not the bottleneck)"
     return {
         "pipeline": best.setup.pipeline,
@@ -64,7 +131,6 @@ def tune(config: TuneConfig) -> dict:
         "feed_ips": best.feed_ips,
         "consume_ips": best.consume_ips,
         "predicted_ips": best.predicted_ips,
-        "ranks": config.ranks,
         "job_predicted_ips": best.predicted_ips * config.ranks,  # every rank at the per-rank prediction
         "measured_ips": check["measured_ips"],
         "data_wait_fraction": check["data_wait_fraction"],
@@ -73,26 +139,68 @@ def tune(config: TuneConfig) -> dict:
         "bottleneck_stage": bottleneck,
         "stages": dict(best.stages),
         "feed_ceiling_ips": feed_ceiling(measurer, best.setup),
-        "step": config.step.to_dict(),
-        "checked": [{**made.row(), "end_to_end": made_check} for made, made_check in checks_made],
         "loader_bottleneck_stage": stage,
         "verdict": sentence,
-        "model": config.model,
-        "device": config.device,
         "decode_device": check["decode_device"],
         "model_threads": best.model_threads,
+        "end_to_end": check,
+        "ray_scale": ray_scale,
+        **measured_parts(config, samples, so_far),
+    }
+
+
+def measured_parts(config: TuneConfig, samples, so_far: SoFar) -> dict:
+    """What a record holds of the run's settings and of what it measured, whether complete or partial:
+    the search (every measurement, and the ranking from them), the shape profile, the end-to-end
+    checks, the files left out, and the provenance."""
+    from bench.provenance import provenance
+    from feeding.io import display_path
+    from feeding.sources import dataset_fingerprint
+
+    measurer = so_far.measurer
+    ranked = so_far.predictions or rank(measurer.measured_predictions())  # stopped mid-search: from the cache
+    running = so_far.search_s is None
+    search_s = time.perf_counter() - measurer.started if running else so_far.search_s
+    return {
+        "ranks": config.ranks,
+        "step": config.step.to_dict(),
+        "checked": [{**made.row(), "end_to_end": made_check} for made, made_check in so_far.checks],
+        "model": config.model,
+        "device": config.device,
         "dataset": dataset_fingerprint(samples),
         "search": {"mode": "exhaustive" if config.exhaustive else "climb", "seconds": search_s,
-                   "interrupted": interrupted, "measurements": measurer.log,
-                   "ranked": [p.row() for p in predictions],
-                   "dropped": dropped_pipelines(config.pipelines, predictions, log)},
-        "shape_profile": {"seconds": profile_s, "rows": [p.row() for p in profile]},
+                   "interrupted": "interrupted (Ctrl-C)" if running else so_far.search_stop,
+                   "measurements": measurer.log,
+                   "ranked": [p.row() for p in ranked],
+                   "dropped": dropped_pipelines(config.pipelines, ranked, so_far.log) if ranked else []},
+        "shape_profile": {"seconds": so_far.profile_s, "rows": [p.row() for p in so_far.profile]},
         "on_bad": config.on_bad,
         "skipped": [{"path": display_path(path), "reason": measurer.skipped[path].reason}
                     for path in sorted(measurer.skipped)],
-        "end_to_end": check,
-        "ray_scale": ray_scale,
         **provenance(),
+    }
+
+
+def partial_record(config: TuneConfig, samples, so_far: SoFar, tuner: dict | None = None) -> dict:
+    """The record of a run interrupted in ``so_far.phase``: what it measured, marked ``partial``, with a
+    note of where it stopped and what it kept, and no pick. ``tuner``: the partial record of the
+    tuner's search that the exhaustive check had begun (None: not begun, or not an exhaustive run)."""
+    from feeding.spec_file import spec_provenance
+
+    parts = measured_parts(config, samples, so_far)
+    tuner_search = tuner["search"] if tuner is not None else None
+    kept = len(parts["search"]["measurements"]) + (len(tuner_search["measurements"]) if tuner_search else 0)
+    checks = len(parts["checked"])
+    note = (f"interrupted (Ctrl-C) during the {so_far.phase}: {kept} measurement(s)"
+            + (f" and {checks} end-to-end check(s)" if checks else "") + " kept")
+    return {
+        "partial": True,
+        "interrupted": {"phase": so_far.phase, "measurements_kept": kept, "end_to_end_checks_kept": checks,
+                        "note": note},
+        **spec_provenance(train=config.spec.train if config.spec else None,
+                          spec_file=config.spec.name if config.spec else None),
+        **parts,
+        **({"tuner_search": tuner_search} if config.exhaustive else {}),
     }
 
 
@@ -104,18 +212,17 @@ BOTTLENECK_WORDS = {
 
 
 def check_candidates(config: TuneConfig, samples, ranked: list[Prediction],
-                     measurer) -> list[tuple[Prediction, dict]]:
+                     measurer) -> Iterator[tuple[Prediction, dict]]:
     """The ``config.checked`` best predicted setups at the pick's shape, each measured end to end
-    with the real loop: [(the prediction with its measured rate, the check's record)]. The pick is
-    the fastest measured: predictions prune and explain, the measurement decides."""
+    with the real loop, one at a time (a Ctrl-C keeps those made): (the prediction with its measured
+    rate, the check's record). The pick is the fastest measured: predictions prune and explain, the
+    measurement decides."""
     shape = ranked[0].setup.size
-    candidates = [p for p in ranked if p.setup.size == shape][: config.checked]
-    made = []
-    for prediction in candidates:
+    for prediction in [p for p in ranked if p.setup.size == shape][: config.checked]:
+        measurer.ctrl_c.check()  # a Ctrl-C swallowed while the last check forked its workers
         check, skipped = measure.check_end_to_end(config, samples, prediction)
         measurer.note_skipped(skipped)
-        made.append((replace(prediction, measured_ips=check["measured_ips"]), check))
-    return made
+        yield replace(prediction, measured_ips=check["measured_ips"]), check
 
 
 # End-to-end rates within 5% are a tie: a few seconds' measurement on a shared host moves that much
@@ -164,10 +271,10 @@ def ray_nodes(feeds: dict, best: Prediction, ranks: int) -> dict | None:
     return {**scale_report(ray_feeds, consume, node_cpus), "batch": batch, "size": list(pick.size)}
 
 
-def compare_with_tuner(config: TuneConfig, exhaustive_record: dict) -> dict:
-    """Run the tuner's search too (same machine, same run), and rate its pick against the grid's best
-    (``grid_check``)."""
-    tuned = tune(replace(config, exhaustive=False, budget_s=math.inf))  # no budget: the search runs to its end
+def compare_with_tuner(config: TuneConfig, exhaustive_record: dict, ctrl_c: measure.CtrlC | None = None) -> dict:
+    """Run the tuner's search too (same machine, same run: ``ctrl_c``, its watch), and rate its pick
+    against the grid's best (``grid_check``)."""
+    tuned = tune(replace(config, exhaustive=False, budget_s=math.inf), ctrl_c)  # no budget: the search runs to its end
     tuner_pick = Prediction.from_row(tuned)  # the record's headline fields are a row's
     grid = [Prediction.from_row(row) for row in exhaustive_record["search"]["ranked"]]
     # search against search: both runs also do the same end-to-end check

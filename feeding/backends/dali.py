@@ -8,12 +8,34 @@ module is the feeder around them, and what it decides, and why:
   (``shuffle_after_epoch``, seeded from ``config.seed``, the same seed on every
   shard, so the shards of one epoch are disjoint and complete). That order, and
   the random ops' generators, carry state from one epoch to the next, so epoch
-  ``e`` exists only after epochs ``0..e-1`` have run. ``set_epoch(e)`` is
-  honoured exactly: forward by running the missing epochs through the pipeline
-  and discarding them (that costs their decoding; a warning is logged), and
-  backward by rebuilding the pipeline and doing the same from epoch 0. The usual
-  ``set_epoch(epoch)`` before each epoch costs nothing. An epoch left half-way
-  is finished (and discarded) when the next one starts.
+  ``e`` exists only after epochs ``0..e-1`` have run, or from a DALI checkpoint
+  of it (below). ``set_epoch(e)`` is honoured exactly: forward by running the
+  missing epochs through the pipeline and discarding them (that costs their
+  decoding; a warning is logged), and backward by rebuilding the pipeline from a
+  kept checkpoint of that place where there is one, else from epoch 0 and doing
+  the same. The usual ``set_epoch(epoch)`` before each epoch costs nothing. An
+  epoch left half-way is finished (and discarded) when the next one starts.
+- State: the pipeline runs with DALI's checkpointing (``enable_checkpointing``),
+  and ``state_dict()`` carries DALI's checkpoint of its place: the reader's
+  position, epoch and shuffle, and every random op's generators (base64, with the
+  DALI version and a sha256 of checkpoint and place: protobuf has no checksum).
+  ``load_state_dict`` builds the pipeline from it (``checkpoint=``): nothing before
+  is decoded, an epoch's start included. Checked on DALI 2.4's CPU pipelines
+  (tests/test_dali_state.py): the rest of the stream is the original's pixel for
+  pixel with another ``workers`` (``num_threads``) or ``prefetch_factor``, since a
+  checkpoint is that of the last batch handed out, not of those DALI prefetched
+  (the executor keeps one per iteration). One is taken as each batch comes out
+  (about 0.25 ms and 0.5-2.5 kB) and the last ``CHECKPOINTS_KEPT`` are kept, so a
+  consumer that reads ahead (``feeding.device``) can ask for its state a few
+  batches behind; an older place is a ``FeederStateError``. An epoch's last batch
+  is handed out once the reader has finished the epoch, so that the state there is
+  the next epoch's start (a checkpoint taken before would restore an empty epoch
+  first). Refused: another DALI version's checkpoint (DALI reads only its own), a
+  damaged one, or one of another graph (the plan's step order, warp and decoder
+  are in the fingerprint: DALI calls that undefined behaviour). A place without a
+  checkpoint (``start_at`` alone) is reached by running the batches before it,
+  with a warning. With checkpointing on, DALI shuffles epochs after the first
+  differently than without (its docs say so): the order for a seed changed once.
 - Last batch: the reader pads each shard with its last sample
   (``pad_last_batch``) so every epoch is exactly one pass over the shard, and
   the iterator runs with ``LastBatchPolicy.PARTIAL``, which trims the padding.
@@ -28,8 +50,13 @@ module is the feeder around them, and what it decides, and why:
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import itertools
 import logging
 import re
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -44,8 +71,10 @@ from feeding.feeder import Batch, FeedConfig, Feeder, shard_indices
 from feeding.resources import check_dali_memory, free_memory_for
 from feeding.scan import scan
 from feeding.sources import Samples
+from feeding.state import FeederStateError
 
 try:
+    from nvidia.dali import __version__ as DALI_VERSION
     from nvidia.dali.backend import ReleaseUnusedMemory
     from nvidia.dali.pipeline import Pipeline
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -57,6 +86,11 @@ log = logging.getLogger(__name__)
 # Distinct first words keep the seed streams apart (as in feeding.seeding).
 _SHUFFLE_STREAM, _PIPELINE_STREAM = 10, 11
 PROBED_FILES = 256  # headers read, spread over the file list, to size the decoded batches
+# Places whose DALI checkpoint is kept: the last batches handed out. A prefetching consumer asks for its state
+# up to a couple of batches behind the feeder (feeding.device reads one ahead).
+CHECKPOINTS_KEPT = 4
+
+Position = tuple[int, int]  # (epoch, batches of it delivered), as Feeder.state_at takes it
 
 
 def _derived_seed(*words: int) -> int:
@@ -85,8 +119,8 @@ class DaliFeeder(Feeder):
         self._files = dali_paths(good.paths, config.max_pixels, root)
         self._pipe: Pipeline | None = None
         self._iterator: DALIGenericIterator | None = None
-        self._pipeline_epoch = 0  # the epoch the pipeline delivers next
-        self._mid_epoch = False  # the pipeline's current epoch has been started but not finished
+        self._pipeline_at: Position = (0, 0)  # (epoch, batches of it) the pipeline has handed out
+        self._checkpoints: deque[tuple[Position, bytes]] = deque(maxlen=CHECKPOINTS_KEPT)  # DALI's, per place
         self._build()
 
     def _check_memory(self) -> None:
@@ -99,7 +133,12 @@ class DaliFeeder(Feeder):
 
     # -- the pipeline
 
-    def _build(self) -> None:
+    @property
+    def _decoder(self) -> str:
+        return "cpu" if self.config.gpu_id is None else "mixed"
+
+    def _build(self, checkpoint: bytes | None = None, at: Position = (0, 0)) -> None:
+        """A new pipeline at the stream's start, or at ``at`` from DALI's ``checkpoint`` of that place."""
         self._release()  # at most one pipeline alive: a rebuild frees the old one's threads and buffers first
         cfg = self.config
         pipe = feed_pipeline(
@@ -109,11 +148,13 @@ class DaliFeeder(Feeder):
             seed=_derived_seed(_PIPELINE_STREAM, cfg.seed, cfg.shard_id),  # augmentations differ per shard
             prefetch_queue_depth=cfg.prefetch_factor,
             exec_dynamic=True,
+            enable_checkpointing=True,  # the reader's and random ops' state, for state_dict() (module docstring)
+            checkpoint=checkpoint,
             files=self._files,
             labels=self.samples.labels.tolist(),
             steps=cfg.plan.steps,
             fused=self._warped_steps,  # 0 for a literal plan
-            decoder="cpu" if cfg.gpu_id is None else "mixed",
+            decoder=self._decoder,
             shard_id=cfg.shard_id,
             num_shards=cfg.num_shards,
             shuffle=cfg.shuffle,
@@ -129,16 +170,21 @@ class DaliFeeder(Feeder):
                 auto_reset=True,
                 prepare_first_batch=False,
             )
-        except Exception as error:  # the iterator builds the pipeline: DALI refusing the graph or the device
+        except Exception as error:  # the iterator builds the pipeline: DALI refusing the graph, device or checkpoint
             self._release()
+            if checkpoint is not None:
+                raise FeederStateError(f"DALI {DALI_VERSION} refused the checkpoint in the feeder state: "
+                                       f"{one_line(error)}") from error.with_traceback(None)
             raise FeedError(f"DALI could not build its pipeline: {one_line(error)}") from error.with_traceback(None)
-        self._pipeline_epoch = 0
-        self._mid_epoch = False
+        self._pipeline_at = at
+        self._checkpoints.clear()  # a failed build leaves them: the feeder's place can still be rebuilt from one
+        self._checkpoints.append((at, checkpoint if checkpoint is not None else self._iterator.checkpoints()[0]))
 
     def _pipeline_batches(self) -> Iterator[Batch]:
-        """The rest of the pipeline's current epoch, padding trimmed (a short or empty batch may come last)."""
+        """The rest of the pipeline's current epoch, padding trimmed (a short or empty batch may come last),
+        keeping DALI's checkpoint of each place on the way (``_kept``)."""
         assert self._iterator is not None
-        self._mid_epoch = True
+        epoch, number = self._pipeline_at
         while True:
             try:
                 outputs = next(self._iterator)
@@ -150,14 +196,26 @@ class DaliFeeder(Feeder):
                 # and the pipeline, and their executor and worker threads live (and allocate) as long.
                 self._release()
                 raise self._explained(error) from error.with_traceback(None)
+            number += 1
+            self._pipeline_at = (epoch, number)
+            if number < len(self):  # a batch at or past len() may still have the shard's tail after it
+                self._keep(self._pipeline_at)
             out = outputs[0]
             yield channels_last_view(out["images"]), out["labels"].reshape(-1).to(torch.int64)
-        self._mid_epoch = False
-        self._pipeline_epoch += 1
+        self._pipeline_at = (epoch + 1, 0)
+        self._keep(self._pipeline_at)  # the reader past the epoch's end (auto_reset): the next one's start
+
+    def _keep(self, position: Position) -> None:
+        """Keep DALI's checkpoint of the batch just taken: the state after it (the prefetched ones not counted)."""
+        assert self._iterator is not None
+        self._checkpoints.append((position, self._iterator.checkpoints()[0]))
+
+    def _kept(self, position: Position) -> bytes | None:
+        return next((checkpoint for place, checkpoint in self._checkpoints if place == position), None)
 
     def _explained(self, error: Exception) -> FeedError:
         """A DALI error in one line: what ran out or failed, and which files no longer decode, if any."""
-        epoch = self._pipeline_epoch
+        epoch = self._pipeline_at[0]
         if isinstance(error, MemoryError):  # pybind11's translation of a std::bad_alloc
             return FeedError(f"DALI ran out of memory in epoch {epoch} ({one_line(error) or 'MemoryError'}): "
                              "lower --batch")
@@ -177,33 +235,51 @@ class DaliFeeder(Feeder):
             return []
         return [record for record in result.bad if record not in self.samples.problems]
 
-    def _discard_epoch(self) -> None:
-        for _ in self._pipeline_batches():
+    def _discard(self, batches: int | None = None) -> None:
+        """Run the pipeline's next ``batches`` batches (None: the rest of its epoch) and drop them."""
+        for _ in itertools.islice(self._pipeline_batches(), batches):
             pass
 
-    def _advance_to(self, epoch: int) -> None:
-        """Bring the pipeline to the start of ``epoch`` (see the module docstring)."""
+    def _seek(self, target: Position) -> None:
+        """Bring the pipeline to ``target`` (epoch, batches of it taken; an epoch's end is the next one's start):
+        where it stands, from a kept checkpoint of that place, else by running the batches before (see the
+        module docstring)."""
+        epoch, start = target
         if epoch < 0:
             raise FeedError(f"epoch must be >= 0, got {epoch}")
-        behind = epoch < self._pipeline_epoch or (epoch == self._pipeline_epoch and self._mid_epoch)
-        if self._iterator is None or behind:
+        if self._iterator is not None and self._pipeline_at == target:
+            return
+        checkpoint = self._kept(target)
+        if checkpoint is not None:
+            self._build(checkpoint, target)
+            return
+        if self._iterator is None or self._pipeline_at > target:
             self._build()
-        if self._mid_epoch:
-            self._discard_epoch()
-        if epoch > self._pipeline_epoch:
+        if self._pipeline_at[1] and self._pipeline_at[0] < epoch:
+            self._discard()  # finish the epoch left half-way
+        if epoch > self._pipeline_at[0]:
             log.warning(
                 "DALI: replaying %d epoch(s) to reach epoch %d (the reader's order and the random "
-                "ops' state exist only after the epochs before)", epoch - self._pipeline_epoch, epoch)
-        while self._pipeline_epoch < epoch:
-            self._discard_epoch()
+                "ops' state exist only after the epochs before)", epoch - self._pipeline_at[0], epoch)
+        while self._pipeline_at[0] < epoch:
+            self._discard()
+        if start > self._pipeline_at[1]:
+            log.warning("DALI: replaying %d batch(es) of epoch %d to reach its batch %d (no DALI checkpoint of "
+                        "that place: load a state_dict() to skip them)", start - self._pipeline_at[1], epoch, start)
+            self._discard(start - self._pipeline_at[1])
 
-    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        """The reader's whole shard is read; each rank delivers the same ``num_samples`` of it."""
-        self._advance_to(epoch)
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The reader's whole shard is read; each rank delivers the same ``num_samples`` of it. The epoch's
+        last batch comes once the reader has read the shard to its end: the state there is the next epoch's
+        start, whose checkpoint is then kept."""
         cfg = self.config
         full, expected, quota = self.batch_size, len(self), self.num_samples
+        if start >= expected:  # start_at an epoch's end: nothing of it is left
+            return
+        self._seek((epoch, start))
         shard = len(shard_indices(len(self.samples), cfg.shard_id, cfg.num_shards))
-        delivered = given = samples_seen = 0
+        delivered, given, samples_seen = start, start * full, start * full  # the batches before are full ones
+        last: Batch | None = None
         for images, labels in self._pipeline_batches():
             samples_seen += len(labels)
             take = min(len(labels), quota - given)  # a shard one sample larger leaves that one out
@@ -212,12 +288,49 @@ class DaliFeeder(Feeder):
             if take == full or (take and not cfg.drop_last):
                 delivered += 1
                 given += take
-                yield images, labels
+                if delivered < expected:
+                    yield images, labels
+                else:
+                    last = (images, labels)
         if delivered != expected or samples_seen != shard:
             raise FeedError(
                 f"DALI delivered {samples_seen} samples in {delivered} batches for a shard of "
                 f"{shard} samples ({expected} batches expected): reader and iterator disagree"
             )
+        if last is not None:
+            yield last
+
+    # -- state
+
+    def fingerprint(self) -> dict:
+        """The feeders' fingerprint, with what makes the DALI graph beyond the spec: the plan's steps in the
+        order the graph runs them, how many it warps as one, and the decoder. A DALI checkpoint fits only the
+        graph that wrote it (DALI's docs: another is undefined behaviour)."""
+        steps = ", ".join(type(op).__name__ for op in self.config.plan.steps)
+        return {**super().fingerprint(), "dali_graph": f"{steps}; {self._warped_steps} warped; {self._decoder} decode"}
+
+    def _boundary(self, position: Position) -> Position:
+        """``position`` with an epoch's end written as the next epoch's start (as ``state_record`` writes it)."""
+        epoch, batches = position
+        return (epoch + 1, 0) if len(self) and batches >= len(self) else (epoch, batches)
+
+    def _extra_state(self, position: Position) -> dict:
+        """DALI's checkpoint of ``position``: a kept one, or (the feeder's own place, not reached yet, as after
+        ``set_epoch``) the pipeline brought there as ``iter()`` would bring it."""
+        place = self._boundary(position)
+        if self._kept(place) is None and place == self._boundary(self._position):
+            self._seek(place)
+        checkpoint = self._kept(place)
+        if checkpoint is None:
+            kept = ", ".join(f"epoch {e} batch {b}" for (e, b), _ in self._checkpoints)
+            raise FeederStateError(f"no DALI checkpoint of epoch {place[0]} batch {place[1]}: the DALI feeder keeps "
+                                   f"those of its last {CHECKPOINTS_KEPT} places ({kept})")
+        return {"dali": {"version": DALI_VERSION, "checkpoint": base64.b64encode(checkpoint).decode("ascii"),
+                         "sha256": _checkpoint_digest(place, checkpoint)}}
+
+    def _load_extra_state(self, state: dict, position: Position) -> None:
+        """Build the pipeline from the state's DALI checkpoint: nothing before ``position`` is decoded."""
+        self._build(_state_checkpoint(state, position), position)
 
     @property
     def pipeline_depth(self) -> int:
@@ -295,6 +408,32 @@ def one_line(error: BaseException, limit: int = 500) -> str:
     operator = _OPERATOR.search(head)
     where = f"{operator.group(1)} operator {operator.group(2)}: " if operator else ""
     return f"{where}{reason}"[:limit]
+
+
+def _checkpoint_digest(place: Position, checkpoint: bytes) -> str:
+    """sha256 (16 hex digits) of a DALI checkpoint with its place: protobuf has no checksum of its own, and a
+    changed byte in a number would restore another reader position or generator, not fail."""
+    return hashlib.sha256(f"{place[0]}:{place[1]}:".encode() + checkpoint).hexdigest()[:16]
+
+
+def _state_checkpoint(state: dict, place: Position) -> bytes:
+    """The DALI checkpoint a feeder state carries for ``place``, checked (``FeederStateError`` otherwise)."""
+    entry = state.get("dali")
+    if not isinstance(entry, dict) or not isinstance(entry.get("checkpoint"), str):
+        raise FeederStateError("the feeder state has no DALI checkpoint: pass what the DALI feeder's state_dict() "
+                               "returned")
+    if entry.get("version") != DALI_VERSION:
+        raise FeederStateError(f"the feeder state's DALI checkpoint was written by DALI {entry.get('version')!r}, "
+                               f"this is DALI {DALI_VERSION!r}, and DALI restores only its own version's checkpoints: "
+                               f"restore it with DALI {entry.get('version')}")
+    try:
+        checkpoint = base64.b64decode(entry["checkpoint"], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise FeederStateError(f"the DALI checkpoint in the feeder state is damaged: not base64 ({error})") from None
+    if entry.get("sha256") != _checkpoint_digest(place, checkpoint):
+        raise FeederStateError(f"the DALI checkpoint in the feeder state is damaged, or not the one of epoch "
+                               f"{place[0]} batch {place[1]}: its sha256 does not match")
+    return checkpoint
 
 
 def validated_samples(samples: Samples, config: FeedConfig) -> tuple[Samples, list[BadFile]]:

@@ -34,6 +34,12 @@ and resizes (antialiased) afterwards, and the warp's canvas costs the image's
 area. Only region-of-interest decoding exists: a first step that has a DALI decode
 form (``Op.dali_decode``: RandomResizedCrop) decodes just its window.
 
+State: the feeder builds the graph with ``enable_checkpointing``, so DALI saves
+what it carries between batches: the reader's position and shuffle, and every
+random op's generators (``fn.random.*``, the window sampler). That holds for DALI's
+own operators; an ``fn.external_source`` is saved only where its source is a
+callable of the batch index (DALI's checkpointing docs), so none is used here.
+
 Layout: the graph ends in HWC, the layout the decoder and every op work in. The
 feeder exposes each batch as an (N, 3, H, W) view of that memory, channels_last
 in torch's terms, as the host pipelines deliver theirs: no transpose here that
@@ -198,7 +204,8 @@ def filter_canvas(total, out):
 
 @pipeline_def
 def feed_pipeline(files, labels, steps, fused, decoder, shard_id, num_shards, shuffle, shuffle_seed):
-    """Read this shard's files in this epoch's order; decode and augment them."""
+    """Read this shard's files in this epoch's order; decode and augment them. Pipeline arguments
+    (``enable_checkpointing``, ``checkpoint``, ``num_threads``, ...) are ``pipeline_def``'s."""
     encoded, labels = fn.readers.file(
         files=files,
         labels=labels,

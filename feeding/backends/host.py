@@ -136,11 +136,12 @@ class EpochBatchSampler(Sampler[BatchKey]):
     ``num_shards``-th sample of it, and pads with repeats to an equal count.
     """
 
-    def __init__(self, n: int, config: FeedConfig, epoch: int) -> None:
+    def __init__(self, n: int, config: FeedConfig, epoch: int, start: int = 0) -> None:
         check_shards(n, config.num_shards)
         self.n = n
         self.config = config
         self.epoch = epoch
+        self.start = start  # the first batch number yielded: a resumed epoch skips the keys before it
 
     @property
     def shard_size(self) -> int:
@@ -161,8 +162,9 @@ class EpochBatchSampler(Sampler[BatchKey]):
         cfg = self.config
         order = self._order()
         stop = len(order) - len(order) % cfg.batch_size if cfg.drop_last else len(order)
-        for number, start in enumerate(range(0, stop, cfg.batch_size)):
-            yield BatchKey(self.epoch, number, order[start : start + cfg.batch_size])
+        for number in range(self.start, -(-stop // cfg.batch_size)):
+            first = number * cfg.batch_size
+            yield BatchKey(self.epoch, number, order[first : first + cfg.batch_size])
 
     def __len__(self) -> int:
         n, b = self.shard_size, self.config.batch_size
@@ -176,19 +178,20 @@ class EpochStream(Sampler[BatchKey]):
     an epoch's end: while the consumer takes an epoch's last batches, the workers already make
     the next epoch's first ones, instead of draining to empty and refilling from cold (on the
     sample's 6-batch epochs with 2 workers x prefetch 2, the refill was a third of the epoch).
-    ``first_epoch`` is read when iteration starts: set it, then iterate anew, to jump.
+    ``first_epoch`` and ``first_batch`` are read when iteration starts: set them, then iterate anew, to jump.
     """
 
     def __init__(self, n: int, config: FeedConfig, first_epoch: int = 0) -> None:
         self.epochs = EpochBatchSampler(n, config, first_epoch)
         self.first_epoch = first_epoch
+        self.first_batch = 0  # of the first epoch (a resumed one); later epochs start at their batch 0
 
     def __iter__(self) -> Iterator[BatchKey]:
-        epoch = self.first_epoch
+        epoch, start = self.first_epoch, self.first_batch
         while True:
-            self.epochs.epoch = epoch
+            self.epochs.epoch, self.epochs.start = epoch, start
             yield from iter(self.epochs)
-            epoch += 1
+            epoch, start = epoch + 1, 0
 
 
 @dataclass
@@ -333,7 +336,7 @@ class HostFeeder(Feeder):
         self.notes.extend(budget.notes)
         self._stream_keys = EpochStream(len(samples), config)
         self._stream: Iterator[WorkerBatch] | None = None  # batches over epochs, while the workers run
-        self._stream_epoch = 0  # the epoch whose first batch the stream delivers next
+        self._stream_at = (0, 0)  # the (epoch, batch number) the stream delivers next
         self._data_loader: DataLoader | None = None
         self._threads: ThreadBatches | None = None
         if self.executor != "process":
@@ -394,9 +397,9 @@ class HostFeeder(Feeder):
                                           self.prefetch_factor, self.config.worker_timeout_s)
         return self._threads
 
-    def _open_stream(self, epoch: int) -> Iterator[WorkerBatch]:
-        """Batches from the first of ``epoch`` on, across epochs, from the (persistent) workers."""
-        self._stream_keys.first_epoch = epoch
+    def _open_stream(self, epoch: int, start: int) -> Iterator[WorkerBatch]:
+        """Batches from batch ``start`` of ``epoch`` on, across epochs, from the (persistent) workers."""
+        self._stream_keys.first_epoch, self._stream_keys.first_batch = epoch, start
         self.dataset.transform.setup_worker(in_worker=False)  # before a fork, or threads sharing this process
         if self.executor == "thread":
             return self._thread_pool().iterate(self._stream_keys)
@@ -406,17 +409,20 @@ class HostFeeder(Feeder):
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
             return iter(self._loader())
 
-    def _batches(self, epoch: int) -> Iterator[WorkerBatch]:
-        """The WorkerBatches of ``epoch``: the open stream's next ones where it stands at that epoch."""
-        if self._stream is None or self._stream_epoch != epoch:
-            self._stream = self._open_stream(epoch)
+    def _batches(self, epoch: int, start: int) -> Iterator[WorkerBatch]:
+        """The WorkerBatches of ``epoch`` from batch ``start``: the open stream's next ones where it stands
+        there (the workers made them ahead), else a stream reopened there (no earlier key is made)."""
+        if self._stream is None or self._stream_at != (epoch, start):
+            self._stream = self._open_stream(epoch, start)
         stream = self._stream
-        for _ in range(len(self._sampler)):  # the same number of batches every epoch
-            yield next(stream)
-        self._stream_epoch = epoch + 1
+        for number in range(start, len(self._sampler)):  # the same number of batches every epoch
+            batch = next(stream)
+            self._stream_at = (epoch, number + 1)
+            yield batch
+        self._stream_at = (epoch + 1, 0)
 
-    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        iterator = self._batches(epoch)
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        iterator = self._batches(epoch, start)
         delivered = 0
         try:
             for batch in self._checked(iterator):
@@ -428,7 +434,7 @@ class HostFeeder(Feeder):
                     continue  # every file of this batch was unreadable (no drop_last: no substitutes)
                 delivered += len(batch.images)
                 yield batch.images, batch.labels
-            if delivered == 0 and len(self._sampler):
+            if delivered == 0 and len(self._sampler) > start:
                 raise FeedError(f"no readable image in epoch {epoch} of {len(self.samples)} files "
                                 f"(first skipped: {self.skipped[0].path}: {self.skipped[0].reason})"
                                 if self.skipped else f"no image delivered in epoch {epoch}")

@@ -311,27 +311,34 @@ class RayFeeder(Feeder):
     def describe_workers(self) -> str:
         return f"{self.workers} Ray Data actor(s) running the {self.ray_config.transform} transform"
 
+    def fingerprint(self) -> dict:
+        """The host feeders' fingerprint, with the transform the actors run: it makes the pixels."""
+        return {**super().fingerprint(), "transform": self.ray_config.transform}
+
     def epoch_keys(self, epoch: int) -> list[BatchKey]:
         self._sampler.epoch = epoch
         return list(self._sampler)
 
-    def dataset(self, first_epoch: int, epochs: int = 1):
-        """The lazy Ray Dataset of epochs ``first_epoch`` .. ``first_epoch + epochs - 1``."""
-        keys = [key for epoch in range(first_epoch, first_epoch + epochs) for key in self.epoch_keys(epoch)]
+    def dataset(self, first_epoch: int, epochs: int = 1, first_batch: int = 0):
+        """The lazy Ray Dataset of epochs ``first_epoch`` .. ``first_epoch + epochs - 1``, the first one from
+        its batch ``first_batch`` on: each batch is a key (seed, epoch, number), so a resumed epoch
+        leaves the keys before out and makes nothing of them."""
+        keys = [key for epoch in range(first_epoch, first_epoch + epochs) for key in self.epoch_keys(epoch)
+                if epoch > first_epoch or key.number >= first_batch]
         return build_dataset(self.samples, self.config, self.ray_config, keys, self.data_cpus)
 
-    def _start_run(self, epoch: int) -> _Run:
+    def _start_run(self, epoch: int, start: int = 0) -> _Run:
         full = self.config.drop_last or self.num_samples % self.config.batch_size == 0
         epochs = epochs_per_run(self.num_samples, full)
-        return _Run(iter(torch_batches(self.dataset(epoch, epochs), self.config)), epoch, epoch + epochs)
+        return _Run(iter(torch_batches(self.dataset(epoch, epochs, start), self.config)), epoch, epoch + epochs)
 
-    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        if self._run is None or self._run.next_epoch != epoch:
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        if self._run is None or self._run.next_epoch != epoch or start:
             self._drop_run()
-            self._run = self._start_run(epoch)
+            self._run = self._start_run(epoch, start)
         run = self._run
         try:
-            for _ in range(len(self)):
+            for _ in range(start, len(self)):
                 images, labels, skipped = next(run.batches)
                 self._record_skips(skipped)
                 yield images, labels
