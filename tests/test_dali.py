@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -637,6 +638,9 @@ def test_a_file_broken_after_the_scan_stops_the_pipeline_and_its_threads(folder,
     gc.collect()  # earlier tests' feeders, if any linger
     before = dali_threads()
     feeder = DaliFeeder(samples, config(batch_size=4, workers=3, cache_dir=str(tmp_path / "cache")))
+    deadline = time.monotonic() + 5  # DALI names its threads once they run, a moment after the build
+    while dali_threads() <= before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert dali_threads() > before
     for copy in copies:
         Path(copy).write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 64)  # a JPEG start, then noise
