@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -396,3 +397,23 @@ def test_worker_counts_that_cannot_pay_are_noted(image_folder):
     assert worker_notes(6, 8, 4) == ["6 workers for 4 batches per epoch: 2 of them have no batch to make"]
     with create_feeder(discover(image_folder), _config("pil", batch_size=12, workers=3)) as feeder:
         assert any("3 workers for 2 batches per epoch" in note for note in feeder.notes)
+
+
+def test_worker_processes_outlast_a_sigterm_to_the_job_and_end_with_close(image_folder):
+    """A preempting scheduler may send SIGTERM to every process of the job: the workers ignore it, so
+    that training.fit can take the batches up to its checkpoint; close() still ends them."""
+    import os
+    import signal
+
+    config = FeedConfig(pipeline="pil", batch_size=4, workers=2, executor="process",
+                        spec=AugSpec((Resize((32, 32)),)))
+    feeder = create_feeder(discover(image_folder), config)
+    batches = iter(feeder)
+    next(batches)
+    workers = [w.pid for w in feeder._data_loader._iterator._workers]
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    assert len(list(batches)) == len(feeder) - 1  # the epoch goes on: no worker died
+    assert all(Path(f"/proc/{pid}").exists() for pid in workers)  # persistent, between epochs
+    feeder.close()
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # ended and reaped

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -294,6 +295,11 @@ class BatchDataset(Dataset):
 
 
 def _worker_init(worker_id: int) -> None:
+    # A scheduler that preempts a job may send SIGTERM to all its processes (SLURM does): the main
+    # process answers with a checkpoint at its next update (training.fit), which needs its workers'
+    # batches until then. The workers still end with the main process (DataLoader's shutdown, and
+    # its watchdog when the main process is gone).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     get_worker_info().dataset.transform.setup_worker(in_worker=True)
 
 
@@ -466,6 +472,9 @@ class HostFeeder(Feeder):
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+            for worker in getattr(iterator, "_workers", ()):  # a stuck one ignores the SIGTERM it was sent
+                if worker.is_alive():
+                    worker.kill()
         self.dataset.transform.close()  # the main process's library settings, as they were
 
 
