@@ -154,23 +154,32 @@ RECIPE = ("--balanced", "--sched", "plateau", "--warmup-epochs", "1", "--accum-s
           "--opt", "adamp")
 
 
-def test_balanced_plateau_warmup_accumulation_resume_exactly(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("steps, stop_after", [
+    ((), 1),  # the epoch's end
+    # 7 batches of 4, updates after batches 2, 4, 6, 7: the second stops at batch 4 of epoch 1
+    (("--checkpoint-every", "1", "--batch", "4", "--accum-steps", "2"), 2),
+])
+def test_balanced_plateau_warmup_accumulation_resume_exactly(data, tmp_path, monkeypatch, steps, stop_after):
     straight = tmp_path / "straight"
-    assert main(fit_args(data, straight, *RECIPE)) == 0
+    assert main(fit_args(data, straight, *RECIPE, *steps)) == 0
     history = json.loads((straight / "summary.json").read_text())["history"]
     assert history[0]["lr"] < history[1]["lr"] == pytest.approx(1e-3)  # warming up, per update, in epoch 1
     out = tmp_path / "interrupted"
     real_save = checkpoint_module.save_checkpoint
+    saves = []
 
     def save_then_stop(path, state):
         real_save(path, state)
         if Path(path).name == "last.pt":
-            raise KeyboardInterrupt
+            saves.append(state.get("within_epoch"))
+            if len(saves) == stop_after:
+                raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_stop)
-    assert main(fit_args(data, out, *RECIPE)) == 130
+    assert main(fit_args(data, out, *RECIPE, *steps)) == 130
+    assert (saves[-1] is None) == (not steps)  # a step checkpoint inside epoch 1 where one was asked for
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
-    assert main(fit_args(data, out, *RECIPE, "--resume")) == 0
+    assert main(fit_args(data, out, *RECIPE, *steps, "--resume")) == 0
     assert _metrics(out) == _metrics(straight)
     _assert_same_weights(out, straight)
 
