@@ -320,3 +320,32 @@ def test_a_fully_delivered_run_is_drained_to_its_end_not_abandoned():
     assert [next(run.batches) for _ in range(3)] == [0, 1, 2]
     run.finish()
     assert ended == ["prefetcher stopped"]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning",
+                            "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ray_feeder_restores_mid_epoch(local_ray, image_folder):
+    """Mid-epoch: each batch is a Ray Data row keyed (epoch, number), so the run starts at the state's batch.
+    Batch 5 without drop_last ends each epoch in a partial batch: one epoch a Ray Data execution. (The
+    other backends' state tests are in tests/test_feeder_state.py.)"""
+    from feeding.backends.ray import RayFeeder
+    from feeding.factory import create_feeder
+    from feeding.backends.ray_cluster import RayConfig
+    from tests.test_feeder_state import _assert_refused, _assert_same, _config, _saved, _take
+
+    samples = discover(image_folder)
+    config = dict(batch_size=5, drop_last=False)
+    with create_feeder(samples, _config("ray", 2, **config)) as original:
+        epoch = iter(original)
+        _take(epoch, 2)
+        state = _saved(original)
+        rest = _take(epoch)
+    assert len(rest) == 3 and len(rest[-1][1]) == 4
+    with create_feeder(samples, _config("ray", 1, **config)) as restored:
+        restored.load_state_dict(state)
+        _assert_same(list(restored), rest)
+    _assert_refused(state, create_feeder(samples, _config("albumentations", **config)),
+                    "pipeline 'ray' != 'albumentations'")
+    with RayFeeder(samples, _config("ray", **config), RayConfig(transform="pil")) as pil_actors:
+        _assert_refused(state, pil_actors, "transform 'albumentations' != 'pil'")  # other pixels
