@@ -20,6 +20,7 @@ raw=$(mktemp --suffix .json)
 "$FB" data inspect "$sample" --out "$OUT"
 "$FB" compare --out "$OUT"
 .venv/bin/python scripts/fidelity.py "$OUT"   # every pipeline's PSNR against the written order's reference
+.venv/bin/python scripts/lightning_vs_fit.py "$OUT"   # the Lightning example and training.fit, same settings (~3 min)
 .venv/bin/python scripts/resume_timing.py "$OUT"   # a mid-epoch restore against an epoch start and a replay (~8 min)
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid

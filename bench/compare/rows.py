@@ -100,11 +100,23 @@ def resolve_factory(spec: str) -> Callable[[], object]:
     return target
 
 
+def datamodule_train_loader(made):
+    """A LightningDataModule's training loader, as it is (``feeding.lightning.train_loader``: after
+    ``prepare_data()`` and ``setup("fit")``); anything else unchanged. A factory that returned a data
+    module has imported Lightning, so without it nothing is imported here."""
+    if "lightning" not in sys.modules or not hasattr(made, "train_dataloader"):
+        return made
+    from feeding.lightning import train_loader
+
+    return train_loader(made)
+
+
 def user_row(spec: str, batch: int, workers: tuple[int, ...]) -> RowSpec:
-    """A Dataset is swept in a plain DataLoader; anything else is measured as it is, once."""
+    """A Dataset is swept in a plain DataLoader; a LightningDataModule's training loader and anything
+    else are measured as they are, once."""
     factory = resolve_factory(spec)
     try:
-        made = factory()
+        made = datamodule_train_loader(factory())
     except Exception as error:  # noqa: BLE001 - the user's code may fail in any way
         raise CompareError(f"--loader {spec!r}: calling {spec} raised {type(error).__name__}: {error}") from None
     if isinstance(made, Dataset):
