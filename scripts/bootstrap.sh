@@ -3,7 +3,7 @@
 #
 #   1. system headers pillow-simd needs (libjpeg-dev, zlib1g-dev) via apt when root
 #   2. python -m venv .venv            (PYTHON=... to choose the interpreter)
-#   3. torch/torchvision pinned, then `pip install -e '.[test,ray,lightning]'`
+#   3. torch/torchvision pinned, then `pip install -e '.[test,ray,lightning,wandb]'`
 #   4. Pillow -> pillow-simd swap (built from source, AVX2 when the CPU has it);
 #      it runs after every pip step, since any resolve that pulls Pillow undoes it
 #   5. a short summary
@@ -144,7 +144,7 @@ swap_pillow
 # The ray and lightning extras too: the suite runs their tests (tests/test_ray.py, tests/test_lightning.py),
 # which skip without them.
 log "installing feedbench (editable) with the test, ray and lightning extras"
-pip_ install -q -e '.[test,ray,lightning]' >&2
+pip_ install -q -e '.[test,ray,lightning,wandb]' >&2
 swap_pillow
 
 # ---------------------------------------------------------------- 5. summary

@@ -32,6 +32,7 @@ DEFAULT_RECOMMENDATION = "results/recommendation.json"
 DEFAULT_OUT = "runs/fit"  # without --out: this, or the next free runs/fit-2, runs/fit-3, ...
 ON_BAD = ("skip", "fail")
 STEP_SWITCHES = ("amp", "channels_last", "cudnn_benchmark")  # on, off, or None: as recommended
+LOGGERS = ("tensorboard", "wandb")  # training.loggers; wandb needs the extra feedbench[wandb]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class FitConfig:
     recommendation: str = DEFAULT_RECOMMENDATION
     on_bad: str = "skip"  # a file or listing row that cannot be used: left out and reported, or an error
     spec: SpecFile | None = None  # the --spec file; None: the benchmark spec at ``size``
+    loggers: tuple[str, ...] = ("tensorboard",)  # where the scalars, lr, image grid and confusion matrix go
 
     def __post_init__(self) -> None:
         for name, choices in (("pipeline", FIT_PIPELINES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
@@ -90,6 +92,7 @@ class FitConfig:
             checks.count(name, getattr(self, name), allow_none=True)
         checks.count("workers", self.workers, minimum=0, allow_none=True)
         self._check_size()
+        self._check_loggers()
         for name in ("weight_decay", "warmup_epochs", "focal_gamma"):
             checks.number(name, getattr(self, name), minimum=0)
         checks.number("label_smoothing", self.label_smoothing, minimum=0, maximum=1, open_maximum=True)
@@ -121,6 +124,16 @@ class FitConfig:
             size = fixed
         object.__setattr__(self, "size", size)
 
+    def _check_loggers(self) -> None:
+        loggers = tuple(self.loggers) if isinstance(self.loggers, (tuple, list)) else None
+        if not loggers:
+            raise ValueError(f"loggers must be a non-empty list of {', '.join(LOGGERS)}, got {self.loggers!r}")
+        for name in loggers:
+            checks.choice("logger", name, LOGGERS)
+        if len(set(loggers)) != len(loggers):
+            raise ValueError(f"loggers {', '.join(loggers)}: each at most once")
+        object.__setattr__(self, "loggers", loggers)
+
     @property
     def train_augmentation(self) -> AugSpec:
         """The training feed's spec: the spec file's train section, else the benchmark spec at ``size``."""
@@ -141,6 +154,7 @@ class FitConfig:
         run compares what it trains with (``spec``) apart from what the file is called (``spec_file``)."""
         record = asdict(self)
         record["size"] = list(self.size) if self.size else None
+        record["loggers"] = list(self.loggers)
         record["spec"] = self.spec.record() if self.spec is not None else None
         record["spec_file"] = self.spec.name if self.spec is not None else None
         return record

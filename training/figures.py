@@ -1,12 +1,10 @@
-"""What a run draws and logs: confusion-matrix PNGs, the grid of fed images, TensorBoard scalars.
+"""What a run draws: confusion-matrix PNGs and the grid of fed images (logged by ``training.loggers``).
 
-No global matplotlib state (a Figure of its own, drawn by the Agg canvas); TensorBoard's axis is
-the optimizer update, so that the lr of every update and the epoch's figures line up.
+No global matplotlib state (a Figure of its own, drawn by the Agg canvas).
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,14 +38,16 @@ def confusion_png(confusion: torch.Tensor, classes: tuple[str, ...], title: str)
     return buffer.getvalue()
 
 
-def write_confusion(out: Path, classes: tuple[str, ...], metrics, progress) -> None:
-    """OUT/confusion-last.png for the epoch ``progress`` finished, and confusion-best.png when it improved."""
+def write_confusion(out: Path, classes: tuple[str, ...], metrics, progress) -> bytes:
+    """OUT/confusion-last.png for the epoch ``progress`` finished, and confusion-best.png when it improved;
+    the PNG's bytes."""
     from feeding.io import write_atomic
 
     png = confusion_png(metrics.confusion, classes, f"epoch {progress.epoch}: macro-F1 {metrics.macro_f1:.3f}")
     write_atomic(out / "confusion-last.png", png)
     if progress.improved:
         write_atomic(out / "confusion-best.png", png)
+    return png
 
 
 def image_grid(images: torch.Tensor, feeder) -> torch.Tensor:
@@ -56,24 +56,3 @@ def image_grid(images: torch.Tensor, feeder) -> torch.Tensor:
 
     shown = images[:IMAGE_GRID_SIZE].float() * feeder.std + feeder.mean
     return make_grid(shown.clamp(0, 1).cpu(), nrow=8)
-
-
-def grid_logger(writer, feeder, step: int) -> Callable[[torch.Tensor], None]:
-    """What ``train_one_epoch`` calls with its first batch: the grid of fed images, at update ``step``."""
-    def log_grid(images: torch.Tensor) -> None:
-        writer.add_image("train/fed_images", image_grid(images, feeder), step)
-
-    return log_grid
-
-
-def log_epoch(writer, stats, metrics, progress) -> None:
-    """TensorBoard, on the optimizer-update axis: the lr of every update, the epoch's figures at its end."""
-    first = progress.updates - stats.updates + 1
-    for update, lr in enumerate(stats.lrs, start=first):
-        writer.add_scalar("train/lr", lr, update)
-    for tag, value in (("train/loss", stats.loss), ("train/epoch", progress.epoch),
-                       ("val/macro_f1", metrics.macro_f1), ("val/accuracy", metrics.accuracy),
-                       ("feed/data_wait_fraction", stats.data_wait_fraction),
-                       ("feed/images_per_sec", stats.images_per_sec)):
-        writer.add_scalar(tag, value, progress.updates)
-    writer.flush()

@@ -5,10 +5,11 @@ measured img/s against the tuner's prediction; at the end, whether the predictio
 file or listing row that was skipped. --pipeline best trains with the feed and the training step
 (bf16, channels_last, cudnn.benchmark, loss read-back) the tuner measured; a setting given that
 differs from them is noted, and the prediction is then not compared. Writes best.pt/last.pt,
-TensorBoard logs (tb/), confusion-matrix PNGs and summary.json under the run directory: --out,
-else runs/fit or the next free runs/fit-2, runs/fit-3, ... A directory that holds a run is never
-written over: --resume continues it exactly from last.pt (with --epochs beyond its plan, the
-schedule is extended). Ctrl-C stops cleanly, exit status 130, and says how to resume.
+TensorBoard logs (tb/; with --logger tensorboard,wandb also a W&B run, in wandb/), confusion-matrix
+PNGs and summary.json under the run directory: --out, else runs/fit or the next free runs/fit-2,
+runs/fit-3, ... A directory that holds a run is never written over: --resume continues it exactly
+from last.pt (with --epochs beyond its plan, the schedule is extended). Ctrl-C stops cleanly, exit
+status 130, and says how to resume.
 """
 from __future__ import annotations
 
@@ -80,6 +81,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "feeder state): a kill loses at most N updates, and --resume continues at the update it holds, "
                    "with the same result as a run never stopped; without it, at each epoch's end (and at the "
                    "next update after a SIGTERM, which then exits 143)")
+    p.add_argument("--logger", default=",".join(d.loggers), metavar="NAME[,NAME]",
+                   help="where the scalars, the lr of every update, the grid of fed images and the confusion "
+                   "matrix go: tensorboard (OUT/tb), wandb (a W&B run under OUT; needs feedbench[wandb], and "
+                   "`wandb login` or WANDB_MODE=offline), or both, comma-separated")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:N]")
     p.add_argument("--recommendation", default=d.recommendation, help="what --pipeline best reads")
     p.add_argument("--on-bad", default=d.on_bad, choices=ON_BAD,
@@ -121,6 +126,7 @@ def config_from_args(args: argparse.Namespace, spec: SpecFile | None = None) -> 
         seed=args.seed, out=args.out, early_stop_patience=args.early_stop_patience, resume=args.resume,
         checkpoint_every=args.checkpoint_every,
         device=args.device, recommendation=args.recommendation, on_bad=args.on_bad, spec=spec,
+        loggers=tuple(name.strip() for name in args.logger.split(",")),
     )
 
 
@@ -137,8 +143,10 @@ def fit(config: FitConfig, split: tuple | None = None) -> dict:
     from dataclasses import replace
 
     from training import distributed
+    from training.loggers import check_loggers
     from training.trainer import fit_folds, fit_run
 
+    check_loggers(config.loggers)  # a missing package or login stops the run before it starts
     run_dir, which = choose_run_dir(config.out, DEFAULT_OUT, config.resume, bool(config.folds))
     if distributed.context_from_env().is_main:
         print(which, flush=True)

@@ -1,5 +1,5 @@
 """One training run, and a K-fold series of them: the epochs (``training.engine``), validation
-macro-F1 each epoch, checkpoints, TensorBoard logs and the summary, in a run directory already
+macro-F1 each epoch, checkpoints, logs (``training.loggers``) and the summary, in a run directory already
 chosen (``training.runs.choose_run_dir``). Under DDP every rank trains; only rank 0 prints,
 logs and writes.
 """
@@ -20,7 +20,8 @@ from training.checkpoint import LAST, Progress, load_feed_state, rank_state, res
 from training.config import FitConfig
 from training.data import create_feeders, load_samples, split_data
 from training.engine import evaluate, run_epoch
-from training.figures import grid_logger, log_epoch, write_confusion
+from training.figures import write_confusion
+from training.loggers import create_loggers
 from training.recommendation import (
     applicable_predicted_rate,
     load_recommendation,
@@ -113,10 +114,8 @@ def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, tra
     OUT/last.pt with ``config.resume``, at the update it holds), until the plan or early stopping ends
     it; a step checkpoint every ``config.checkpoint_every`` updates. A Ctrl-C raises ``RunInterrupted``
     naming the epoch; a SIGTERM writes a step checkpoint at the next update and raises ``RunPreempted``."""
-    from torch.utils.tensorboard import SummaryWriter
-
     out, main, num_classes = Path(config.out), ctx.is_main, len(classes)
-    writer = None
+    loggers = None
     epoch = None  # the epoch in progress (0-based), for what a Ctrl-C reports
     try:
         model, optimizer, scheduler, loss_fn = build_training(config, step, num_classes, train_labels,
@@ -134,11 +133,12 @@ def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, tra
         model = distributed.wrap(model, ctx, device)  # after loading: DDP broadcasts rank 0's weights
         train_step = TrainStep(model, optimizer, loss_fn, step, device)
         if main:
-            writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=progress.updates if config.resume else None)
+            run_config = {**config.to_dict(), "step": step.to_dict(), "feed_predicted_images_per_sec": predicted}
+            loggers = create_loggers(config.loggers, out, run_config, progress.updates if config.resume else None)
         with sigterm_requests() as sigterm:
             for epoch in range(progress.epoch, config.epochs):
                 so_far = resumed.train_from(epoch) if resumed is not None else None
-                first_batch = grid_logger(writer, train_feed, progress.updates) if (
+                first_batch = loggers.grid_logger(train_feed, progress.updates) if (
                     epoch == 0 and main and so_far is None) else None
                 checkpoint = step_checkpointer(config, classes, model, optimizer, scheduler, progress, step,
                                                train_feed, epoch, sigterm, ctx, device)
@@ -152,8 +152,7 @@ def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, tra
                 stop = bool(config.early_stop_patience and progress.stale >= config.early_stop_patience)
                 ranks = distributed.gather_objects(rank_state(train_feed), ctx)
                 if main:
-                    log_epoch(writer, stats, metrics, progress)
-                    write_confusion(out, classes, metrics, progress)
+                    loggers.log_epoch(stats, metrics, progress, write_confusion(out, classes, metrics, progress))
                     save_state(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress,
                                ranks, step)
                     print(epoch_line(epoch, config.epochs, stats, metrics, predicted), flush=True)
@@ -166,8 +165,8 @@ def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, tra
     except KeyboardInterrupt:
         raise RunInterrupted(out, out, None if epoch is None else epoch + 1) from None
     finally:
-        if writer is not None:
-            writer.close()
+        if loggers is not None:
+            loggers.close()
     return progress
 
 
