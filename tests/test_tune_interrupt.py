@@ -108,8 +108,7 @@ SMALL = ["--model", "tests.test_tune:tiny_net", "--device", "cpu", "--sizes", "4
     # the shortest search (two feeds, one shape) before the checks
     ("end-to-end check", ["--pipelines", "pil", "--sizes", "32", "--workers-max", "1", "--e2e-min-s", "2"],
      lambda progress: "end-to-end check" in progress),
-    ("exhaustive grid", ["--pipelines", "pil,albumentations", "--exhaustive"],
-     lambda progress: measured_so_far(progress) >= 2),
+    # (the exhaustive grid's Ctrl-C, once swallowed: in-process below, on made-up measurements)
 ])
 def test_a_real_ctrl_c_writes_the_partial_report_and_exits_130(phase, extra, ready, sample_dir, tmp_path):
     out = tmp_path / "results"
