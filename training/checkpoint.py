@@ -150,8 +150,9 @@ def save_state(out: Path, config: FitConfig, classes, model, optimizer, schedule
     state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "epoch": progress.epoch - 1,
              "updates": progress.updates + (len(so_far.lrs) if so_far else 0), "best_macro_f1": progress.best_f1,
-             "epochs_since_best": progress.stale, "rng": ranks[0]["rng"], "ranks": ranks,
-             "within_epoch": {"epoch": within[0], **so_far.to_dict()} if within is not None else None,
+             "epochs_since_best": progress.stale, "ranks": ranks,
+             # Where, in words (saved_position); each rank's part of the epoch is in its own entry.
+             "within_epoch": {"epoch": within[0], "batches": so_far.batches} if within is not None else None,
              "config": config.to_dict(), "num_classes": len(classes), "model_name": config.model,
              "classes": list(classes), "history": list(progress.history),
              "step": step.to_dict() if step is not None else None}
@@ -211,10 +212,10 @@ def restore(out: Path, config: FitConfig, num_classes: int, model, optimizer, sc
         print(f"schedule {change} from {planned} to {config.epochs} epochs: lr {optimizer.param_groups[0]['lr']:.2e} "
               f"at update {state['updates']}")
     set_rng_states(entry["rng"])
-    progress = Progress(done, state["updates"] - (len(within["lrs"]) if within else 0), state["best_macro_f1"],
+    so_far = EpochSoFar.from_dict(entry["so_far"]) if within else None
+    progress = Progress(done, state["updates"] - (len(so_far.lrs) if so_far else 0), state["best_macro_f1"],
                         state["epochs_since_best"], tuple(state["history"]))
-    so_far = entry.get("so_far") or within  # this rank's part of the epoch (rank 0's is also within_epoch's)
-    return Resumed(progress, EpochSoFar.from_dict(so_far) if within else None, entry.get("feeder"),
+    return Resumed(progress, so_far, entry.get("feeder"),
                    saved_position(out / LAST) or f"epoch {done}")
 
 
