@@ -3,7 +3,7 @@
 #
 #   1. system headers pillow-simd needs (libjpeg-dev, zlib1g-dev) via apt when root
 #   2. python -m venv .venv            (PYTHON=... to choose the interpreter)
-#   3. torch/torchvision pinned, then `pip install -e '.[test,ray,lightning,wandb]'`
+#   3. torch/torchvision pinned, then `pip install -e '.[test,ray,lightning,wandb,hpo]'`
 #   4. Pillow -> pillow-simd swap (built from source, AVX2 when the CPU has it);
 #      it runs after every pip step, since any resolve that pulls Pillow undoes it
 #   5. a short summary
@@ -22,7 +22,9 @@ TORCHVISION_PIN="torchvision==0.29.1"
 STAMP="$VENV/.feedbench-stamp"
 WHEELHOUSE_ROOT="$VENV/.pillow-simd-wheels"
 
-export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+# No pip cache: the venv alone is ~7 GB (torch's CUDA build), and a cache of the downloads would
+# double what the extras take on a small disk.
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
 
 if [[ -t 2 ]]; then B=$'\e[1m' Y=$'\e[1;33m' R=$'\e[1;31m' N=$'\e[0m'; else B= Y= R= N=; fi
 log()  { printf '%s[bootstrap]%s %s\n' "$B" "$N" "$*" >&2; }
@@ -70,6 +72,12 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. virtualenv
+# A full disk fails pip late and obscurely ("OSError: [Errno 28]" mid-install): say so first.
+NEED_GB=9
+if [[ ! -e $STAMP ]]; then
+    free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+    ((free_gb >= NEED_GB)) || warn "only ${free_gb} GB free here; a new $VENV needs about ${NEED_GB} GB (torch's CUDA build is ~5.5 GB)"
+fi
 if [[ -x $VPY ]] && "$VPY" -c 'import sys' >/dev/null 2>&1; then
     log "using existing $VENV ($("$VPY" -V 2>&1))"
 else
@@ -141,10 +149,10 @@ log "installing $TORCH_PIN $TORCHVISION_PIN"
 pip_ install -q "$TORCH_PIN" "$TORCHVISION_PIN" >&2
 swap_pillow
 
-# The ray and lightning extras too: the suite runs their tests (tests/test_ray.py, tests/test_lightning.py),
-# which skip without them.
-log "installing feedbench (editable) with the test, ray and lightning extras"
-pip_ install -q -e '.[test,ray,lightning,wandb]' >&2
+# The ray, lightning, wandb and hpo extras too: the suite runs their tests (tests/test_ray.py,
+# test_lightning.py, test_wandb.py, test_hpo.py), which skip without them.
+log "installing feedbench (editable) with the test, ray, lightning, wandb and hpo extras"
+pip_ install -q -e '.[test,ray,lightning,wandb,hpo]' >&2
 swap_pillow
 
 # ---------------------------------------------------------------- 5. summary

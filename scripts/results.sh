@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every figure in results/ on this machine (about 80 minutes on 2 cores).
+# Regenerate every figure in results/ on this machine (about 95 minutes on 2 cores).
 # Run with nothing else busy: the figures are rates, and a shared CPU lowers them.
 #   bash scripts/results.sh            (after `make venv`)
 set -euo pipefail
@@ -22,6 +22,7 @@ raw=$(mktemp --suffix .json)
 .venv/bin/python scripts/fidelity.py "$OUT"   # every pipeline's PSNR against the written order's reference
 .venv/bin/python scripts/lightning_vs_fit.py "$OUT"   # the Lightning example and training.fit, same settings (~3 min)
 .venv/bin/python scripts/resume_timing.py "$OUT"   # a mid-epoch restore against an epoch start and a replay (~8 min)
+.venv/bin/python scripts/hpo_sample.py "$OUT"   # the Optuna search of 8 trials, one killed and resumed (~15 min)
 "$FB" tune --model resnet18 --device cpu --budget-s 300 --out "$OUT"
 "$FB" tune --model resnet18 --device cpu --exhaustive --budget-s 1200 --out "$OUT"   # checks the pick against the grid
 .venv/bin/python scripts/ray_vs_dataloader.py 5 "$OUT"   # needs the ray extra (make venv installs it)

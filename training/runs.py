@@ -12,7 +12,7 @@ import contextlib
 import shlex
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from feeding.errors import FeedError
@@ -84,24 +84,31 @@ def choose_run_dir(out: str | None, base: str, resume: bool, folds: bool) -> tup
     resumed one the run of the series with the newest ``last.pt``. An explicit ``out`` that holds
     a run is refused unless ``resume``.
     """
+    kind = f"fold*/{LAST}" if folds else LAST
+    return choose_directory(out, base, resume, run_files, lambda d: _resume_mtime(d, folds), f"run with a {kind}")
+
+
+def choose_directory(out: str | None, base: str, resume: bool, holds: Callable[[Path], list[str]],
+                     saved_at: Callable[[Path], float | None], resumable: str) -> tuple[Path, str]:
+    """``choose_run_dir`` for any kind of run: ``holds(d)`` lists what marks ``d`` as holding one,
+    ``saved_at(d)`` says when the one in ``d`` last saved what a resume reads (None: nothing), and
+    ``resumable`` names that in the message when there is none ("run with a last.pt")."""
     if out is not None:
         directory = Path(out)
-        found = run_files(directory)
+        found = holds(directory)
         if found and not resume:
             raise RunDirectoryError(f"{directory} already holds a run ({', '.join(found[:3])}); pass --resume "
                                     "to continue it, or another --out for a new run")
         return directory, f"run directory: {directory}"
     base_dir = Path(base)
     if resume:
-        candidates = [(mtime, d) for d in _existing_series(base_dir)
-                      if (mtime := _resume_mtime(d, folds)) is not None]
+        candidates = [(mtime, d) for d in _existing_series(base_dir) if (mtime := saved_at(d)) is not None]
         if not candidates:
-            kind = f"fold*/{LAST}" if folds else LAST
-            raise RunDirectoryError(f"--resume: no run with a {kind} in {base_dir} or {base_dir}-N to continue; "
+            raise RunDirectoryError(f"--resume: no {resumable} in {base_dir} or {base_dir}-N to continue; "
                                     "pass --out DIR to name the run")
         directory = max(candidates)[1]
         return directory, f"run directory: {directory} (resuming the newest run of {base_dir}*)"
-    directory = next(d for d in _series(base_dir) if not run_files(d))
+    directory = next(d for d in _series(base_dir) if not holds(d))
     why = "" if directory == base_dir else f" ({base_dir} holds an earlier run; --out names another)"
     return directory, f"run directory: {directory}{why}"
 
@@ -109,7 +116,7 @@ def choose_run_dir(out: str | None, base: str, resume: bool, folds: bool) -> tup
 # ---------------------------------------------------------------- Ctrl-C
 
 
-def resume_command(argv: list[str], run_dir: Path) -> str:
+def resume_command(argv: list[str], run_dir: Path, program: str = "training.fit") -> str:
     """The command line that continues this run: ``argv`` with ``--resume --out run_dir``."""
     kept, skip_value = [], False
     for arg in argv:
@@ -119,7 +126,7 @@ def resume_command(argv: list[str], run_dir: Path) -> str:
             skip_value = True
         elif arg != "--resume" and not arg.startswith("--out="):
             kept.append(arg)
-    return shlex.join(["python", "-m", "training.fit", *kept, "--resume", "--out", str(run_dir)])
+    return shlex.join(["python", "-m", program, *kept, "--resume", "--out", str(run_dir)])
 
 
 @contextlib.contextmanager

@@ -35,9 +35,11 @@ from training.runs import RunInterrupted, RunPreempted, sigterm_requests
 from training.step import StepConfig, TrainStep, create_optimizer, step_settings
 
 
-def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict:
+def fit_run(config: FitConfig, split: tuple | None = None, samples=None, on_epoch=None) -> dict:
     """One run in ``config.out``; ``split``: (train, val) indices (a fold), default a person-level
-    split; ``samples``: the data set, if already listed. Returns the summary (OUT/summary.json)."""
+    split; ``samples``: the data set, if already listed; ``on_epoch(epoch, macro_f1)`` (0-based epoch):
+    called on rank 0 after each epoch is validated and saved (``training.hpo`` reports to its pruner
+    there; what it raises ends the run, the feeders closed). Returns the summary (OUT/summary.json)."""
     samples = load_samples(config) if samples is None else samples
     recommendation = load_recommendation(config, samples) if config.follows_recommendation else None
     config = resolve_feed(config, recommendation)
@@ -50,14 +52,14 @@ def fit_run(config: FitConfig, split: tuple | None = None, samples=None) -> dict
         for note in prediction_notes(config, step, recommendation):
             print(note)
     predicted = applicable_predicted_rate(config, step, recommendation)
-    progress, feeds = train_on_feeds(config, step, samples.classes, train, val, predicted, ctx, device)
+    progress, feeds = train_on_feeds(config, step, samples.classes, train, val, predicted, ctx, device, on_epoch)
     summary = run_summary(config, step, samples, train, val, feeds, progress, predicted, ctx)
     distributed.teardown(ctx)
     return summary
 
 
 def train_on_feeds(config: FitConfig, step: StepConfig, classes, train, val, predicted: float | None, ctx,
-                   device) -> tuple[Progress, tuple]:
+                   device, on_epoch=None) -> tuple[Progress, tuple]:
     """The feeds built, trained on and closed, under the step's settings (cudnn.benchmark, the CPU
     threads; restored after); (the progress, the closed feeds)."""
     with step_settings(step, device, trainer_threads(config, ctx, device)):
@@ -68,7 +70,8 @@ def train_on_feeds(config: FitConfig, step: StepConfig, classes, train, val, pre
         try:
             # The model lives in train_epochs alone: it is gone before the process group is left
             # (DDP's teardown under a live reducer aborts).
-            progress = train_epochs(config, step, classes, train.labels, train_feed, val_feed, predicted, ctx, device)
+            progress = train_epochs(config, step, classes, train.labels, train_feed, val_feed, predicted, ctx, device,
+                                    on_epoch)
         finally:
             train_feed.feeder.close()
             val_feed.feeder.close()
@@ -109,7 +112,7 @@ def build_training(config: FitConfig, step: StepConfig, num_classes: int, train_
 
 
 def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, train_feed, val_feed,
-                 predicted: float | None, ctx, device) -> Progress:
+                 predicted: float | None, ctx, device, on_epoch=None) -> Progress:
     """Train (each batch a ``TrainStep`` of ``step``) and validate every epoch left (resumed from
     OUT/last.pt with ``config.resume``, at the update it holds), until the plan or early stopping ends
     it; a step checkpoint every ``config.checkpoint_every`` updates. A Ctrl-C raises ``RunInterrupted``
@@ -156,6 +159,8 @@ def train_epochs(config: FitConfig, step: StepConfig, classes, train_labels, tra
                     save_state(out, config, classes, distributed.unwrap(model), optimizer, scheduler, progress,
                                ranks, step)
                     print(epoch_line(epoch, config.epochs, stats, metrics, predicted), flush=True)
+                    if on_epoch is not None:
+                        on_epoch(epoch, metrics.macro_f1)
                 if distributed.any_flag(sigterm(), ctx, device) and epoch + 1 < config.epochs:
                     raise RunPreempted(out, out, f"epoch {epoch + 1}")
                 if distributed.broadcast_flag(stop, ctx, device):  # the same decision on every rank

@@ -343,6 +343,7 @@ class HostFeeder(Feeder):
         self._stream_keys = EpochStream(len(samples), config)
         self._stream: Iterator[WorkerBatch] | None = None  # batches over epochs, while the workers run
         self._stream_at = (0, 0)  # the (epoch, batch number) the stream delivers next
+        self._workers_stuck = False  # a worker missed worker_timeout_s: close() kills, not asks
         self._data_loader: DataLoader | None = None
         self._threads: ThreadBatches | None = None
         if self.executor != "process":
@@ -457,6 +458,7 @@ class HostFeeder(Feeder):
             except (BadImageError, FeedError):
                 raise
             except RuntimeError as error:
+                self._workers_stuck = "timed out" in str(error)
                 raise _explain_worker_failure(error, self.config) from error
             if batch.images is None:  # on_bad="fail": the worker reports the file instead of raising
                 raise BadImageError(batch.skipped[0].path, batch.skipped[0].reason)
@@ -471,6 +473,16 @@ class HostFeeder(Feeder):
         loader, self._data_loader = self._data_loader, None
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            if self._workers_stuck and getattr(iterator, "_worker_pids_set", False):
+                # torch would wait on each for seconds first, and they would never answer. Its SIGCHLD
+                # watch of these workers goes first, or their death is raised as a worker crash.
+                from torch.utils.data._utils import signal_handling
+
+                signal_handling._remove_worker_pids(id(iterator))
+                iterator._worker_pids_set = False
+                for worker in getattr(iterator, "_workers", ()):
+                    if worker.is_alive():
+                        worker.kill()
             iterator._shutdown_workers()
             for worker in getattr(iterator, "_workers", ()):  # a stuck one ignores the SIGTERM it was sent
                 if worker.is_alive():

@@ -1,0 +1,5 @@
+import sys
+
+from training.hpo.cli import main
+
+sys.exit(main())
