@@ -58,20 +58,37 @@ def trials_in(storage: Path) -> list:
         return []
 
 
+TRIAL_STATES = ("SELECT t.number, t.state, COUNT(v.step) FROM trials t LEFT JOIN trial_intermediate_values v "
+                "ON v.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number")
+
+
+def trial_states(storage: Path) -> list[tuple[int, str, int]]:
+    """(number, state, epochs reported) of each trial, read-only: opening the storage with Optuna while the
+    study's own process is creating it would race its table creation."""
+    import contextlib
+    import sqlite3
+
+    if not storage.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{storage}?mode=ro", uri=True)) as db:
+            return db.execute(TRIAL_STATES).fetchall()
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return []
+
+
 def run_killed(out: Path, args) -> dict:
     """Start the study, SIGKILL it once 2 trials have finished and the next has reported an epoch."""
-    from optuna.trial import TrialState
-
     started = time.perf_counter()
     process = subprocess.Popen(hpo_command(out, args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while process.poll() is None:
-        trials = trials_in(out / "study.db")
-        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        trials = trial_states(out / "study.db")
+        finished = [t for t in trials if t[1] in ("COMPLETE", "PRUNED")]
+        running = [t for t in trials if t[1] == "RUNNING" and t[2]]
         if len(finished) >= 2 and running:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            return {"killed_in_trial": running[0].number, "killed_after_epochs": len(running[0].intermediate_values),
+            return {"killed_in_trial": running[0][0], "killed_after_epochs": running[0][2],
                     "seconds_before_kill": time.perf_counter() - started,
                     "before": [trial_row(t) for t in trials_in(out / "study.db")]}
         time.sleep(0.5)

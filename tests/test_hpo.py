@@ -176,14 +176,31 @@ def study_trials(storage: Path):
         return []
 
 
-def kill_once_a_trial_is_done_and_the_next_is_training(process: subprocess.Popen, storage: Path) -> None:
-    from optuna.trial import TrialState
+TRIAL_STATES = ("SELECT t.number, t.state, COUNT(v.step) FROM trials t LEFT JOIN trial_intermediate_values v "
+                "ON v.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number")
 
+
+def trial_states(storage: Path) -> list[tuple[int, str, int]]:
+    """(number, state, epochs reported) of each trial, read-only: opening the storage with Optuna while the
+    study's own process is creating it would race its table creation."""
+    import contextlib
+    import sqlite3
+
+    if not storage.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{storage}?mode=ro", uri=True)) as db:
+            return db.execute(TRIAL_STATES).fetchall()
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return []
+
+
+def kill_once_a_trial_is_done_and_the_next_is_training(process: subprocess.Popen, storage: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        trials = study_trials(storage)
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and t.intermediate_values for t in trials):
+        trials = trial_states(storage)
+        if any(state == "COMPLETE" for _, state, _ in trials) and any(
+                state == "RUNNING" and epochs for _, state, epochs in trials):
             process.send_signal(signal.SIGKILL)
             process.communicate(timeout=30)
             return
@@ -222,3 +239,59 @@ def test_a_study_killed_mid_trial_resumes_without_repeating_finished_trials(data
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["trials_finished"] == 3 and summary["counts"]["interrupted"] == 1
     assert not list((out / "trial-001").glob("**/*.pt"))
+
+
+_interrupting = []
+
+
+def interrupting_net(num_classes: int):
+    """Ctrl-C while the second trial builds its model (the first time a process gets that far), then tiny_net."""
+    from tests.test_training_fit import tiny_net
+
+    _interrupting.append(num_classes)
+    if len(_interrupting) == 2:
+        raise KeyboardInterrupt
+    return tiny_net(num_classes)
+
+
+def terminated_net(num_classes: int):
+    """SIGTERM to this process while the second trial builds its model, as a scheduler sends it."""
+    import os
+
+    from tests.test_training_fit import tiny_net
+
+    _interrupting.append(num_classes)
+    if len(_interrupting) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return tiny_net(num_classes)
+
+
+def test_sigterm_stops_the_study_as_ctrl_c_does_with_exit_143(data, tmp_path, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "study"
+    _interrupting.clear()
+    assert main(hpo_args(data, out, write_search(tmp_path / "search.yaml", "tests.test_hpo:terminated_net"),
+                         "--pruner", "none", trials=2)) == 143
+    assert "training.hpo: stopped by SIGTERM in trial 1 (it runs again on resume)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the study's handler is gone with it
+    assert [t.user_attrs.get("interrupted", False) for t in study_trials(out / "study.db")] == [False, True]
+
+
+def test_ctrl_c_loses_only_the_running_trial_and_prints_the_resume_that_runs_it_again(data, tmp_path, capsys):
+    from optuna.trial import TrialState
+
+    out = tmp_path / "study"
+    args = hpo_args(data, out, write_search(tmp_path / "search.yaml", "tests.test_hpo:interrupting_net"),
+                    "--pruner", "none", trials=2)
+    _interrupting.clear()
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "training.hpo: stopped by Ctrl-C in trial 1 (it runs again on resume)" in err
+    assert "keeps 1 finished trials" in err and "Traceback" not in err
+    resume = shlex.split(err.split("(resume: ", 1)[1].rsplit(")", 1)[0])
+    assert resume[:3] == ["python", "-m", "training.hpo"] and resume[-3:] == ["--resume", "--out", str(out)]
+    assert (out / "report.md").is_file()  # written on the way out
+    assert main(resume[3:]) == 0
+    trials = study_trials(out / "study.db")
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["interrupted"] and trials[2].params == trials[1].params

@@ -135,7 +135,9 @@ def sigterm_requests():
     that the training loop can checkpoint at its next update and stop. Outside the main thread (where
     Python cannot take signals) the flag is never set."""
     asked = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or getattr(
+            signal.getsignal(signal.SIGTERM), "stops_at_once", False):
+        # (a caller's handler marked stops_at_once, training.hpo's, ends the run itself: it stays)
         yield asked.is_set
         return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked.set())

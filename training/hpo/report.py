@@ -40,7 +40,9 @@ def write_report(study, out: Path, config, plan, space, url: str, seconds: float
     best = best_trial(study)
     counts = {state: sum(t["state"] == state for t in trials) for state in ("complete", "pruned", "fail")}
     counts["interrupted"] = sum(t["interrupted"] for t in trials)
-    summary = {"study": config.study_name, "storage": display_text(url), "trials_asked": config.trials,
+    from training.hpo.study import shown_storage
+
+    summary = {"study": config.study_name, "storage": display_text(shown_storage(url)), "trials_asked": config.trials,
                "trials_finished": len(finished_trials(study)), "counts": counts, "seconds_this_run": seconds,
                "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
                                                   "command": best.user_attrs.get("command")},
@@ -86,6 +88,7 @@ def draw_plots(study, directory: Path) -> dict[str, str | None]:
         figure = getattr(axes, "figure", None) or axes.flat[0].figure
         if name == "intermediate":
             axes.set_xlabel("step: epoch - 1 (with K folds: fold * epochs + epoch - 1)")
+            axes.set_ylabel("val macro-F1")
         if not figure.axes or not any(ax.has_data() for ax in figure.axes):
             outcome[name] = "not drawn: too few complete trials"
         else:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -96,6 +99,11 @@ def storage_url(config: HpoConfig, out: Path) -> str:
                else "no write permission")
         raise HpoError(f"cannot write the study storage {path}: {why}")
     return f"sqlite:///{path.resolve()}"
+
+
+def shown_storage(url: str) -> str:
+    """An SQLite URL as its file's path; another URL as it is."""
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
 
 
 def open_storage(url: str):
@@ -208,10 +216,9 @@ def requeue_interrupted(study, out: Path) -> list[int]:
             storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             drop_checkpoints(out / trial_dir_name(trial.number))
-    queued = {t.user_attrs.get("retry_of") for t in study.trials if t.state == TrialState.WAITING}
-    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}  # queued (waiting) or run already
     for trial in study.get_trials(deepcopy=False):
-        if trial.state == TrialState.FAIL and is_interrupted(trial) and trial.number not in retried | queued:
+        if trial.state == TrialState.FAIL and is_interrupted(trial) and trial.number not in retried:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             requeued.append(trial.number)
     return requeued
@@ -228,8 +235,6 @@ def objective(plan: TrialPlan, space: SearchSpace, out: Path):
     """Optuna's objective: draw, train with training.fit's loop, report each epoch, score."""
     import optuna
 
-    from training.runs import RunPreempted
-
     def run(trial) -> float:
         values = space.suggest(trial)
         trial_dir = out / trial_dir_name(trial.number)
@@ -245,9 +250,6 @@ def objective(plan: TrialPlan, space: SearchSpace, out: Path):
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
-        except RunPreempted:  # SIGTERM inside an epoch: the trial stops; it is lost, the study is kept
-            trial.set_user_attr("interrupted", True)
-            raise StudyInterrupted(out, "", trial.number, 0, "SIGTERM") from None
         except Exception as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")
             raise
@@ -356,7 +358,7 @@ def run_study(config: HpoConfig, pruner=None) -> dict:
         plan = trial_plan(config, space)
         check_spec_fits(space, plan.spec)
         url = storage_url(config, out)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        quiet_optuna()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study = open_study(config, open_storage(url), url, study_settings(plan, space),
@@ -368,15 +370,65 @@ def run_study(config: HpoConfig, pruner=None) -> dict:
         print(start_line(study, config, plan, space, left, requeued), flush=True)
         started = time.monotonic()
         try:
-            if left > 0:
-                study.optimize(objective(plan, space, out), n_trials=left, timeout=config.timeout_s,
-                               catch=(Exception,), callbacks=[announce(config.trials)], gc_after_trial=True)
-        except KeyboardInterrupt as stop:
+            with sigterm_stops_the_study() as terminated:
+                if left > 0:
+                    study.optimize(objective(plan, space, out), n_trials=left, timeout=config.timeout_s,
+                                   catch=(Exception,), callbacks=[announce(config.trials)], gc_after_trial=True)
+        except KeyboardInterrupt:
             running = [t.number for t in study.trials if is_interrupted(t) and t.number not in requeued]
             write_report(study, out, config, plan, space, url, time.monotonic() - started)
-            raise StudyInterrupted(out, url, running[-1] if running else None, len(finished_trials(study)),
-                                   getattr(stop, "signal", "Ctrl-C")) from None
+            raise StudyInterrupted(out, shown_storage(url), running[-1] if running else None,
+                                   len(finished_trials(study)), "SIGTERM" if terminated.is_set() else "Ctrl-C") \
+                from None
         return write_report(study, out, config, plan, space, url, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def sigterm_stops_the_study():
+    """While inside, a SIGTERM stops the study as a Ctrl-C does (the running trial is lost, the finished
+    ones are in the storage): a trial does not checkpoint, so there is nothing to wait for. The event
+    yielded says whether it came. training.fit's loop leaves this handler in place (``stops_at_once``)."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum, frame) -> None:
+        received.set()
+        raise KeyboardInterrupt
+
+    stop.stops_at_once = True
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as a failure: a traceback, then 'Trial N failed with value
+    None.'; training.hpo says it in one line, so both are left out (a real failure keeps them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[str] = set()  # "Trial N" of the trials a Ctrl-C stopped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trial = " ".join(str(record.msg).split()[:2])
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted.add(trial)
+            return False
+        return not (trial in self.interrupted and "failed with value" in str(record.msg))
+
+
+def quiet_optuna() -> None:
+    """Optuna's warnings only (training.hpo prints each trial's outcome), without a Ctrl-C's traceback."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
+            handler.addFilter(_NoInterruptTraceback())
 
 
 def start_line(study, config: HpoConfig, plan: TrialPlan, space: SearchSpace, left: int, requeued: list[int]) -> str:
