@@ -47,42 +47,14 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def trials_in(storage: Path) -> list:
-    import optuna
-
-    if not storage.exists():
-        return []
-    try:
-        return optuna.load_study(study_name="feedbench-hpo", storage=f"sqlite:///{storage}").trials
-    except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
-        return []
-
-
-TRIAL_STATES = ("SELECT t.number, t.state, COUNT(v.step) FROM trials t LEFT JOIN trial_intermediate_values v "
-                "ON v.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number")
-
-
-def trial_states(storage: Path) -> list[tuple[int, str, int]]:
-    """(number, state, epochs reported) of each trial, read-only: opening the storage with Optuna while the
-    study's own process is creating it would race its table creation."""
-    import contextlib
-    import sqlite3
-
-    if not storage.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{storage}?mode=ro", uri=True)) as db:
-            return db.execute(TRIAL_STATES).fetchall()
-    except sqlite3.Error:  # not created yet, or locked for a moment
-        return []
-
-
 def run_killed(out: Path, args) -> dict:
     """Start the study, SIGKILL it once 2 trials have finished and the next has reported an epoch."""
+    from training.hpo.study import stored_trials, trial_progress
+
     started = time.perf_counter()
     process = subprocess.Popen(hpo_command(out, args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while process.poll() is None:
-        trials = trial_states(out / "study.db")
+        trials = trial_progress(out / "study.db")
         finished = [t for t in trials if t[1] in ("COMPLETE", "PRUNED")]
         running = [t for t in trials if t[1] == "RUNNING" and t[2]]
         if len(finished) >= 2 and running:
@@ -90,7 +62,7 @@ def run_killed(out: Path, args) -> dict:
             process.wait()
             return {"killed_in_trial": running[0][0], "killed_after_epochs": running[0][2],
                     "seconds_before_kill": time.perf_counter() - started,
-                    "before": [trial_row(t) for t in trials_in(out / "study.db")]}
+                    "before": [trial_row(t) for t in stored_trials(out / "study.db")]}
         time.sleep(0.5)
     sys.exit(f"the study ended before it could be killed:\n{process.stderr.read()[-3000:]}")
 
@@ -102,6 +74,8 @@ def trial_row(trial) -> dict:
 
 
 def measure(args, out_dir: Path) -> dict:
+    from training.hpo.study import stored_trials
+
     with tempfile.TemporaryDirectory() as scratch:
         whole, killed = Path(scratch) / "whole", Path(scratch) / "killed"
         seconds = run(hpo_command(whole, args))
@@ -111,7 +85,7 @@ def measure(args, out_dir: Path) -> dict:
                 shutil.copyfile(whole / "plots" / f"{name}.png", out_dir / f"hpo-sample-{name}.png")
         kill = run_killed(killed, args)
         kill["resume_seconds"] = run([*hpo_command(killed, args), "--resume"])
-        kill["after"] = [trial_row(t) for t in trials_in(killed / "study.db")]
+        kill["after"] = [trial_row(t) for t in stored_trials(killed / "study.db")]
         best = dict(summary["best"])
         command = best["command"].replace(str(whole / "best"), str(Path(scratch) / "best-again"))
         reproduce_seconds = run([sys.executable, *shlex.split(command)[1:]])

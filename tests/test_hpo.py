@@ -20,6 +20,7 @@ from training.config import FitConfig  # noqa: E402
 from training.hpo import HpoConfig, run_study  # noqa: E402
 from training.hpo.cli import main  # noqa: E402
 from training.hpo.space import SearchSpaceError, default_space, load_search_file, parse_space  # noqa: E402
+from training.hpo.study import stored_trials, trial_progress  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_training_fit:tiny_net"
@@ -167,38 +168,10 @@ def test_a_pruned_trial_stops_after_the_epoch_the_pruner_judged(data, tmp_path):
 # ---------------------------------------------------------------- kill and resume
 
 
-def study_trials(storage: Path):
-    if not storage.exists():
-        return []
-    try:
-        return optuna.load_study(study_name="feedbench-hpo", storage=f"sqlite:///{storage}").trials
-    except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
-        return []
-
-
-TRIAL_STATES = ("SELECT t.number, t.state, COUNT(v.step) FROM trials t LEFT JOIN trial_intermediate_values v "
-                "ON v.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number")
-
-
-def trial_states(storage: Path) -> list[tuple[int, str, int]]:
-    """(number, state, epochs reported) of each trial, read-only: opening the storage with Optuna while the
-    study's own process is creating it would race its table creation."""
-    import contextlib
-    import sqlite3
-
-    if not storage.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{storage}?mode=ro", uri=True)) as db:
-            return db.execute(TRIAL_STATES).fetchall()
-    except sqlite3.Error:  # not created yet, or locked for a moment
-        return []
-
-
 def kill_once_a_trial_is_done_and_the_next_is_training(process: subprocess.Popen, storage: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        trials = trial_states(storage)
+        trials = trial_progress(storage)
         if any(state == "COMPLETE" for _, state, _ in trials) and any(
                 state == "RUNNING" and epochs for _, state, epochs in trials):
             process.send_signal(signal.SIGKILL)
@@ -218,7 +191,7 @@ def test_a_study_killed_mid_trial_resumes_without_repeating_finished_trials(data
     process = subprocess.Popen([sys.executable, "-m", "training.hpo", *args], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     kill_once_a_trial_is_done_and_the_next_is_training(process, out / "study.db")
-    before = {t.number: t for t in study_trials(out / "study.db")}
+    before = {t.number: t for t in stored_trials(out / "study.db")}
     assert before[0].state == TrialState.COMPLETE and before[1].state == TrialState.RUNNING
 
     assert main(hpo_args(data, out, search, "--pruner", "none")) == 2  # a study there: --resume, or another --out
@@ -230,7 +203,7 @@ def test_a_study_killed_mid_trial_resumes_without_repeating_finished_trials(data
 
     assert main([*args, "--resume"]) == 0
     assert "trial 1 was interrupted and runs again" in capsys.readouterr().out
-    after = study_trials(out / "study.db")
+    after = stored_trials(out / "study.db")
     assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
                                         TrialState.COMPLETE]
     assert after[0].value == before[0].value and after[0].datetime_complete == before[0].datetime_complete
@@ -274,7 +247,7 @@ def test_sigterm_stops_the_study_as_ctrl_c_does_with_exit_143(data, tmp_path, ca
                          "--pruner", "none", trials=2)) == 143
     assert "training.hpo: stopped by SIGTERM in trial 1 (it runs again on resume)" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # the study's handler is gone with it
-    assert [t.user_attrs.get("interrupted", False) for t in study_trials(out / "study.db")] == [False, True]
+    assert [t.user_attrs.get("interrupted", False) for t in stored_trials(out / "study.db")] == [False, True]
 
 
 def test_ctrl_c_loses_only_the_running_trial_and_prints_the_resume_that_runs_it_again(data, tmp_path, capsys):
@@ -292,6 +265,6 @@ def test_ctrl_c_loses_only_the_running_trial_and_prints_the_resume_that_runs_it_
     assert resume[:3] == ["python", "-m", "training.hpo"] and resume[-3:] == ["--resume", "--out", str(out)]
     assert (out / "report.md").is_file()  # written on the way out
     assert main(resume[3:]) == 0
-    trials = study_trials(out / "study.db")
+    trials = stored_trials(out / "study.db")
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].user_attrs["interrupted"] and trials[2].params == trials[1].params

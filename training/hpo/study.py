@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from feeding.errors import FeedError
-from training.hpo.config import DEFAULT_OUT, STUDY_FILE, HpoConfig
+from training.hpo.config import DEFAULT_OUT, DEFAULT_STUDY, STUDY_FILE, HpoConfig
 from training.hpo.space import SearchSpace, check_models, default_space, load_search_file
 from training.hpo.trial import TrialPlan, base_spec, check_spec_fits, drop_checkpoints, fit_command, train_trial
 from training.hpo.trial import trial_config
@@ -115,6 +115,37 @@ def open_storage(url: str):
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as error:
         raise HpoError(f"cannot open the study storage {url}: {str(error).splitlines()[0]}") from None
 
+
+TRIAL_PROGRESS = ("SELECT t.number, t.state, COUNT(v.step) FROM trials t LEFT JOIN trial_intermediate_values v "
+                  "ON v.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number")
+
+
+def trial_progress(storage: Path) -> list[tuple[int, str, int]]:
+    """(number, state, epochs reported) of each trial of the SQLite study file ``storage``, read-only, for
+    watching a study from another process: opening it with Optuna while the study's own process is
+    creating it races its table creation. Empty until the study has its tables."""
+    import sqlite3
+
+    if not Path(storage).exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{storage}?mode=ro", uri=True)) as db:
+            return db.execute(TRIAL_PROGRESS).fetchall()
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return []
+
+
+def stored_trials(storage: Path, study_name: str = DEFAULT_STUDY) -> list:
+    """The trials (Optuna's FrozenTrials) of the study in the SQLite file ``storage``; empty where there is
+    none yet. For a study whose process has ended or has its tables (``trial_progress`` otherwise)."""
+    import optuna
+
+    if not Path(storage).exists():
+        return []
+    try:
+        return optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage}").trials
+    except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
+        return []
 
 # ---------------------------------------------------------------- the study and its settings
 
