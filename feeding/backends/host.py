@@ -480,14 +480,17 @@ class HostFeeder(Feeder):
 
                 signal_handling._remove_worker_pids(id(iterator))
                 iterator._worker_pids_set = False
-                for worker in getattr(iterator, "_workers", ()):
-                    if worker.is_alive():
-                        worker.kill()
+                _kill_live_workers(iterator)
             iterator._shutdown_workers()
-            for worker in getattr(iterator, "_workers", ()):  # a stuck one ignores the SIGTERM it was sent
-                if worker.is_alive():
-                    worker.kill()
+            _kill_live_workers(iterator)  # a stuck one ignores the SIGTERM it was sent
+        self._workers_stuck = False  # the next epoch's workers are new
         self.dataset.transform.close()  # the main process's library settings, as they were
+
+
+def _kill_live_workers(iterator) -> None:
+    for worker in getattr(iterator, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
 
 
 def _explain_worker_failure(error: RuntimeError, config: FeedConfig) -> Exception:

@@ -108,8 +108,9 @@ def cell(value) -> str:
     return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def shown(params: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+def shown(params: dict, separator: str = ", ") -> str:
+    """A trial's values as 'lr=0.0012, loss=focal' (floats to 4 significant digits)."""
+    return separator.join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def outcome(trial: dict, epochs: int) -> str:

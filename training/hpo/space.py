@@ -12,7 +12,6 @@ of the training spec's Rotate, RandomResizedCrop and ColorJitter (``training.hpo
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ class Setting:
     """One parameter a search may set: a number within [minimum, maximum] or one of ``choices``."""
 
     kind: str  # "float" or "choice"
-    help: str
     minimum: float | None = None
     maximum: float | None = None
     open_maximum: bool = False
@@ -39,18 +37,18 @@ class Setting:
 
 
 PARAMETERS: dict[str, Setting] = {
-    "model": Setting("choice", "timm model name or package.module:factory"),
-    "optimizer": Setting("choice", "timm optimizer", choices=OPTIMIZERS),
-    "lr": Setting("float", "peak learning rate", minimum=0.0),
-    "weight_decay": Setting("float", "the optimizer's weight decay", minimum=0.0),
-    "scheduler": Setting("choice", "lr schedule", choices=SCHEDULERS),
-    "warmup_epochs": Setting("float", "epochs of linear warm-up", minimum=0.0),
-    "loss": Setting("choice", "training loss", choices=LOSSES),
-    "label_smoothing": Setting("float", "label smoothing (ce and weighted_ce only)", 0.0, 1.0, open_maximum=True),
-    "focal_gamma": Setting("float", "focal loss exponent (focal only)", minimum=0.0),
-    "rotation": Setting("float", "the spec's Rotate: degrees either way", 0.0, 180.0),
-    "crop_scale": Setting("float", "the spec's RandomResizedCrop: smallest area fraction", 0.0, 1.0),
-    "jitter": Setting("float", "the spec's ColorJitter: brightness, contrast and saturation", 0.0, 1.0),
+    "model": Setting("choice"),  # timm model name or package.module:factory
+    "optimizer": Setting("choice", choices=OPTIMIZERS),  # timm optimizer
+    "lr": Setting("float", minimum=0.0),  # peak learning rate
+    "weight_decay": Setting("float", minimum=0.0),  # the optimizer's weight decay
+    "scheduler": Setting("choice", choices=SCHEDULERS),  # lr schedule
+    "warmup_epochs": Setting("float", minimum=0.0),  # epochs of linear warm-up
+    "loss": Setting("choice", choices=LOSSES),  # training loss
+    "label_smoothing": Setting("float", 0.0, 1.0, open_maximum=True),  # label smoothing (ce and weighted_ce only)
+    "focal_gamma": Setting("float", minimum=0.0),  # focal loss exponent (focal only)
+    "rotation": Setting("float", 0.0, 180.0),  # the spec's Rotate: degrees either way
+    "crop_scale": Setting("float", 0.0, 1.0),  # the spec's RandomResizedCrop: smallest area fraction
+    "jitter": Setting("float", 0.0, 1.0),  # the spec's ColorJitter: brightness, contrast and saturation
 }
 STRICTLY_POSITIVE = ("lr", "crop_scale")  # zero is no learning rate, and no crop
 CONDITIONS = {"label_smoothing": ("ce", "weighted_ce"), "focal_gamma": ("focal",)}  # drawn for these losses
@@ -124,9 +122,6 @@ class SearchSpace:
     def record(self) -> dict:
         """JSON-safe, in a fixed order: two spaces are the same search where their records are equal."""
         return {name: self.params[name].record() for name in SUGGEST_ORDER if name in self.params}
-
-    def fingerprint(self) -> str:
-        return json.dumps(self.record(), sort_keys=True)
 
     def searched(self) -> list[str]:
         """The parameters with more than one value."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from feeding.errors import FeedError
 from training.hpo.config import DEFAULT_OUT, DEFAULT_STUDY, STUDY_FILE, HpoConfig
+from training.hpo.report import shown
 from training.hpo.space import SearchSpace, check_models, default_space, load_search_file
 from training.hpo.trial import TrialPlan, base_spec, check_spec_fits, drop_checkpoints, fit_command, train_trial
 from training.hpo.trial import trial_config
@@ -147,6 +148,7 @@ def stored_trials(storage: Path, study_name: str = DEFAULT_STUDY) -> list:
     except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
         return []
 
+
 # ---------------------------------------------------------------- the study and its settings
 
 
@@ -178,24 +180,25 @@ def open_study(config: HpoConfig, storage, url: str, settings: dict, pruner):
     --resume loaded, which requires the same settings; its sampler seeded anew for the trials to come."""
     import optuna
 
+    where = shown_storage(url)
     exists = config.study_name in optuna.get_all_study_names(storage)
     if exists and not config.resume:
-        raise HpoError(f"{url} already holds the study {config.study_name!r}; pass --resume to continue it, "
+        raise HpoError(f"{where} already holds the study {config.study_name!r}; pass --resume to continue it, "
                        "or another --out / --study-name")
     if not exists and config.resume:
-        raise HpoError(f"--resume: {url} holds no study {config.study_name!r}")
+        raise HpoError(f"--resume: {where} holds no study {config.study_name!r}")
     study = optuna.create_study(storage=storage, study_name=config.study_name, direction="maximize",
                                 pruner=pruner, load_if_exists=True)
     if not exists:
         study.set_user_attr(SETTINGS_ATTR, settings)
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
-        raise HpoError(f"the study {config.study_name!r} in {url} was not made by training.hpo; pass another "
+        raise HpoError(f"the study {config.study_name!r} in {where} was not made by training.hpo; pass another "
                        "--study-name")
     differences = settings_differences(stored, settings)
     if differences:
         listed = "\n  ".join(differences)
-        raise HpoError(f"the study {config.study_name!r} in {url} was created with another search space or "
+        raise HpoError(f"the study {config.study_name!r} in {where} was created with another search space or "
                        f"settings:\n  {listed}\npass the --search and flags it was made with, or another --out")
     study.sampler = create_sampler(config, len(study.trials))
     return study
@@ -273,7 +276,7 @@ def objective(plan: TrialPlan, space: SearchSpace, out: Path):
         trial.set_user_attr("command", fit_command(config, plan.folds, str(out / "best")))
         retry = trial.user_attrs.get("retry_of")
         print(f"== trial {trial.number}{f' (again: trial {retry} was interrupted)' if retry is not None else ''}: "
-              f"{shown_values(values)}", flush=True)
+              f"{shown(values, ' ')}", flush=True)
         try:
             return train_trial(plan, config, pruning_reporter(trial, plan))
         except optuna.TrialPruned:
@@ -306,10 +309,6 @@ def pruning_reporter(trial, plan: TrialPlan):
             raise optuna.TrialPruned(f"pruned after {where}: val macro-F1 {macro_f1:.4f}")
 
     return report
-
-
-def shown_values(values: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
 def announce(total: int):
