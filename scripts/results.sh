@@ -20,6 +20,7 @@ raw=$(mktemp --suffix .json)
 "$FB" data inspect "$sample" --out "$OUT"
 "$FB" compare --out "$OUT"
 .venv/bin/python scripts/fidelity.py "$OUT"   # every pipeline's PSNR against the written order's reference
+.venv/bin/python scripts/antialias_budget.py "$OUT"   # each way to antialias: its cost, ceilings and PSNR (~1 min)
 .venv/bin/python scripts/lightning_vs_fit.py "$OUT"   # the Lightning example and training.fit, same settings (~3 min)
 .venv/bin/python scripts/resume_timing.py "$OUT"   # a mid-epoch restore against an epoch start and a replay (~8 min)
 .venv/bin/python scripts/hpo_sample.py "$OUT"   # the Optuna search of 8 trials, one killed and resumed (~15 min)
