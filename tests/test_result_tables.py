@@ -64,3 +64,32 @@ def test_a_regime_row_is_right_only_when_name_regime_and_loop_agree(multiple, na
     row = regimes.row("sample", "sim:240", multiple, record)
     assert row["right"] is right
     assert row["error"] == pytest.approx(-0.1) and row["within_tolerance"]
+
+
+def test_antialias_budget_scores_the_shipped_path_as_the_fidelity_table_does(tmp_path):
+    budget = _script("antialias_budget")
+    from bench.fidelity import measure
+
+    assert budget.main([str(tmp_path), "--images", "4", "--rounds", "3"]) == 0
+    report = json.loads(next(tmp_path.glob("antialias-budget-*c.json")).read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == [way.name for way in budget.WAYS]
+    assert rows["decode only"]["ceiling_x_decode_only"] == 1.0 and "sample" not in rows["decode only"]
+    # The shipped row is feedbench's own transform: the fidelity table's albumentations score on the same files.
+    scored = measure(budget.sample_files(4), budget.SPEC, names=("feedbench albumentations",))[0]
+    assert rows["feedbench (shipped)"]["sample"]["median_db"] == pytest.approx(scored["median_db"])
+    # The filter is what the picture needs: without it, fine detail aliases well below the target.
+    shipped, unfiltered = rows["feedbench (shipped)"]["detail"], rows["no filter"]["detail"]
+    assert unfiltered["worst_db"] < budget.TARGET[1] <= shipped["worst_db"]
+    md = next(tmp_path.glob("antialias-budget-*c.md")).read_text()
+    assert f"{report['budget_ms']:.2f} ms per image" in md and md.count("\n| ") == len(rows) + 1
+
+
+def test_antialias_budget_names_only_the_ways_that_meet_both_targets():
+    budget = _script("antialias_budget")
+    good = {"median_db": 40.0, "worst_db": 35.0}
+    fast = {"ceiling_x_naive": 2.6, "ceiling_x_decode_only": 0.8}
+    assert budget.meets({"sample": good, **fast}) == (True, True)
+    assert budget.meets({"sample": {"median_db": 40.0, "worst_db": 32.9}, **fast}) == (False, True)
+    assert budget.meets({"sample": good, "ceiling_x_naive": 2.6, "ceiling_x_decode_only": 0.69}) == (True, False)
+    assert budget.meets({**fast}) == (False, True)  # the floor has no picture to score

@@ -68,8 +68,10 @@ def test_the_named_bottleneck_and_the_predicted_rate_hold_end_to_end(multiple, b
         assert again["bottleneck_stage"] == bound, again["verdict"]
         record, other = sorted((record, again), key=_miss)
         assert _miss(record) <= BOUND, [(r["predicted_ips"], r["measured_ips"]) for r in (record, other)]
-    # The regime was reached: the loop trained at the feed's rate (input-bound) or the device's (model-bound).
-    expected = feed_ceiling if bound == "input" else multiple * feed_ceiling
+    # The regime was reached: the loop trained at the feed's rate (input-bound: this run's own ceiling, as
+    # the machine's speed drifts between runs; one suite run measured the fixture's at 899 and this at 1248)
+    # or at the device's (model-bound: the simulated rate, fixed).
+    expected = record["feed_ceiling_ips"] if bound == "input" else multiple * feed_ceiling
     assert record["measured_ips"] == pytest.approx(expected, rel=0.3)
     if bound == "input":  # the model waits for its input, as named
         assert record["data_wait_fraction"] > 0.2
