@@ -53,8 +53,10 @@ def _miss(record: dict) -> float:
     return abs(record["measured_ips"] / record["predicted_ips"] - 1)
 
 
-# 0.35, not 0.5: on 2 cores one worker feeds about half the ceiling, so at 0.5 a 1-worker pick is balanced
-@pytest.mark.parametrize("multiple, bound", [(2.0, "input"), (0.35, "model")])
+# 0.35, not 0.5: on 2 cores one worker feeds about half the ceiling, so at 0.5 a 1-worker pick is balanced.
+# 3, not 2: the device's rate is set from the fixture's ceiling, and this machine's speed drifts within a run
+# (one fresh-clone CI run, at 2x: the loop waited 15% of the time, so the feed ran near the device's rate).
+@pytest.mark.parametrize("multiple, bound", [(3.0, "input"), (0.35, "model")])
 def test_the_named_bottleneck_and_the_predicted_rate_hold_end_to_end(multiple, bound, feed_ceiling, sample_dir,
                                                                     tmp_path):
     device = f"sim:{_rate_at_size(feed_ceiling, multiple)}"
