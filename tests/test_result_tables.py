@@ -66,10 +66,13 @@ def test_a_regime_row_is_right_only_when_name_regime_and_loop_agree(multiple, na
     assert row["error"] == pytest.approx(-0.1) and row["within_tolerance"]
 
 
-def test_antialias_budget_scores_the_shipped_path_as_the_fidelity_table_does(tmp_path):
+def test_antialias_budget_scores_the_shipped_path_as_the_fidelity_table_does(tmp_path, sample_dir, monkeypatch):
     budget = _script("antialias_budget")
     from bench.fidelity import measure
+    from feeding import discover
 
+    photos = [str(path) for path in discover(str(sample_dir)).paths[::7]]  # the suite's small sample, not the 420
+    monkeypatch.setattr(budget, "sample_files", lambda count: photos[:count])
     assert budget.main([str(tmp_path), "--images", "4", "--rounds", "3"]) == 0
     report = json.loads(next(tmp_path.glob("antialias-budget-*c.json")).read_text())
     rows = {row["name"]: row for row in report["rows"]}
