@@ -132,6 +132,35 @@ def test_a_stuck_worker_times_out_with_a_clear_message(image_folder, executor):
     assert time.perf_counter() - started < 30
 
 
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_as_the_workers_start_leaves_no_worker_watched(image_folder, monkeypatch):
+    """A Ctrl-C reaches the workers too. One that lands while torch is starting them (after it armed its
+    SIGCHLD watch of them, before the iterator is the loader's) stops them; their exit must not then be
+    raised as a worker crash in what the main process does next (the partial report, the checkpoint)."""
+    from torch.utils.data import dataloader
+    from torch.utils.data._utils import signal_handling
+
+    started: list = []
+    reset = dataloader._MultiProcessingDataLoaderIter._reset
+
+    def interrupted(self, loader, first_iter=False):
+        if first_iter:  # the Ctrl-C, to the workers as to the main process (a terminal sends it to the group)
+            started.extend(worker.pid for worker in self._workers)
+            for worker in self._workers:
+                os.kill(worker.pid, signal.SIGINT)
+            raise KeyboardInterrupt
+        reset(self, loader, first_iter)
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_reset", interrupted)
+    config = FeedConfig(pipeline="pil", batch_size=4, workers=2, spec=AugSpec((Resize((32, 32)),)))
+    feeder = HostFeeder(discover(image_folder), config, PilTransform(config.plan, config.max_pixels))
+    with pytest.raises(KeyboardInterrupt) as stopped:  # its traceback keeps the half-started iterator alive
+        next(iter(feeder))
+    assert len(started) == 2 and stopped.traceback
+    assert [pid for pid in started if os.path.exists(f"/proc/{pid}")] == []  # stopped and reaped, no zombie
+    signal_handling._error_if_any_worker_fails()  # none is watched any more: nothing to raise
+
+
 def test_memory_check_runs_before_workers_start(image_folder, monkeypatch):
     import feeding.resources as resources
 

@@ -21,9 +21,12 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import threading
 import time
+import traceback
 import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -414,7 +417,12 @@ class HostFeeder(Feeder):
             # More workers than cores is a setting the tuner measures on purpose
             # (workers that block on I/O); torch's advice against it is noise here.
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-            return iter(self._loader())
+            try:
+                return iter(self._loader())
+            except BaseException as stop:
+                with _watch_paused():  # from here: the Ctrl-C (or fork failure) that stopped it may stop workers
+                    _stop_half_started(stop.__traceback__)
+                raise
 
     def _batches(self, epoch: int, start: int) -> Iterator[WorkerBatch]:
         """The WorkerBatches of ``epoch`` from batch ``start``: the open stream's next ones where it stands
@@ -473,24 +481,79 @@ class HostFeeder(Feeder):
         loader, self._data_loader = self._data_loader, None
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            if self._workers_stuck and getattr(iterator, "_worker_pids_set", False):
-                # torch would wait on each for seconds first, and they would never answer. Its SIGCHLD
-                # watch of these workers goes first, or their death is raised as a worker crash.
-                from torch.utils.data._utils import signal_handling
-
-                signal_handling._remove_worker_pids(id(iterator))
-                iterator._worker_pids_set = False
-                _kill_live_workers(iterator)
-            iterator._shutdown_workers()
-            _kill_live_workers(iterator)  # a stuck one ignores the SIGTERM it was sent
+            # torch would wait on each stuck one for seconds first, and they would never answer
+            _stop_workers(iterator, at_once=self._workers_stuck)
         self._workers_stuck = False  # the next epoch's workers are new
         self.dataset.transform.close()  # the main process's library settings, as they were
 
 
+def _stop_half_started(trace) -> None:
+    """Stop the workers of the DataLoader iterator whose start was interrupted in ``trace`` (a Ctrl-C,
+    which reached its workers too, landing as torch forks them or fills their queues). Only the
+    traceback holds that iterator: neither ``close`` nor its ``__del__`` would run yet, and torch's
+    SIGCHLD watch of its workers would stay armed, raising their exit as "DataLoader worker exited
+    unexpectedly" in whatever this process does next, such as writing the partial report or the
+    checkpoint that the Ctrl-C asked for."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    for frame, _ in traceback.walk_tb(trace):
+        iterator = frame.f_locals.get("self")
+        if isinstance(iterator, _MultiProcessingDataLoaderIter):
+            _stop_workers(iterator, at_once=True)  # it has nothing to finish
+            return
+
+
+def _stop_workers(iterator, at_once: bool) -> None:
+    """Stop a DataLoader iterator's workers: asked to (torch's shutdown), or ``at_once``: killed first, out
+    of torch's SIGCHLD watch, or their death would be raised as a worker crash.
+
+    A worker that exits while they are asked to stop, because the Ctrl-C that is stopping this run
+    reached it too, is raised by the watch in the middle of torch's shutdown. Here that is no crash:
+    the others are stopped all the same."""
+    if at_once:
+        _unwatch(iterator)
+        _kill_live_workers(iterator)
+    try:
+        iterator._shutdown_workers()  # allows for a partly built iterator, mostly
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+    except AttributeError:  # one whose start was interrupted before its workers had a status
+        pass
+    _unwatch(iterator)  # where the shutdown was cut short
+    _kill_live_workers(iterator)  # a stuck one ignores the SIGTERM it was sent
+
+
+def _unwatch(iterator) -> None:
+    """Take ``iterator``'s workers out of torch's SIGCHLD watch, with the watch paused meanwhile."""
+    if getattr(iterator, "_worker_pids_set", False):
+        from torch.utils.data._utils import signal_handling
+
+        with _watch_paused():
+            signal_handling._remove_worker_pids(id(iterator))
+            iterator._worker_pids_set = False
+
+
+@contextmanager
+def _watch_paused() -> Iterator[None]:
+    """No SIGCHLD handler (torch's watch of the workers) meanwhile: a child's exit in between is dropped,
+    not raised. Off the main thread, where no handler runs, nothing to pause."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watch = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL if watch is None else watch)  # None: not set from Python
+
+
 def _kill_live_workers(iterator) -> None:
+    """Kill those of ``iterator``'s workers still alive, and reap them (no zombie left)."""
     for worker in getattr(iterator, "_workers", ()):
         if worker.is_alive():
             worker.kill()
+            worker.join(timeout=5)
 
 
 def _explain_worker_failure(error: RuntimeError, config: FeedConfig) -> Exception:
