@@ -132,11 +132,21 @@ def test_a_stuck_worker_times_out_with_a_clear_message(image_folder, executor):
     assert time.perf_counter() - started < 30
 
 
+def _hold_until_killed(lock, holding) -> None:
+    lock.acquire()
+    holding.set()
+    time.sleep(60)
+
+
 @pytest.mark.timeout(60)
-def test_a_ctrl_c_as_the_workers_start_leaves_no_worker_watched(image_folder, monkeypatch):
+def test_a_ctrl_c_as_the_workers_start_stops_them_and_leaves_none_watched(image_folder, monkeypatch):
     """A Ctrl-C reaches the workers too. One that lands while torch is starting them (after it armed its
     SIGCHLD watch of them, before the iterator is the loader's) stops them; their exit must not then be
-    raised as a worker crash in what the main process does next (the partial report, the checkpoint)."""
+    raised as a worker crash in what the main process does next (the partial report, the checkpoint).
+    Nor may their stopping wait on the lock of their done event, which one killed inside
+    ``done_event.is_set()`` holds for ever (here a stand-in process, killed holding it)."""
+    import multiprocessing
+
     from torch.utils.data import dataloader
     from torch.utils.data._utils import signal_handling
 
@@ -144,12 +154,19 @@ def test_a_ctrl_c_as_the_workers_start_leaves_no_worker_watched(image_folder, mo
     reset = dataloader._MultiProcessingDataLoaderIter._reset
 
     def interrupted(self, loader, first_iter=False):
-        if first_iter:  # the Ctrl-C, to the workers as to the main process (a terminal sends it to the group)
-            started.extend(worker.pid for worker in self._workers)
-            for worker in self._workers:
-                os.kill(worker.pid, signal.SIGINT)
-            raise KeyboardInterrupt
-        reset(self, loader, first_iter)
+        if not first_iter:
+            return reset(self, loader, first_iter)
+        fork = multiprocessing.get_context("fork")
+        holding = fork.Event()
+        holder = fork.Process(target=_hold_until_killed, args=(self._workers_done_event._cond, holding))
+        holder.start()
+        assert holding.wait(10)
+        holder.kill()
+        holder.join()
+        started.extend(worker.pid for worker in self._workers)
+        for worker in self._workers:  # the Ctrl-C, to the workers as to the main process (a terminal's, to the group)
+            os.kill(worker.pid, signal.SIGINT)
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_reset", interrupted)
     config = FeedConfig(pipeline="pil", batch_size=4, workers=2, spec=AugSpec((Resize((32, 32)),)))
@@ -159,6 +176,8 @@ def test_a_ctrl_c_as_the_workers_start_leaves_no_worker_watched(image_folder, mo
     assert len(started) == 2 and stopped.traceback
     assert [pid for pid in started if os.path.exists(f"/proc/{pid}")] == []  # stopped and reaped, no zombie
     signal_handling._error_if_any_worker_fails()  # none is watched any more: nothing to raise
+    feeder.close()
+    del stopped  # the iterator's __del__ runs now: it must not try torch's shutdown (the lock) again
 
 
 def test_memory_check_runs_before_workers_start(image_folder, monkeypatch):

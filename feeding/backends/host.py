@@ -504,24 +504,32 @@ def _stop_half_started(trace) -> None:
 
 
 def _stop_workers(iterator, at_once: bool) -> None:
-    """Stop a DataLoader iterator's workers: asked to (torch's shutdown), or ``at_once``: killed first, out
-    of torch's SIGCHLD watch, or their death would be raised as a worker crash.
+    """Stop a DataLoader iterator's workers: asked to (torch's shutdown), or ``at_once``: out of torch's
+    SIGCHLD watch, then killed, or their death would be raised as a worker crash.
+
+    Once any is killed, torch's shutdown must not run: it sets the workers' done event, and a worker
+    killed inside ``done_event.is_set()`` (where a Ctrl-C's KeyboardInterrupt takes each of them) holds
+    that event's lock forever. So the iterator is marked shut down, and only its queues are closed.
 
     A worker that exits while they are asked to stop, because the Ctrl-C that is stopping this run
     reached it too, is raised by the watch in the middle of torch's shutdown. Here that is no crash:
     the others are stopped all the same."""
-    if at_once:
-        _unwatch(iterator)
-        _kill_live_workers(iterator)
-    try:
-        iterator._shutdown_workers()  # allows for a partly built iterator, mostly
-    except RuntimeError as error:
-        if "DataLoader worker" not in str(error):
-            raise
-    except AttributeError:  # one whose start was interrupted before its workers had a status
-        pass
-    _unwatch(iterator)  # where the shutdown was cut short
-    _kill_live_workers(iterator)  # a stuck one ignores the SIGTERM it was sent
+    if not at_once:
+        try:
+            iterator._shutdown_workers()
+        except RuntimeError as error:
+            if "DataLoader worker" not in str(error):
+                raise
+        else:
+            _kill_live_workers(iterator)  # one that ignored the SIGTERM torch sent where it did not join
+            return
+    _unwatch(iterator)  # where the shutdown was cut short, its own unwatching may not have run
+    _kill_live_workers(iterator)
+    iterator._shutdown = True  # neither its __del__ nor torch's exit hook tries the shutdown again
+    for queue in (*getattr(iterator, "_index_queues", ()), getattr(iterator, "_worker_result_queue", None)):
+        if queue is not None:
+            queue.cancel_join_thread()
+            queue.close()
 
 
 def _unwatch(iterator) -> None:
