@@ -52,7 +52,10 @@ def data_digest(paths, labels, root: str | None = None) -> str:
 
 def stream_fingerprint(samples, config, spec_record) -> dict:
     """What decides a feeder's stream, as JSON-safe values (``config``: a ``FeedConfig``; ``spec_record``:
-    its spec as ``feeding.spec_file.spec_record`` writes it). The worker count and executor are not in it."""
+    its spec as ``feeding.spec_file.spec_record`` writes it). The worker count and executor are not in it.
+    Nor are ``on_bad``, ``max_pixels`` and the decode device: up to the file where they matter they change
+    no batch, and changing one is how a run is resumed past the file that stopped it (``on_bad="fail"``,
+    an image over ``max_pixels``) or on a machine without the GPU that decoded before."""
     return {
         "pipeline": config.pipeline,
         "data": data_digest(samples.paths, samples.labels, str(samples.root) if samples.root else None),

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from bench import compare
 from bench.compare import NaiveTorchvisionDataset, compare_main, config_from_args, make_parser, measuring
 from bench.measure import FeedMeasurement
 from bench.stats import summarize
+from feeding.errors import FeedError
 from feeding.sources import discover
 
 HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
@@ -219,21 +222,33 @@ def test_bad_input_gives_a_clear_message_and_exit_code_2(args, message, tiny_dat
     assert message in err and "Traceback" not in err
 
 
-def _interrupted_run(tiny_data, out, monkeypatch, interrupt_at: int) -> tuple[int, dict]:
+def _interrupted_run(tiny_data, out, monkeypatch, interrupt_at: int, worker_dies: bool = False) -> tuple[int, dict]:
     """compare over naive, pil and decode-only whose ``interrupt_at``-th measurement is a Ctrl-C;
-    measurement k reports 100 * k img/s."""
+    measurement k reports 100 * k img/s. ``worker_dies``: a real SIGINT instead, which Python swallows
+    (as in an at-fork hook), and the error of a worker that the Ctrl-C stopped as it started."""
     calls = []
 
     def fake_measure(feeder, batches, repeats, warmup, whole_epochs=False):
         calls.append(feeder)
+        if len(calls) == interrupt_at and worker_dies:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs here
+            except KeyboardInterrupt:
+                pass  # swallowed
+            raise FeedError("a data-loading worker died: DataLoader worker (pid(s) 1234) exited unexpectedly")
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt
         rate = summarize([100.0 * len(calls)])
         return FeedMeasurement(rate, summarize([0.1]), images=8, batches=2, epochs=1, windows=(rate.median,))
 
     monkeypatch.setattr(measuring, "measure_feeder", fake_measure)
-    code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(out),
-                         "--pipelines", "naive", "pil", "decode-only"])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not one an earlier test's library left
+    try:
+        code = compare_main(["--data", str(tiny_data), *TINY, "--workers-max", "2", "--out", str(out),
+                             "--pipelines", "naive", "pil", "decode-only"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return code, json.loads(next(out.glob("*.json")).read_text())
 
 
@@ -244,6 +259,17 @@ def test_interrupt_writes_the_rows_measured_so_far(tiny_data, tmp_path, monkeypa
     assert report["interrupted"] is True
     assert [(row["name"], row["best_workers"]) for row in report["rows"]] == [("naive", 2), ("pil", 1)]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.parametrize("interrupt_at", [4, 2 + 2 + 4 + 2])  # in the sweep (pil's 2nd point), in the rounds
+def test_a_ctrl_c_that_stops_a_worker_is_the_interrupt_not_a_failed_row(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                          interrupt_at):
+    code, report = _interrupted_run(tiny_data, tmp_path, monkeypatch, interrupt_at, worker_dies=True)
+    assert code == 130 and report["interrupted"] is True
+    assert not any(row["failed"] for row in report["rows"]), [row["failed"] for row in report["rows"]]
+    names = [row["name"] for row in report["rows"]]
+    assert names == (["naive", "pil"] if interrupt_at == 4 else ["naive", "pil", "decode-only"])
+    assert "failed" not in capsys.readouterr().err
 
 
 def test_interrupt_in_the_paired_rounds_keeps_the_sweep_figures(tiny_data, tmp_path, monkeypatch):

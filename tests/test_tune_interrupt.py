@@ -278,7 +278,7 @@ def test_a_worker_stopped_by_the_ctrl_c_ends_the_run_as_interrupted(cue, sample_
 def test_a_ctrl_c_that_python_swallows_is_sent_again_and_remembered():
     """Python swallows an exception raised in an at-fork hook (a DataLoader forking its workers) or a
     ``__del__``: the run's CtrlC sends the Ctrl-C again, and ``check`` raises it at the next measurement."""
-    from bench.tune.measure import CtrlC
+    from bench.interrupt import CtrlC
 
     class Swallowing:
         def __del__(self):  # the handler's KeyboardInterrupt is raised here, and reported, not propagated

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from bench.compare.config import Settings
 from bench.compare.rows import LoaderMaker, RowSpec
+from bench.interrupt import CtrlC
 from bench.measure import FeedMeasurement, as_feeder, measure_feeder
 from bench.stats import Summary, summarize
 from feeding.errors import BadFile
@@ -132,13 +133,15 @@ def sweep(spec: RowSpec, settings: Settings) -> Iterator[SweepPoint]:
         yield measure_point(spec.make, workers, executor, settings, spec.name)
 
 
-def measure_rows(specs: list[RowSpec], settings: Settings) -> tuple[list[Row], bool]:
+def measure_rows(specs: list[RowSpec], settings: Settings, ctrl_c: CtrlC | None = None) -> tuple[list[Row], bool]:
     """All rows, and whether the run was interrupted (then the rows measured so far).
 
-    A row whose loader raises is kept as failed, with its error, and the next row is measured.
+    A row whose loader raises is kept as failed, with its error, and the next row is measured; but
+    an error after a Ctrl-C (``ctrl_c`` pressed: a worker it stopped) is the interrupt, not the row's.
     """
     from tqdm import tqdm
 
+    ctrl_c = ctrl_c or CtrlC()
     rows: list[Row] = []
     total = sum(len(spec.points) for spec in specs)
     with tqdm(total=total, desc="compare", unit="point", file=sys.stderr) as bar:
@@ -149,11 +152,12 @@ def measure_rows(specs: list[RowSpec], settings: Settings) -> tuple[list[Row], b
                 for point in sweep(spec, settings):
                     points.append(point)
                     bar.update()
+                    ctrl_c.check()  # one that Python swallowed as the point's workers started
             except KeyboardInterrupt:
-                if points:
-                    rows.append(Row(spec.name, spec.kind, tuple(points)))
-                return rows, True
+                return _kept(rows, spec, points), True
             except Exception as error:  # noqa: BLE001 - a pipeline or a user's loader may fail in any way
+                if ctrl_c.pressed:
+                    return _kept(rows, spec, points), True
                 rows.append(Row(spec.name, spec.kind, tuple(points)).failing(error))
                 bar.update(len(spec.points) - len(points))
                 continue
@@ -161,11 +165,19 @@ def measure_rows(specs: list[RowSpec], settings: Settings) -> tuple[list[Row], b
     return rows, False
 
 
-def paired_rounds(rows: list[Row], specs: list[RowSpec], settings: Settings) -> tuple[list[Row], bool]:
+def _kept(rows: list[Row], spec: RowSpec, points: list[SweepPoint]) -> list[Row]:
+    """The rows measured before a Ctrl-C, with the interrupted row's points where it has some."""
+    return [*rows, Row(spec.name, spec.kind, tuple(points))] if points else rows
+
+
+def paired_rounds(rows: list[Row], specs: list[RowSpec], settings: Settings,
+                  ctrl_c: CtrlC | None = None) -> tuple[list[Row], bool]:
     """Each row's best point measured once per round, the rows in turn; the rows with their rounds,
-    and whether the run was interrupted (then the rows as swept, without rounds)."""
+    and whether the run was interrupted (then the rows as swept, without rounds). An error after a
+    Ctrl-C (``ctrl_c`` pressed) is the interrupt, as in ``measure_rows``."""
     from tqdm import tqdm
 
+    ctrl_c = ctrl_c or CtrlC()
     makers = {spec.name: spec.make for spec in specs}
     measured = [row for row in rows if row.measured]
     rates: dict[str, list[float]] = {row.name: [] for row in measured}
@@ -181,8 +193,11 @@ def paired_rounds(rows: list[Row], specs: list[RowSpec], settings: Settings) -> 
                                                   settings.one_window, row.name)
                             rates[row.name].append(point.measured.images_per_sec.median)
                         except Exception as error:  # noqa: BLE001 - as in the sweep
+                            if ctrl_c.pressed:
+                                raise KeyboardInterrupt from error
                             errors[row.name] = error
                     bar.update()
+                    ctrl_c.check()
         except KeyboardInterrupt:
             return rows, True
     return [_with_rounds(row, rates.get(row.name, ()), errors.get(row.name)) for row in rows], False

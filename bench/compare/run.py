@@ -12,6 +12,7 @@ from bench.compare.measuring import measure_rows, paired_rounds
 from bench.compare.reference import naive_description
 from bench.compare.reporting import build_report, output_stem, skipped_notes
 from bench.compare.rows import builtin_rows, user_row
+from bench.interrupt import CtrlC
 from feeding import decode
 from feeding.io import display_path
 from feeding.sample import resolve_data
@@ -57,13 +58,15 @@ def run_compare(config: CompareConfig, command: str) -> tuple[dict, bool]:
     workers = tuple(range(1, config.workers_max + 1))
     users = [user_row(spec, config.batch, workers) for spec in config.loaders]  # bad input fails first
     specs = builtin_rows(samples, config, notes) + users
-    rows, interrupted = measure_rows(specs, config.settings)
-    if interrupted:
-        notes.append(f"interrupted: {len(rows)} of {len(specs)} rows measured (the last may be partial).")
-    elif rows:
-        rows, interrupted = paired_rounds(rows, specs, config.settings)
+    ctrl_c = CtrlC()
+    with ctrl_c.installed():  # a Ctrl-C as a point's workers start is not swallowed, nor taken for a row's failure
+        rows, interrupted = measure_rows(specs, config.settings, ctrl_c)
         if interrupted:
-            notes.append("interrupted during the paired rounds: the figures are the sweep's, not paired.")
+            notes.append(f"interrupted: {len(rows)} of {len(specs)} rows measured (the last may be partial).")
+        elif rows:
+            rows, interrupted = paired_rounds(rows, specs, config.settings, ctrl_c)
+            if interrupted:
+                notes.append("interrupted during the paired rounds: the figures are the sweep's, not paired.")
     notes += skipped_notes(rows, listed_samples.problems, root)
     names = [row.name for row in rows]
     does = {name: row_does(name, config.augmentation) for name in names}
