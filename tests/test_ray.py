@@ -280,7 +280,6 @@ def test_two_worker_cpu_torchtrainer_run_completes(local_ray, sample_dir, tmp_pa
     for epoch in summary["epochs"]:
         assert epoch["images"] == steps * 8  # this worker's share, full batches only
         assert torch.isfinite(torch.tensor(epoch["loss"]))
-        assert 0.0 <= epoch["accuracy"] <= 1.0
     assert summary["data_cpus"] == 2
     assert os.path.isfile(os.path.join(summary["checkpoint"], WEIGHTS_FILE))
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
 from training.fit import main as fit_main
 from training.predict import main as predict_main
 from training.predict import tta_views, vote
+from training.predict_data import read_test_set
 
 TINY = "tests.test_training_fit:tiny_net"
 
@@ -53,7 +55,14 @@ def test_predict_writes_a_scored_submission_for_the_eval_layout(kfold_run, data_
     assert all(0 <= int(row["ans"]) < 18 for row in rows)
     result = json.loads(out.with_suffix(".json").read_text())
     assert len(result["checkpoints"]) == 2 and result["tta"] and result["vote"] == how
-    assert 0 <= result["macro_f1"] <= 1 and 0 <= result["accuracy"] <= 1
+    # Scored on the written answers against info.csv's true classes (the competition's class indices).
+    truth = read_test_set(data_with_eval / "eval").labels
+    answers = np.array([int(row["ans"]) for row in rows])
+    present = sorted(set(truth.tolist()) | set(answers.tolist()))
+    assert result["accuracy"] == pytest.approx(float(np.mean(answers == truth)))
+    macro_f1 = f1_score(truth, answers, labels=present, average="macro", zero_division=0)
+    assert result["macro_f1"] == pytest.approx(macro_f1)
+    assert np.array(result["confusion"]).sum(axis=0).tolist() == np.bincount(answers, minlength=18).tolist()
     assert f"against the true classes ({len(expected_ids)} images): macro-F1" in capsys.readouterr().out
 
 

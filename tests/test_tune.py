@@ -217,7 +217,7 @@ def test_tune_writes_a_recommendation_that_fit_can_read(sample_with_a_bad_row, t
         assert key in record, key
     assert record["pipeline"] in ("pil", "albumentations") and record["batch"] == 4
     assert record["predicted_ips"] == pytest.approx(min(record["feed_ips"], record["consume_ips"]), rel=0.6)
-    assert 0 <= record["data_wait_fraction"] <= 1 and record["measured_ips"] > 0
+    assert record["measured_ips"] > 0  # (the wait fraction is held to its regime in test_verdict)
     if record["bottleneck_stage"] == "input":  # the loader's slowest stage is named where the loader binds
         assert record["loader_bottleneck_stage"] in ("read", "decode", "augment", "collate/IPC")
     else:
