@@ -1,11 +1,29 @@
-"""Shared fixtures: small generated data sets, built once per session."""
+"""Shared fixtures: small generated data sets, built once per session; and helpers the tests share."""
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 CLASS_TINTS = ((200, 40, 40), (40, 200, 40), (40, 40, 200))  # class k dominates channel k
+
+
+def ctrl_c_swallowed_then_a_worker_dies() -> None:
+    """What a measurement does when a Ctrl-C lands as its workers start: this process's SIGINT is
+    swallowed (as Python swallows it in an at-fork hook), then the measurement fails with the error of
+    a worker that the Ctrl-C stopped."""
+    from feeding.errors import FeedError
+
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs here
+    except KeyboardInterrupt:
+        pass  # swallowed
+    raise FeedError("a data-loading worker died: DataLoader worker (pid(s) 1234) exited unexpectedly")
 
 
 def textured_image(rng: np.random.Generator, tint, height: int = 512, width: int = 384) -> Image.Image:

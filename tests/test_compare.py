@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from bench import compare
 from bench.compare import NaiveTorchvisionDataset, compare_main, config_from_args, make_parser, measuring
 from bench.measure import FeedMeasurement
 from bench.stats import summarize
-from feeding.errors import FeedError
 from feeding.sources import discover
+from tests.conftest import ctrl_c_swallowed_then_a_worker_dies
 
 HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
 TINY = ["--size", "64", "--batch", "4", "--batches", "2", "--repeats", "1", "--warmup", "1", "--rounds", "2"]
@@ -231,12 +230,7 @@ def _interrupted_run(tiny_data, out, monkeypatch, interrupt_at: int, worker_dies
     def fake_measure(feeder, batches, repeats, warmup, whole_epochs=False):
         calls.append(feeder)
         if len(calls) == interrupt_at and worker_dies:
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(1)  # the handler runs here
-            except KeyboardInterrupt:
-                pass  # swallowed
-            raise FeedError("a data-loading worker died: DataLoader worker (pid(s) 1234) exited unexpectedly")
+            ctrl_c_swallowed_then_a_worker_dies()
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt
         rate = summarize([100.0 * len(calls)])

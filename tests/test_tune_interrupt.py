@@ -162,18 +162,13 @@ class Cue:
 
     def feed_point(self, samples, config, batches, device, threads, channels_last):
         from bench.tune.forecast import FeedPoint
-        from feeding.errors import FeedError
+        from tests.conftest import ctrl_c_swallowed_then_a_worker_dies
 
         self.feeds += 1
         if self.feeds == self.feed_stop and not self.worker_dies:
             raise KeyboardInterrupt
         if self.feeds == self.feed_stop:
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(1)  # the handler runs here
-            except KeyboardInterrupt:
-                pass  # swallowed
-            raise FeedError("a data-loading worker died: DataLoader worker (pid(s) 1234) exited unexpectedly")
+            ctrl_c_swallowed_then_a_worker_dies()
         return FeedPoint(100.0 + 50 * config.workers), ()
 
     def check_end_to_end(self, config, samples, best):
