@@ -1,4 +1,6 @@
-"""Smoke tests of the real ``feedbench`` console script."""
+"""The ``feedbench`` command line: the real console script where it measures, its ``main`` in this process
+where the parse, an error message or a written file is what is checked (a fresh interpreter costs ~2.5 s
+a run here)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,18 @@ def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     if not FEEDBENCH.exists():
         pytest.fail(f"console script missing at {FEEDBENCH}: is the package installed (pip install -e .)?")
     return subprocess.run([str(FEEDBENCH), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``feedbench ARGS`` run by ``bench.cli.main`` here, as ``_run`` reports it (argparse's exit included)."""
+    from bench.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["feedbench", *args], code, captured.out, captured.err)
 
 
 @pytest.mark.parametrize("pipeline", ["pil", "albumentations", "dali"])
@@ -43,8 +57,8 @@ def test_feedbench_measures_and_writes_json(pipeline, sample_dir, tmp_path):
     (["--batch", "-1"], ">= 1"),
     (["--data", "/nonexistent/data"], "does not exist"),
 ])
-def test_bad_arguments_give_a_clear_message_and_nonzero_exit(args, message):
-    result = _run(*args)
+def test_bad_arguments_give_a_clear_message_and_nonzero_exit(args, message, capsys):
+    result = _main(capsys, *args)
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -52,8 +66,8 @@ def test_bad_arguments_give_a_clear_message_and_nonzero_exit(args, message):
 COMMANDS = ("feedbench [run]", "feedbench tune", "feedbench compare", "feedbench data sample", "feedbench data inspect")
 
 
-def test_help_lists_every_command_once_and_shows_defaults():
-    result = _run("--help")
+def test_help_lists_every_command_once_and_shows_defaults(capsys):
+    result = _main(capsys, "--help")
     assert result.returncode == 0, result.stderr
     lines = [line.strip() for line in result.stdout.splitlines()]
     for command in COMMANDS:
@@ -105,7 +119,7 @@ def test_every_option_has_help_text_without_rst_markup():
         assert "``" not in parser.format_help()
 
 
-def test_on_bad_reaches_the_manifest_reading(image_folder, tmp_path):
+def test_on_bad_reaches_the_manifest_reading(image_folder, tmp_path, capsys):
     """A label typo in the user's manifest: fail names the row; skip leaves the row out and reports it."""
     manifest = tmp_path / "labels.csv"
     rows = [f"{image_folder / f'class{i % 2}' / f'img{i:03d}.jpg'},{i % 2}" for i in range(8)]
@@ -113,11 +127,11 @@ def test_on_bad_reaches_the_manifest_reading(image_folder, tmp_path):
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
     common = ["--pipeline", "pil", "--batch", "2", "--workers", "0", "--data", str(manifest), "--size", "32",
               "--batches", "1", "--repeats", "1", "--warmup", "0"]
-    failed = _run(*common, "--on-bad", "fail")
+    failed = _main(capsys, *common, "--on-bad", "fail")
     assert failed.returncode == 2
     assert f"{manifest}:3: label 'kitty'" in failed.stderr and "Traceback" not in failed.stderr
     out = tmp_path / "skip.json"
-    skipped = _run(*common, "--on-bad", "skip", "--json", str(out))
+    skipped = _main(capsys, *common, "--on-bad", "skip", "--json", str(out))
     assert skipped.returncode == 0, skipped.stderr
     assert f"skipped: {manifest}:3: label 'kitty'" in skipped.stdout
     record = json.loads(out.read_text())
@@ -138,8 +152,8 @@ def test_notes_are_warnings_on_stderr_and_kept_in_the_json(sample_dir, tmp_path)
     assert "workers: 2 worker processes" in result.stdout and "processs" not in result.stdout
 
 
-def test_data_sample_writes_the_competition_layout(tmp_path):
-    result = _run("data", "sample", str(tmp_path / "s"), "--people", "3", "--eval-people", "1")
+def test_data_sample_writes_the_competition_layout(tmp_path, capsys):
+    result = _main(capsys, "data", "sample", str(tmp_path / "s"), "--people", "3", "--eval-people", "1")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s" / "train" / "train.csv").is_file()
 
@@ -162,18 +176,18 @@ def messy_competition(tmp_path_factory):
 
 
 @pytest.mark.parametrize("pipeline", ["albumentations", "dali"])  # a host pipeline (pil's shares its code) and DALI
-def test_on_bad_skip_and_fail_from_the_command_line(pipeline, messy_competition, tmp_path):
+def test_on_bad_skip_and_fail_from_the_command_line(pipeline, messy_competition, tmp_path, capsys):
     if pipeline == "dali":
         pytest.importorskip("nvidia.dali")
     root, broken = messy_competition
     common = ["--pipeline", pipeline, "--batch", "4", "--workers", "2", "--data", str(root), "--size", "64",
               "--batches", "2", "--repeats", "1", "--warmup", "0"]
     out = tmp_path / "skip.json"
-    skipped = _run(*common, "--on-bad", "skip", "--json", str(out))
+    skipped = _main(capsys, *common, "--on-bad", "skip", "--json", str(out))
     assert skipped.returncode == 0, skipped.stderr
     assert f"skipped: {broken}" in skipped.stdout
     assert [r["path"] for r in json.loads(out.read_text())["skipped"]] == [str(broken)]
-    failed = _run(*common, "--on-bad", "fail")
+    failed = _main(capsys, *common, "--on-bad", "fail")
     assert failed.returncode == 2
     assert str(broken) in failed.stderr and "Traceback" not in failed.stderr
 
