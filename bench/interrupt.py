@@ -61,6 +61,17 @@ class CtrlC:
             raise KeyboardInterrupt
 
     @contextmanager
+    def errors_are_interrupts(self) -> Iterator[None]:
+        """An error raised after a Ctrl-C (a worker it stopped: "a data-loading worker died") raised
+        as the KeyboardInterrupt it follows; before one, errors propagate as they came."""
+        try:
+            yield
+        except Exception as error:
+            if self.pressed:
+                raise KeyboardInterrupt from error
+            raise
+
+    @contextmanager
     def installed(self) -> Iterator[None]:
         """The handler (and the hook) in place of Python's default ones; left out where another
         handler (or SIG_IGN: a job started in the background) is in place, or off the main thread."""

@@ -149,15 +149,14 @@ def measure_rows(specs: list[RowSpec], settings: Settings, ctrl_c: CtrlC | None 
             points: list[SweepPoint] = []
             bar.set_postfix_str(spec.name)
             try:
-                for point in sweep(spec, settings):
-                    points.append(point)
-                    bar.update()
-                    ctrl_c.check()  # one that Python swallowed as the point's workers started
+                with ctrl_c.errors_are_interrupts():
+                    for point in sweep(spec, settings):
+                        points.append(point)
+                        bar.update()
+                        ctrl_c.check()  # one that Python swallowed as the point's workers started
             except KeyboardInterrupt:
                 return _kept(rows, spec, points), True
             except Exception as error:  # noqa: BLE001 - a pipeline or a user's loader may fail in any way
-                if ctrl_c.pressed:
-                    return _kept(rows, spec, points), True
                 rows.append(Row(spec.name, spec.kind, tuple(points)).failing(error))
                 bar.update(len(spec.points) - len(points))
                 continue
@@ -189,12 +188,11 @@ def paired_rounds(rows: list[Row], specs: list[RowSpec], settings: Settings,
                 for row in measured[turn:] + measured[:turn]:  # rotated: no fixed neighbour
                     if row.name not in errors:
                         try:
-                            point = measure_point(makers[row.name], row.best.workers, row.best.executor,
-                                                  settings.one_window, row.name)
+                            with ctrl_c.errors_are_interrupts():
+                                point = measure_point(makers[row.name], row.best.workers, row.best.executor,
+                                                      settings.one_window, row.name)
                             rates[row.name].append(point.measured.images_per_sec.median)
                         except Exception as error:  # noqa: BLE001 - as in the sweep
-                            if ctrl_c.pressed:
-                                raise KeyboardInterrupt from error
                             errors[row.name] = error
                     bar.update()
                     ctrl_c.check()

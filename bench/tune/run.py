@@ -72,7 +72,10 @@ def tune(config: TuneConfig, ctrl_c: measure.CtrlC | None = None) -> dict:
     ctrl_c = ctrl_c or measure.CtrlC()
     so_far = None
     try:
-        with ctrl_c.installed(), tqdm(desc="tune: measurements", unit="point", file=sys.stderr) as progress:
+        # The Ctrl-C reaches the loader's workers too: one it stopped as it started fails the measurement in
+        # hand ("a data-loading worker died") where this process's own KeyboardInterrupt was swallowed.
+        with (ctrl_c.installed(), ctrl_c.errors_are_interrupts(),
+              tqdm(desc="tune: measurements", unit="point", file=sys.stderr) as progress):
             so_far = SoFar(measure.Measurer(config, samples, progress, ctrl_c))
             record = measured_record(config, samples, so_far)
             if config.exhaustive:
@@ -85,12 +88,6 @@ def tune(config: TuneConfig, ctrl_c: measure.CtrlC | None = None) -> dict:
             raise
         tuner = stop.record if isinstance(stop, TuneInterrupted) else None  # the comparison's own search
         raise TuneInterrupted(partial_record(config, samples, so_far, tuner)) from None
-    except Exception:
-        if so_far is None or not ctrl_c.pressed:
-            raise
-        # The Ctrl-C reached the loader's workers too: one it stopped as it started fails the measurement
-        # in hand ("a data-loading worker died") where this process's own KeyboardInterrupt was swallowed.
-        raise TuneInterrupted(partial_record(config, samples, so_far)) from None
 
 
 def measured_record(config: TuneConfig, samples, so_far: SoFar) -> dict:
